@@ -1,0 +1,3 @@
+fn main() {
+    println!("filesession: the server arrives with issue 3");
+}

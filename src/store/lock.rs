@@ -1,0 +1,37 @@
+//! Advisory whole-file locks (`flock(2)`) through fs2, with a bounded wait.
+//!
+//! Since Rust 1.89 `std::fs::File` has inherent `lock_shared`/`try_lock_shared`/`unlock`
+//! methods that shadow fs2's trait methods of the same names, so fs2 is only ever called
+//! fully qualified, and only from this module.
+
+use std::fs::File;
+use std::io;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Tries to lock `file` exclusively until `deadline`. `Ok(true)` when locked, `Ok(false)` when
+/// the deadline passed first.
+///
+/// flock has no timed wait, so this polls with a short backoff (50 us doubling up to 2 ms):
+/// a stuck process costs a waiter at most its deadline, never a frozen server.
+pub(crate) fn lock_exclusive_until(file: &File, deadline: Instant) -> io::Result<bool> {
+    let mut pause = Duration::from_micros(50);
+    loop {
+        match fs2::FileExt::try_lock_exclusive(file) {
+            Ok(()) => return Ok(true),
+            Err(e) if is_contended(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+fn is_contended(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+}

@@ -225,7 +225,10 @@ mod tests {
             (Expiry::Default, r#""default""#),
             (Expiry::BrowserClose, r#""browser_close""#),
             (Expiry::Seconds(300), r#"{"seconds":300}"#),
-            (Expiry::At(t(1_796_643_466)), r#"{"at":"2026-12-07T11:37:46Z"}"#),
+            (
+                Expiry::At(t(1_796_643_466)),
+                r#"{"at":"2026-12-07T11:37:46Z"}"#,
+            ),
         ];
         for (expiry, json) in cases {
             assert_eq!(serde_json::to_string(&expiry).unwrap(), json);

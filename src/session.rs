@@ -396,7 +396,8 @@ impl Session {
     /// When the session expires if saved now (Django's `get_expiry_date()`).
     #[doc(alias = "get_expiry_date")]
     pub fn expiry_date(&self) -> SystemTime {
-        self.expiry().date(SystemTime::now(), self.config.cookie_age)
+        self.expiry()
+            .date(SystemTime::now(), self.config.cookie_age)
     }
 
     /// Whether the cookie should end with the browser session (Django's
@@ -453,11 +454,11 @@ impl Session {
             }
             lock = state.lock.take();
         }
-        if let Some(old) = self.flushed.take() {
-            if let Err(e) = self.store.delete(&old, lock.take()) {
-                self.flushed = Some(old);
-                return Err(e);
-            }
+        if let Some(old) = self.flushed.take()
+            && let Err(e) = self.store.delete(&old, lock.take())
+        {
+            self.flushed = Some(old);
+            return Err(e);
         }
         let key = self.session_key().copied();
         if key.is_none() && self.state.get().is_none_or(|s| s.data.is_empty()) {

@@ -72,7 +72,10 @@ fn pop_returns_the_value_and_marks_modified() {
 fn pop_of_a_missing_key_does_not_modify() {
     let mut s = fresh(&memory());
     assert_eq!(s.pop("some key"), None);
-    assert_eq!(s.pop_or("some key", json!("does not exist")), json!("does not exist"));
+    assert_eq!(
+        s.pop_or("some key", json!("does not exist")),
+        json!("does not exist")
+    );
     assert!(s.accessed());
     assert!(!s.modified());
 }
@@ -129,7 +132,10 @@ fn keys_values_and_items_read_without_modifying() {
     let key = saved(&store, json!({"x": 1, "y": 2}));
     let s = reopen(store, Some(key));
     assert_eq!(s.keys().cloned().collect::<Vec<_>>(), ["x", "y"]);
-    assert_eq!(s.values().cloned().collect::<Vec<_>>(), [json!(1), json!(2)]);
+    assert_eq!(
+        s.values().cloned().collect::<Vec<_>>(),
+        [json!(1), json!(2)]
+    );
     assert_eq!(s.items().count(), 2);
     assert_eq!(s.len(), 2);
     assert!(s.accessed());
@@ -185,7 +191,10 @@ fn flush_then_insert_starts_a_new_session_under_a_new_key() {
     assert_ne!(new, key);
     assert!(!store.exists(&key).unwrap());
     let again = reopen(store, Some(new));
-    assert_eq!(Value::Object(again.data().clone()), json!({"message": "bye"}));
+    assert_eq!(
+        Value::Object(again.data().clone()),
+        json!({"message": "bye"})
+    );
 }
 
 #[test]
@@ -278,7 +287,10 @@ fn save_does_not_resurrect_a_session_logged_out_elsewhere() {
     s1.insert("b", 2);
     let err = s1.save().unwrap_err();
     assert!(matches!(err, StoreError::Deleted(k) if k == key), "{err}");
-    assert!(err.to_string().starts_with("The request's session was deleted"));
+    assert!(
+        err.to_string()
+            .starts_with("The request's session was deleted")
+    );
     assert!(store.is_empty());
 }
 
@@ -430,7 +442,10 @@ fn typed_helpers_round_trip_and_report_mismatches() {
     }
     let mut s = fresh(&memory());
     s.insert_as("cart", &Cart { items: vec![1, 2] }).unwrap();
-    assert_eq!(s.get_as::<Cart>("cart").unwrap(), Some(Cart { items: vec![1, 2] }));
+    assert_eq!(
+        s.get_as::<Cart>("cart").unwrap(),
+        Some(Cart { items: vec![1, 2] })
+    );
     assert_eq!(s.get_as::<Cart>("missing").unwrap(), None);
     assert!(s.get_as::<u32>("cart").is_err());
     let bad: std::collections::HashMap<Vec<u8>, u8> = [(vec![1], 1)].into();
@@ -455,11 +470,21 @@ fn request_mode_lock_timeout_surfaces_and_blocks_the_save() {
     assert_eq!(holder.get("n"), Some(&json!(0)));
     let mut blocked = reopen(store.clone(), key);
     assert_eq!(blocked.get("n"), None);
-    assert!(matches!(blocked.load_error(), Some(StoreError::LockTimeout { .. })));
+    assert!(matches!(
+        blocked.load_error(),
+        Some(StoreError::LockTimeout { .. })
+    ));
     blocked.insert("n", 99);
-    assert!(matches!(blocked.save(), Err(StoreError::LockTimeout { .. })));
+    assert!(matches!(
+        blocked.save(),
+        Err(StoreError::LockTimeout { .. })
+    ));
     drop(holder);
-    assert_eq!(reopen(store, key).get("n"), Some(&json!(0)), "nothing was written");
+    assert_eq!(
+        reopen(store, key).get("n"),
+        Some(&json!(0)),
+        "nothing was written"
+    );
 }
 
 #[test]

@@ -40,7 +40,9 @@ use rustix::io::Errno;
 
 use super::file_format::{self, DecodeError};
 use super::lock::lock_exclusive_until;
-use super::{ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError};
+use super::{
+    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
+};
 use crate::key::SessionKey;
 
 /// How long a writer waits for a session's lock before giving up with
@@ -114,10 +116,7 @@ impl FileStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let unavailable = |what: &str, e: io::Error| {
-            StoreError::Unavailable(format!(
-                "session directory {} {what}: {e}",
-                dir.display()
-            ))
+            StoreError::Unavailable(format!("session directory {} {what}: {e}", dir.display()))
         };
         fs::DirBuilder::new()
             .recursive(true)
@@ -262,7 +261,11 @@ impl FileStore {
 
     /// Opens and locks the file now at `path`, checking that the inode locked is still the
     /// one at the path. `Ok(None)`: there is no session file (deleted meanwhile).
-    fn lock_current(&self, key: &SessionKey, path: &Path) -> Result<Option<LockedFile>, StoreError> {
+    fn lock_current(
+        &self,
+        key: &SessionKey,
+        path: &Path,
+    ) -> Result<Option<LockedFile>, StoreError> {
         let start = Instant::now();
         let deadline = start + self.lock_timeout;
         loop {
@@ -311,13 +314,13 @@ impl FileStore {
         held: Option<SessionLock>,
     ) -> Result<Option<LockedFile>, StoreError> {
         let path = self.path_of(key);
-        if let Some(held) = held.and_then(SessionLock::into_inner::<LockedFile>) {
-            if held.path == path {
-                match self.is_current(&held)? {
-                    Some(true) => return Ok(Some(held)),
-                    None => return Ok(None),
-                    Some(false) => {} // replaced behind our back: lock afresh
-                }
+        if let Some(held) = held.and_then(SessionLock::into_inner::<LockedFile>)
+            && held.path == path
+        {
+            match self.is_current(&held)? {
+                Some(true) => return Ok(Some(held)),
+                None => return Ok(None),
+                Some(false) => {} // replaced behind our back: lock afresh
             }
         }
         self.lock_current(key, &path)
@@ -358,9 +361,7 @@ impl FileStore {
 
     /// Writes `bytes` to a new temp file (0600) in the directory: `.<uuid>.tmp`.
     fn write_temp(&self, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
-        let temp = self
-            .dir
-            .join(format!(".{}.tmp", SessionKey::generate()));
+        let temp = self.dir.join(format!(".{}.tmp", SessionKey::generate()));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -483,10 +484,10 @@ impl FileStore {
             Opened::Missing => return Ok(Cleared::Gone),
             Opened::File(file) => file,
         };
-        if let Ok(record) = self.read_record(&file, &path) {
-            if !record.is_expired(now) {
-                return Ok(Cleared::Kept);
-            }
+        if let Ok(record) = self.read_record(&file, &path)
+            && !record.is_expired(now)
+        {
+            return Ok(Cleared::Kept);
         }
         drop(file);
         let Some(held) = self.lock_current(key, &path)? else {
@@ -538,9 +539,10 @@ impl SessionStore for FileStore {
             },
             Locking::Request => match self.lock_current(key, &path) {
                 Ok(Some(held)) => {
-                    let file = held.file.try_clone().map_err(|e| {
-                        StoreError::io("open session file", &path, e)
-                    })?;
+                    let file = held
+                        .file
+                        .try_clone()
+                        .map_err(|e| StoreError::io("open session file", &path, e))?;
                     (file, Some(held))
                 }
                 Ok(None) => return Ok(None),
@@ -706,7 +708,10 @@ mod tests {
         let (_tmp, store) = store();
         let mode = fs::metadata(store.dir()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert!(files_in(store.dir()).is_empty(), "the write probe is removed");
+        assert!(
+            files_in(store.dir()).is_empty(),
+            "the write probe is removed"
+        );
     }
 
     #[test]
@@ -736,7 +741,10 @@ mod tests {
             .unwrap();
         assert_eq!(files_in(store.dir()), vec![key.file_name()]);
         let path = store.path_of(&key);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"sname\": \"abc\""), "{text}");
         assert!(text.contains("\"format\": 1"), "{text}");
@@ -748,15 +756,23 @@ mod tests {
         let key = store
             .create(&changes(&[("base", json!(1))]).to_new_record(SystemTime::now()))
             .unwrap();
-        store.save(&key, &changes(&[("a", json!("A"))]), None).unwrap();
-        let record = store.save(&key, &changes(&[("b", json!("B"))]), None).unwrap();
+        store
+            .save(&key, &changes(&[("a", json!("A"))]), None)
+            .unwrap();
+        let record = store
+            .save(&key, &changes(&[("b", json!("B"))]), None)
+            .unwrap();
         assert_eq!(
             serde_json::Value::Object(record.data),
             json!({"base": 1, "a": "A", "b": "B"})
         );
         let loaded = store.load(&key).unwrap().unwrap().record;
         assert_eq!(loaded.data.len(), 3);
-        assert_eq!(files_in(store.dir()), vec![key.file_name()], "no temp files left");
+        assert_eq!(
+            files_in(store.dir()),
+            vec![key.file_name()],
+            "no temp files left"
+        );
     }
 
     #[test]
@@ -766,7 +782,9 @@ mod tests {
             .create(&changes(&[]).to_new_record(SystemTime::now()))
             .unwrap();
         store.delete(&key, None).unwrap();
-        let err = store.save(&key, &changes(&[("a", json!(1))]), None).unwrap_err();
+        let err = store
+            .save(&key, &changes(&[("a", json!(1))]), None)
+            .unwrap_err();
         assert!(matches!(err, StoreError::Deleted(k) if k == key), "{err}");
         assert!(!store.exists(&key).unwrap());
         assert!(files_in(store.dir()).is_empty());
@@ -802,11 +820,24 @@ mod tests {
         let outside = store.dir().parent().unwrap().join("outside.json");
         let good = changes(&[("secret", json!(1))]).to_new_record(SystemTime::now());
         fs::write(&outside, file_format::encode(&good)).unwrap();
-        let cases: Vec<(SessionKey, Box<dyn Fn(&Path)>)> = vec![
-            (SessionKey::generate(), Box::new(|p| fs::write(p, b"").unwrap())),
-            (SessionKey::generate(), Box::new(|p| fs::write(p, b"{\"format\":1,").unwrap())),
-            (SessionKey::generate(), Box::new(|p| fs::write(p, b"\xff\xfe\x00\x01").unwrap())),
-            (SessionKey::generate(), Box::new(|p| fs::create_dir(p).unwrap())),
+        type Make = Box<dyn Fn(&Path)>;
+        let cases: Vec<(SessionKey, Make)> = vec![
+            (
+                SessionKey::generate(),
+                Box::new(|p| fs::write(p, b"").unwrap()),
+            ),
+            (
+                SessionKey::generate(),
+                Box::new(|p| fs::write(p, b"{\"format\":1,").unwrap()),
+            ),
+            (
+                SessionKey::generate(),
+                Box::new(|p| fs::write(p, b"\xff\xfe\x00\x01").unwrap()),
+            ),
+            (
+                SessionKey::generate(),
+                Box::new(|p| fs::create_dir(p).unwrap()),
+            ),
             (
                 SessionKey::generate(),
                 Box::new(move |p| std::os::unix::fs::symlink(&outside, p).unwrap()),
@@ -814,7 +845,10 @@ mod tests {
             (
                 SessionKey::generate(),
                 Box::new(|p| {
-                    let status = std::process::Command::new("mkfifo").arg(p).status().unwrap();
+                    let status = std::process::Command::new("mkfifo")
+                        .arg(p)
+                        .status()
+                        .unwrap();
                     assert!(status.success());
                 }),
             ),
@@ -830,7 +864,9 @@ mod tests {
         assert!(store.load(&huge).unwrap().is_none());
         // The symlink's target is never written through either.
         let symlinked = &cases[4].0;
-        let err = store.save(symlinked, &changes(&[("a", json!(1))]), None).unwrap_err();
+        let err = store
+            .save(symlinked, &changes(&[("a", json!(1))]), None)
+            .unwrap_err();
         assert!(matches!(err, StoreError::NotARegularFile(_)), "{err}");
         let outside = store.dir().parent().unwrap().join("outside.json");
         assert_eq!(fs::read(&outside).unwrap(), file_format::encode(&good));
@@ -847,7 +883,10 @@ mod tests {
         let err = store
             .save(&key, &changes(&[("b", json!("z".repeat(500)))]), None)
             .unwrap_err();
-        assert!(matches!(err, StoreError::TooLarge { limit: 200, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::TooLarge { limit: 200, .. }),
+            "{err}"
+        );
         assert_eq!(fs::read(store.path_of(&key)).unwrap(), before);
         assert_eq!(files_in(store.dir()), vec![key.file_name()]);
     }
@@ -858,9 +897,14 @@ mod tests {
         let old = store
             .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
             .unwrap();
-        let (new, record) = store.cycle(&old, &changes(&[("b", json!(2))]), None).unwrap();
+        let (new, record) = store
+            .cycle(&old, &changes(&[("b", json!(2))]), None)
+            .unwrap();
         assert_ne!(old, new);
-        assert_eq!(serde_json::Value::Object(record.data), json!({"a": 1, "b": 2}));
+        assert_eq!(
+            serde_json::Value::Object(record.data),
+            json!({"a": 1, "b": 2})
+        );
         assert_eq!(files_in(store.dir()), vec![new.file_name()]);
     }
 
@@ -887,7 +931,9 @@ mod tests {
                 skipped: 1
             }
         );
-        assert_eq!(files_in(store.dir()), vec!["README.md".to_string(), live.file_name()]);
+        let mut expected = vec!["README.md".to_string(), live.file_name()];
+        expected.sort();
+        assert_eq!(files_in(store.dir()), expected);
     }
 
     #[test]
@@ -906,7 +952,9 @@ mod tests {
         let key = store
             .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
             .unwrap();
-        store.save(&key, &changes(&[("b", json!(2))]), None).unwrap();
+        store
+            .save(&key, &changes(&[("b", json!(2))]), None)
+            .unwrap();
         assert_eq!(store.load(&key).unwrap().unwrap().record.data.len(), 2);
     }
 

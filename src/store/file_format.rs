@@ -132,7 +132,11 @@ mod tests {
             b"[1,2,3]".to_vec(),
         ];
         for bytes in cases {
-            assert!(decode(&bytes).is_err(), "{:?}", String::from_utf8_lossy(&bytes));
+            assert!(
+                decode(&bytes).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         assert!(decode(&good).is_ok());
     }

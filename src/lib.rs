@@ -64,10 +64,23 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod app;
+mod config;
 mod expiry;
+mod http;
 mod key;
+mod middleware;
+mod router;
+mod server;
 mod session;
 mod store;
+
+pub use app::demo_router;
+pub use config::{DEFAULT_MAX_BODY, SameSite, SettingError, Settings};
+pub use http::{Limits, Method, Request, Response};
+pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
+pub use router::{Handler, Routed, Router, safe_location};
+pub use server::{App, Server, StopHandle, file_store};
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
 pub use key::{SESSION_KEY_LEN, SessionKey};

@@ -1,3 +1,277 @@
-fn main() {
-    println!("filesession: the server arrives with issue 3");
+//! `filesession`: the command line. Parses arguments and settings, then calls the library.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+use filesession::{
+    App, Locking, SameSite, Server, SessionMiddleware, Settings, demo_router, file_store,
+};
+
+/// Django's session framework in Rust: every session a JSON file under SESSION_FILE_PATH.
+///
+/// Every setting is a flag and an environment variable of the Django name
+/// (e.g. --session-cookie-age 3600 or SESSION_COOKIE_AGE=3600).
+#[derive(Parser)]
+#[command(name = "filesession", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the demo app, as Django's runserver (the default command).
+    Runserver {
+        /// Where to listen: PORT, ADDR:PORT or [IPv6]:PORT.
+        #[arg(value_name = "ADDR:PORT", default_value = "127.0.0.1:8000")]
+        addrport: String,
+    },
+    /// Remove expired sessions, corrupt session files and leftovers of crashed writes.
+    Clearsessions,
+}
+
+#[derive(Args)]
+struct SettingsArgs {
+    /// The session cookie's name.
+    #[arg(long, global = true, env = "SESSION_COOKIE_NAME", alias = "SESSION_COOKIE_NAME",
+          value_name = "SESSION_COOKIE_NAME", default_value = "sessionid")]
+    session_cookie_name: String,
+
+    /// Session lifetime in seconds (cookie Max-Age and server-side expiry).
+    #[arg(long, global = true, env = "SESSION_COOKIE_AGE", alias = "SESSION_COOKIE_AGE",
+          value_name = "SESSION_COOKIE_AGE", default_value_t = 1_209_600)]
+    session_cookie_age: u64,
+
+    /// The cookie's Domain attribute; none means a host-only cookie.
+    #[arg(long, global = true, env = "SESSION_COOKIE_DOMAIN", alias = "SESSION_COOKIE_DOMAIN",
+          value_name = "SESSION_COOKIE_DOMAIN")]
+    session_cookie_domain: Option<String>,
+
+    /// Mark the cookie Secure (HTTPS only).
+    #[arg(long, global = true, env = "SESSION_COOKIE_SECURE", alias = "SESSION_COOKIE_SECURE",
+          value_name = "SESSION_COOKIE_SECURE", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    session_cookie_secure: bool,
+
+    /// The cookie's Path attribute.
+    #[arg(long, global = true, env = "SESSION_COOKIE_PATH", alias = "SESSION_COOKIE_PATH",
+          value_name = "SESSION_COOKIE_PATH", default_value = "/")]
+    session_cookie_path: String,
+
+    /// Mark the cookie HttpOnly (hidden from JavaScript).
+    #[arg(long, global = true, env = "SESSION_COOKIE_HTTPONLY", alias = "SESSION_COOKIE_HTTPONLY",
+          value_name = "SESSION_COOKIE_HTTPONLY", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    session_cookie_httponly: bool,
+
+    /// The cookie's SameSite attribute: Strict, Lax, None, or false to omit it.
+    #[arg(long, global = true, env = "SESSION_COOKIE_SAMESITE", alias = "SESSION_COOKIE_SAMESITE",
+          value_name = "SESSION_COOKIE_SAMESITE", default_value = "Lax",
+          value_parser = parse_samesite)]
+    session_cookie_samesite: SameSiteSetting,
+
+    /// Save the session on every request, refreshing its expiry.
+    #[arg(long, global = true, env = "SESSION_SAVE_EVERY_REQUEST", alias = "SESSION_SAVE_EVERY_REQUEST",
+          value_name = "SESSION_SAVE_EVERY_REQUEST", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    session_save_every_request: bool,
+
+    /// Give sessions with the default expiry a browser-session cookie.
+    #[arg(long, global = true, env = "SESSION_EXPIRE_AT_BROWSER_CLOSE",
+          alias = "SESSION_EXPIRE_AT_BROWSER_CLOSE", value_name = "SESSION_EXPIRE_AT_BROWSER_CLOSE",
+          default_value = "false", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    session_expire_at_browser_close: bool,
+
+    /// The sessions directory (created 0700 if missing).
+    #[arg(long, global = true, env = "SESSION_FILE_PATH", alias = "SESSION_FILE_PATH",
+          value_name = "SESSION_FILE_PATH", default_value = "sessions")]
+    session_file_path: PathBuf,
+
+    /// merge: concurrent requests keep each other's changes; request: one request of a
+    /// session at a time (exact counters).
+    #[arg(long, global = true, env = "SESSION_LOCKING", alias = "SESSION_LOCKING",
+          value_name = "SESSION_LOCKING", default_value = "merge",
+          value_parser = parse_locking)]
+    session_locking: Locking,
+
+    /// fsync every write (survives power loss; slower).
+    #[arg(long, global = true, env = "SESSION_FILE_FSYNC", alias = "SESSION_FILE_FSYNC",
+          value_name = "SESSION_FILE_FSYNC", default_value = "false", num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    session_file_fsync: bool,
+
+    /// Seconds a request waits for a session's lock before answering 503.
+    #[arg(long, global = true, env = "SESSION_LOCK_TIMEOUT", alias = "SESSION_LOCK_TIMEOUT",
+          value_name = "SESSION_LOCK_TIMEOUT", default_value = "3", value_parser = parse_seconds)]
+    session_lock_timeout: Duration,
+
+    /// The largest request body in bytes.
+    #[arg(long, global = true, env = "DATA_UPLOAD_MAX_MEMORY_SIZE",
+          alias = "DATA_UPLOAD_MAX_MEMORY_SIZE", value_name = "DATA_UPLOAD_MAX_MEMORY_SIZE",
+          default_value_t = filesession::DEFAULT_MAX_BODY)]
+    data_upload_max_memory_size: usize,
+}
+
+/// `SESSION_COOKIE_SAMESITE`: `None` omits the attribute (Django's `False`).
+#[derive(Clone, Copy)]
+struct SameSiteSetting(Option<SameSite>);
+
+fn parse_samesite(text: &str) -> Result<SameSiteSetting, String> {
+    SameSite::parse_setting(text).map(SameSiteSetting)
+}
+
+fn parse_locking(text: &str) -> Result<Locking, String> {
+    Locking::parse(text).ok_or_else(|| format!("SESSION_LOCKING must be merge or request, not {text:?}"))
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| *d <= Duration::from_secs(3600))
+        .ok_or_else(|| format!("SESSION_LOCK_TIMEOUT must be seconds from 0 to 3600, not {text:?}"))
+}
+
+impl SettingsArgs {
+    fn into_settings(self) -> Settings {
+        Settings {
+            cookie_name: self.session_cookie_name,
+            cookie_age: Duration::from_secs(self.session_cookie_age),
+            cookie_domain: self.session_cookie_domain.filter(|d| !d.is_empty()),
+            cookie_secure: self.session_cookie_secure,
+            cookie_path: self.session_cookie_path,
+            cookie_httponly: self.session_cookie_httponly,
+            cookie_samesite: self.session_cookie_samesite.0,
+            save_every_request: self.session_save_every_request,
+            expire_at_browser_close: self.session_expire_at_browser_close,
+            file_path: self.session_file_path,
+            locking: self.session_locking,
+            file_fsync: self.session_file_fsync,
+            lock_timeout: self.session_lock_timeout,
+            max_body: self.data_upload_max_memory_size,
+        }
+    }
+}
+
+/// Log records (store warnings, corrupt files) to stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{}: {}", record.level(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// `8000`, `0.0.0.0:8000`, `[::1]:8000`, `localhost:8000`.
+fn parse_addrport(text: &str) -> Result<SocketAddr, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a port number"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("{text:?} is not a valid port number or address:port pair"))
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("filesession: error: {message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Info));
+    let cli = Cli::parse();
+    let settings = cli.settings.into_settings();
+    if let Err(e) = settings.validate() {
+        return fail(e);
+    }
+    match cli.command.unwrap_or(Command::Runserver {
+        addrport: "127.0.0.1:8000".into(),
+    }) {
+        Command::Runserver { addrport } => runserver(&addrport, settings),
+        Command::Clearsessions => clearsessions(&settings),
+    }
+}
+
+fn runserver(addrport: &str, settings: Settings) -> ExitCode {
+    let addr = match parse_addrport(addrport) {
+        Ok(addr) => addr,
+        Err(e) => return fail(e),
+    };
+    let store = match file_store(&settings) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let sessions = settings.file_path.display().to_string();
+    let locking = match settings.locking {
+        Locking::Merge => "merge",
+        Locking::Request => "request",
+    };
+    let app = App::new(demo_router(), SessionMiddleware::new(store, settings));
+    let server = match Server::bind(addr, app) {
+        Ok(server) => server,
+        Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
+    };
+    let bound = server.local_addr().unwrap_or(addr);
+    if let Err(e) = server.stop_handle().stop_on_signals() {
+        return fail(format!("cannot install the signal handlers: {e}"));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "filesession {}: sessions in {sessions}/ ({locking} locking)\n\
+         Starting development server at http://{bound}/\n\
+         Quit the server with CONTROL-C.",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = out.flush();
+    drop(out);
+    match server.run() {
+        Ok(()) => {
+            println!("Server stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn clearsessions(settings: &Settings) -> ExitCode {
+    let store = match file_store(settings) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let started = Instant::now();
+    match store.clear_expired() {
+        Ok(report) => {
+            println!(
+                "Removed {} expired sessions, {} corrupt session files and {} leftovers of crashed writes; \
+                 kept {} sessions; skipped {} other entries; in {} ms.",
+                report.expired,
+                report.corrupt,
+                report.leftovers,
+                report.kept,
+                report.skipped,
+                started.elapsed().as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }

@@ -1,0 +1,243 @@
+//! Settings with Django's names and defaults, checked once at startup.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::session::{DEFAULT_COOKIE_AGE, SessionConfig};
+use crate::store::Locking;
+use crate::store::file::DEFAULT_LOCK_TIMEOUT;
+
+/// The `SameSite` attribute of the session cookie (`SESSION_COOKIE_SAMESITE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `SameSite=Strict`
+    Strict,
+    /// `SameSite=Lax`, Django's default.
+    Lax,
+    /// `SameSite=None`; the cookie then also gets `Secure`, which browsers require.
+    None,
+}
+
+impl SameSite {
+    /// Parses Django's values: `Strict`, `Lax`, `None`, or `false` (no attribute).
+    /// Case-insensitive. `Ok(None)` means "omit the attribute".
+    ///
+    /// # Errors
+    /// Any other value, with a message naming the setting.
+    pub fn parse_setting(text: &str) -> Result<Option<SameSite>, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "strict" => Ok(Some(SameSite::Strict)),
+            "lax" => Ok(Some(SameSite::Lax)),
+            "none" => Ok(Some(SameSite::None)),
+            "false" => Ok(None),
+            _ => Err(format!(
+                "SESSION_COOKIE_SAMESITE must be Strict, Lax, None or false, not {text:?}"
+            )),
+        }
+    }
+}
+
+/// Every setting of the session machinery. `Settings::default()` is Django's defaults, with
+/// `SESSION_FILE_PATH` = `./sessions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `SESSION_COOKIE_NAME`. Default: `sessionid`.
+    pub cookie_name: String,
+    /// `SESSION_COOKIE_AGE`, seconds. Default: 1209600 (two weeks).
+    pub cookie_age: Duration,
+    /// `SESSION_COOKIE_DOMAIN`. Default: none (a host-only cookie).
+    pub cookie_domain: Option<String>,
+    /// `SESSION_COOKIE_SECURE`. Default: `false`.
+    pub cookie_secure: bool,
+    /// `SESSION_COOKIE_PATH`. Default: `/`.
+    pub cookie_path: String,
+    /// `SESSION_COOKIE_HTTPONLY`. Default: `true`.
+    pub cookie_httponly: bool,
+    /// `SESSION_COOKIE_SAMESITE`. Default: `Lax`; `None` here omits the attribute.
+    pub cookie_samesite: Option<SameSite>,
+    /// `SESSION_SAVE_EVERY_REQUEST`. Default: `false`.
+    pub save_every_request: bool,
+    /// `SESSION_EXPIRE_AT_BROWSER_CLOSE`. Default: `false`.
+    pub expire_at_browser_close: bool,
+    /// `SESSION_FILE_PATH`. Default: `./sessions`.
+    pub file_path: PathBuf,
+    /// `SESSION_LOCKING`: `merge` or `request`. Default: `merge`.
+    pub locking: Locking,
+    /// `SESSION_FILE_FSYNC`. Default: `false`.
+    pub file_fsync: bool,
+    /// `SESSION_LOCK_TIMEOUT`, how long a request waits for a session's lock. Default: 3 s.
+    pub lock_timeout: Duration,
+    /// `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest request body in bytes. Default: 65536.
+    pub max_body: usize,
+}
+
+/// `DATA_UPLOAD_MAX_MEMORY_SIZE` default: 64 KiB.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cookie_name: "sessionid".into(),
+            cookie_age: DEFAULT_COOKIE_AGE,
+            cookie_domain: None,
+            cookie_secure: false,
+            cookie_path: "/".into(),
+            cookie_httponly: true,
+            cookie_samesite: Some(SameSite::Lax),
+            save_every_request: false,
+            expire_at_browser_close: false,
+            file_path: PathBuf::from("sessions"),
+            locking: Locking::Merge,
+            file_fsync: false,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// A setting with a value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError(pub String);
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Characters a cookie attribute value may hold: visible ASCII but `;` and `,`.
+fn is_attribute_value(text: &str) -> bool {
+    text.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';' && b != b',')
+}
+
+impl Settings {
+    /// Checks that every setting can work.
+    ///
+    /// # Errors
+    /// The first bad setting, named with its Django name.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let bad = |msg: String| Err(SettingError(msg));
+        if !is_cookie_name(&self.cookie_name) {
+            return bad(format!(
+                "SESSION_COOKIE_NAME must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), not {:?}",
+                self.cookie_name
+            ));
+        }
+        if !self.cookie_path.starts_with('/') || !is_attribute_value(&self.cookie_path) {
+            return bad(format!(
+                "SESSION_COOKIE_PATH must start with '/' and hold no spaces, ';' or ',', not {:?}",
+                self.cookie_path
+            ));
+        }
+        if let Some(domain) = &self.cookie_domain
+            && (domain.is_empty() || !is_attribute_value(domain))
+        {
+            return bad(format!(
+                "SESSION_COOKIE_DOMAIN must be a domain such as .example.com, not {domain:?}"
+            ));
+        }
+        if self.cookie_age.as_secs() > i64::MAX as u64 / 2 {
+            return bad(format!(
+                "SESSION_COOKIE_AGE is too large: {} seconds",
+                self.cookie_age.as_secs()
+            ));
+        }
+        if self.max_body == 0 {
+            return bad("DATA_UPLOAD_MAX_MEMORY_SIZE must be at least 1 byte".into());
+        }
+        Ok(())
+    }
+
+    /// The part a [`Session`](crate::Session) needs.
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            cookie_age: self.cookie_age,
+            expire_at_browser_close: self.expire_at_browser_close,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_djangos() {
+        let s = Settings::default();
+        assert_eq!(s.cookie_name, "sessionid");
+        assert_eq!(s.cookie_age, Duration::from_secs(1_209_600));
+        assert_eq!(s.cookie_path, "/");
+        assert!(s.cookie_httponly && !s.cookie_secure);
+        assert_eq!(s.cookie_samesite, Some(SameSite::Lax));
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_setting_named() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    cookie_name: "a b".into(),
+                    ..Settings::default()
+                },
+                "SESSION_COOKIE_NAME",
+            ),
+            (
+                Settings {
+                    cookie_name: "".into(),
+                    ..Settings::default()
+                },
+                "SESSION_COOKIE_NAME",
+            ),
+            (
+                Settings {
+                    cookie_path: "x".into(),
+                    ..Settings::default()
+                },
+                "SESSION_COOKIE_PATH",
+            ),
+            (
+                Settings {
+                    cookie_path: "/a;b".into(),
+                    ..Settings::default()
+                },
+                "SESSION_COOKIE_PATH",
+            ),
+            (
+                Settings {
+                    cookie_domain: Some("ex ample.com".into()),
+                    ..Settings::default()
+                },
+                "SESSION_COOKIE_DOMAIN",
+            ),
+            (
+                Settings {
+                    max_body: 0,
+                    ..Settings::default()
+                },
+                "DATA_UPLOAD_MAX_MEMORY_SIZE",
+            ),
+        ];
+        for (settings, name) in cases {
+            let err = settings.validate().unwrap_err();
+            assert!(err.0.starts_with(name), "{err}");
+        }
+        assert!(
+            SameSite::parse_setting("sometimes")
+                .unwrap_err()
+                .contains("SESSION_COOKIE_SAMESITE")
+        );
+        assert_eq!(SameSite::parse_setting("false"), Ok(None));
+        assert_eq!(SameSite::parse_setting("strict"), Ok(Some(SameSite::Strict)));
+    }
+}

@@ -1,0 +1,449 @@
+//! One client connection: read requests with limits and deadlines, hand each one whole to
+//! the handler thread, write its response. Runs on the connection's own thread, so a slow
+//! or hostile client only ever stalls itself.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::request::{Method, Request};
+use super::response::{Response, reason};
+
+/// Limits and deadlines of the HTTP layer. Every one is a defence against a client that
+/// would otherwise hold a thread or memory forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request head (request line and headers). Default: 32 KiB; more is 431.
+    pub max_head_bytes: usize,
+    /// The most header fields. Default: 64; more is 431.
+    pub max_headers: usize,
+    /// The largest body (`DATA_UPLOAD_MAX_MEMORY_SIZE`). Default: 64 KiB; more is 413.
+    pub max_body_bytes: usize,
+    /// How long a kept-alive connection may sit idle before the next request. Default: 5 s.
+    pub idle_timeout: Duration,
+    /// How long the whole head may take once its first byte arrived. Default: 10 s; then 408.
+    pub head_timeout: Duration,
+    /// How long the whole body may take. Default: 10 s; then 408.
+    pub body_timeout: Duration,
+    /// How long one response write may block on a client that does not read. Default: 10 s.
+    pub write_timeout: Duration,
+    /// The most open connections; more are answered 503 and closed. Default: 1024.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 32 * 1024,
+            max_headers: 64,
+            max_body_bytes: crate::config::DEFAULT_MAX_BODY,
+            idle_timeout: Duration::from_secs(5),
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A request handed to the handler thread, with the way back for its response.
+pub(crate) struct Job {
+    pub request: Request,
+    pub reply: SyncSender<Response>,
+}
+
+/// A request the connection layer answers itself, then closes.
+struct Reject {
+    status: u16,
+    message: &'static str,
+    path: String,
+}
+
+enum Head {
+    Request(Box<Request>, usize),
+    Closed,
+    Reject(Reject),
+}
+
+/// Serves one connection until it closes, errs, times out or the server stops.
+/// `in_flight` counts responses handed over but not yet written (for a clean shutdown).
+pub(crate) fn serve_connection(
+    mut stream: TcpStream,
+    jobs: &SyncSender<Job>,
+    limits: &Limits,
+    in_flight: &AtomicUsize,
+) {
+    let _ = stream.set_nodelay(true);
+    if stream.set_write_timeout(Some(limits.write_timeout)).is_err() {
+        return;
+    }
+    let remote = stream.peer_addr().ok();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let (mut request, head_len) = match read_head(&mut stream, &mut buf, limits) {
+            Head::Request(request, head_len) => (request, head_len),
+            Head::Closed => return,
+            Head::Reject(reject) => return reject_and_close(stream, &reject, None),
+        };
+        request.remote = remote;
+        let line = request_line(&request);
+        if let Err(reject) = read_body(&mut stream, &mut buf, head_len, &mut request, limits) {
+            return reject_and_close(stream, &reject, Some(&line));
+        }
+        let keep_alive = wants_keep_alive(&request);
+        let head_only = request.method == Method::Head;
+        let version = request.version;
+        let (tx, rx) = mpsc::sync_channel(1);
+        if jobs.send(Job { request: *request, reply: tx }).is_err() {
+            return; // the server is stopping
+        }
+        let Ok(response) = rx.recv() else {
+            return;
+        };
+        let written = write_response(&mut stream, &response, version, keep_alive, head_only);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() || !keep_alive {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// `GET /path HTTP/1.1`, for the access log.
+pub(crate) fn request_line(request: &Request) -> String {
+    format!(
+        "{} {} {}",
+        request.method_token,
+        request.target.escape_debug(),
+        request.http_version()
+    )
+}
+
+/// Prints Django runserver's access-log line to stderr:
+/// `[26/Nov/2026 11:37:46] "GET /setsession/ HTTP/1.1" 200 14`.
+pub(crate) fn log_access(line: &str, status: u16, body_len: usize) {
+    let date = httpdate::fmt_http_date(SystemTime::now()); // "Thu, 26 Nov 2026 11:37:46 GMT"
+    let parts: Vec<&str> = date.split(' ').collect();
+    let stamp = match parts.as_slice() {
+        [_, day, month, year, time, _] => format!("{day}/{month}/{year} {time}"),
+        _ => date.clone(),
+    };
+    eprintln!("[{stamp}] \"{line}\" {status} {body_len}");
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
+/// Reads until a whole head is in `buf` and parses it. Waits up to `idle_timeout` for the
+/// first byte, then up to `head_timeout` for the rest.
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Head {
+    let started = Instant::now();
+    let mut head_deadline = (!buf.is_empty()).then(|| started + limits.head_timeout);
+    let mut scanned = 0;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if has_head_end(buf, &mut scanned) {
+            return parse_head(buf, limits);
+        }
+        if buf.len() > limits.max_head_bytes {
+            return Head::Reject(Reject {
+                status: 431,
+                message: "Request head too large.",
+                path: String::new(),
+            });
+        }
+        let deadline = head_deadline.unwrap_or(started + limits.idle_timeout);
+        let now = Instant::now();
+        if now >= deadline {
+            return match head_deadline {
+                None => Head::Closed, // an idle keep-alive connection: just close
+                Some(_) => Head::Reject(Reject {
+                    status: 408,
+                    message: "Request head not received in time.",
+                    path: String::new(),
+                }),
+            };
+        }
+        if stream.set_read_timeout(Some(deadline - now)).is_err() {
+            return Head::Closed;
+        }
+        let room = (limits.max_head_bytes + 1 - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Head::Closed,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
+            }
+            Err(e) if would_block(&e) => {}
+            Err(_) => return Head::Closed,
+        }
+    }
+}
+
+/// Whether `buf` holds an empty line ending a head; scans only bytes not scanned before.
+fn has_head_end(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    let found = buf[from..].windows(2).any(|w| w == b"\n\n")
+        || buf[from..].windows(4).any(|w| w == b"\r\n\r\n");
+    *scanned = buf.len();
+    found
+}
+
+fn parse_head(buf: &[u8], limits: &Limits) -> Head {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let bad = |message| {
+        Head::Reject(Reject {
+            status: 400,
+            message,
+            path: String::new(),
+        })
+    };
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return bad("Malformed request head."),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Head::Reject(Reject {
+                status: 431,
+                message: "Too many header fields.",
+                path: String::new(),
+            });
+        }
+        Err(httparse::Error::Version) => {
+            return Head::Reject(Reject {
+                status: 505,
+                message: "Only HTTP/1.0 and HTTP/1.1 are served.",
+                path: String::new(),
+            });
+        }
+        Err(_) => return bad("Malformed request head."),
+    };
+    let (Some(method), Some(target), Some(version)) =
+        (parsed.method, parsed.path, parsed.version)
+    else {
+        return bad("Malformed request line.");
+    };
+    if !target.starts_with('/') {
+        return bad("The request target must be a path starting with '/'.");
+    }
+    let request = Request {
+        method: Method::parse(method),
+        method_token: method.to_owned(),
+        target: target.to_owned(),
+        version,
+        headers: parsed
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect(),
+        body: Vec::new(),
+        remote: None,
+        params: HashMap::new(),
+    };
+    Head::Request(Box::new(request), head_len)
+}
+
+/// Decides the body's length from the headers (refusing anything ambiguous), then reads it
+/// within the body deadline. Leaves any pipelined bytes after it in `buf`.
+fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    request: &mut Request,
+    limits: &Limits,
+) -> Result<(), Reject> {
+    let path = request.path().to_owned();
+    let reject = |status, message| Reject {
+        status,
+        message,
+        path: path.clone(),
+    };
+    let has = |name: &str| request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let lengths: Vec<&[u8]> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    if has("transfer-encoding") {
+        return Err(if lengths.is_empty() {
+            reject(
+                411,
+                "Chunked request bodies are not accepted: send a Content-Length.",
+            )
+        } else {
+            reject(400, "Both Content-Length and Transfer-Encoding were sent.")
+        });
+    }
+    let length = match lengths.as_slice() {
+        [] => 0,
+        [first, rest @ ..] => {
+            if rest.iter().any(|v| v != first) {
+                return Err(reject(400, "Conflicting Content-Length headers."));
+            }
+            parse_length(first).ok_or_else(|| reject(400, "Invalid Content-Length."))?
+        }
+    };
+    if length > limits.max_body_bytes as u64 {
+        return Err(reject(413, "Request body too large."));
+    }
+    let length = length as usize;
+    buf.drain(..head_len);
+    if let Some(expect) = request.header("expect") {
+        if !expect.eq_ignore_ascii_case("100-continue") {
+            return Err(reject(417, "Only Expect: 100-continue is understood."));
+        }
+        if buf.len() < length {
+            let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+    let deadline = Instant::now() + limits.body_timeout;
+    let mut chunk = [0u8; 8192];
+    while buf.len() < length {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(reject(408, "Request body not received in time."));
+        }
+        if stream.set_read_timeout(Some(deadline - now)).is_err() {
+            return Err(reject(400, "Connection failed."));
+        }
+        let room = (length - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Err(reject(400, "Connection closed before the body was complete.")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if would_block(&e) => {}
+            Err(_) => return Err(reject(400, "Connection failed.")),
+        }
+    }
+    request.body = buf.drain(..length).collect();
+    Ok(())
+}
+
+/// A Content-Length value: digits only, no sign, no spaces, fits in u64.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn wants_keep_alive(request: &Request) -> bool {
+    let tokens = request
+        .headers_named("connection")
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    if request.version == 0 {
+        tokens.iter().any(|t| t == "keep-alive")
+    } else {
+        !tokens.iter().any(|t| t == "close")
+    }
+}
+
+/// Serializes and writes a response in one write.
+fn write_response(
+    stream: &mut TcpStream,
+    response: &Response,
+    version: u8,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let body = response.body();
+    let mut out = Vec::with_capacity(256 + body.len());
+    let status = response.status();
+    let _ = write!(
+        out,
+        "HTTP/1.{version} {status} {}\r\nDate: {}\r\nServer: filesession\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n",
+        reason(status),
+        httpdate::fmt_http_date(SystemTime::now()),
+        body.len()
+    );
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    for (name, value) in response.headers() {
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection")
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    stream.write_all(&out)?;
+    stream.flush()
+}
+
+/// Answers a request the connection layer refuses, then closes the connection without
+/// reading what the client may still be sending (at most a short, bounded drain so that the
+/// client sees the answer rather than a reset).
+fn reject_and_close(mut stream: TcpStream, reject: &Reject, line: Option<&str>) {
+    let response = Response::error(&reject.path, reject.status, reject.message);
+    log_access(line.unwrap_or("-"), reject.status, response.body().len());
+    let _ = write_response(&mut stream, &response, 1, false, false);
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut drained = 0usize;
+    while Instant::now() < deadline && drained < 256 * 1024 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+/// Answers 503 to a connection over the limit, without blocking the accept loop.
+pub(crate) fn refuse_overload(stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let response = Response::text(503, "Too many connections; try again shortly.\n");
+    let mut out = Vec::new();
+    let _ = write!(
+        out,
+        "HTTP/1.1 503 {}\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+        reason(503),
+        response.body().len()
+    );
+    out.extend_from_slice(response.body());
+    let _ = (&stream).write(&out);
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_must_be_plain_digits() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"65536"), Some(65536));
+        for bad in [&b""[..], b"-1", b"+5", b" 5", b"5 ", b"0x10", b"99999999999999999999", b"1,2"] {
+            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn head_end_is_found_across_reads() {
+        let mut scanned = 0;
+        let mut buf = b"GET / HTTP/1.1\r\nHost: x\r\n\r".to_vec();
+        assert!(!has_head_end(&buf, &mut scanned));
+        buf.push(b'\n');
+        assert!(has_head_end(&buf, &mut scanned));
+    }
+}

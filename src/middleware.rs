@@ -1,0 +1,247 @@
+//! Django's SessionMiddleware: the cookie in -> a lazy Session; after the handler: save,
+//! Set-Cookie, delete the cookie, Vary.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cookie::time::OffsetDateTime;
+use cookie::{Cookie, SameSite as CookieSameSite};
+
+use crate::config::{SameSite, Settings};
+use crate::http::{Request, Response};
+use crate::key::SessionKey;
+use crate::session::Session;
+use crate::store::{SessionStore, StoreError};
+
+/// Loads the session a request names and applies Django's rules to the response.
+///
+/// ```
+/// use std::sync::Arc;
+/// use filesession::{MemoryStore, Method, Request, Response, SessionMiddleware, Settings};
+///
+/// let mw = SessionMiddleware::new(Arc::new(MemoryStore::new()), Settings::default());
+/// let request = Request::new(Method::Get, "/setsession/", &[], b"");
+/// let (mut session, had_cookie) = mw.session_for(&request);
+/// session.insert("sname", "abc");
+/// let response = mw.finish(session, had_cookie, "/setsession/", Response::text(200, "ok"));
+/// let cookie = response.header("set-cookie").unwrap();
+/// assert!(cookie.starts_with("sessionid=") && cookie.contains("HttpOnly"));
+/// assert_eq!(response.header("vary"), Some("Cookie"));
+/// ```
+#[derive(Clone)]
+pub struct SessionMiddleware {
+    store: Arc<dyn SessionStore>,
+    settings: Arc<Settings>,
+}
+
+/// Django's message for a save that found the session deleted meanwhile.
+pub const SESSION_INTERRUPTED: &str = "The request's session was deleted before the request \
+completed. The user may have logged out in a concurrent request, for example.";
+
+impl SessionMiddleware {
+    /// A middleware over `store` with `settings`.
+    pub fn new(store: Arc<dyn SessionStore>, settings: Settings) -> Self {
+        SessionMiddleware {
+            store,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The session named by the request's cookie (not loaded yet), and whether the request
+    /// carried the cookie at all. With several cookies of the name, the last one counts, as
+    /// in Django. A value that is not a canonical key means no session.
+    pub fn session_for(&self, request: &Request) -> (Session, bool) {
+        let name = self.settings.cookie_name.as_str();
+        let value = request
+            .headers_named("cookie")
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == name)
+            .map(|c| c.value_trimmed().to_owned())
+            .last();
+        let key = value.as_deref().and_then(SessionKey::parse);
+        let session = Session::new(self.store.clone(), key, self.settings.session_config());
+        (session, value.is_some())
+    }
+
+    /// Applies Django's `process_response` to the handler's response: save when modified
+    /// (or `SESSION_SAVE_EVERY_REQUEST`) and the status is below 500, then `Set-Cookie`;
+    /// delete the cookie of a request whose session is now empty; `Vary: Cookie` when the
+    /// session was accessed or the cookie set. A save that fails answers 400 (session
+    /// deleted meanwhile) or 5xx, never with a cookie. `path` picks JSON or text errors.
+    pub fn finish(
+        &self,
+        mut session: Session,
+        had_cookie: bool,
+        path: &str,
+        mut response: Response,
+    ) -> Response {
+        if let Some(error) = session.load_error() {
+            let mut failed = store_failure(path, error);
+            patch_vary(&mut failed);
+            return failed;
+        }
+        let wants_save = session.modified() || self.settings.save_every_request;
+        if wants_save {
+            // Resolve the cookie's key first: an unknown key then counts as no session
+            // rather than a session to update (Django's file backend creates an empty file
+            // here instead).
+            let _ = session.len();
+        }
+        let empty = session.is_empty();
+        if had_cookie && empty {
+            if let Err(error) = session.save() {
+                // a flush whose delete failed: the session is still there
+                return store_failure(path, &error);
+            }
+            response.render_after_save(&session);
+            response.add_header("Set-Cookie", &self.deletion_cookie());
+            patch_vary(&mut response);
+            return response;
+        }
+        let mut vary = session.accessed();
+        if wants_save && !empty && response.status() < 500 {
+            match session.save() {
+                Ok(()) => {}
+                Err(StoreError::Deleted(_)) => {
+                    let mut interrupted = Response::error(path, 400, SESSION_INTERRUPTED);
+                    patch_vary(&mut interrupted);
+                    return interrupted;
+                }
+                Err(error) => {
+                    let mut failed = store_failure(path, &error);
+                    patch_vary(&mut failed);
+                    return failed;
+                }
+            }
+            if let Some(key) = session.session_key() {
+                response.add_header("Set-Cookie", &self.session_cookie(key, &session));
+                vary = true;
+            }
+        }
+        response.render_after_save(&session);
+        if vary {
+            patch_vary(&mut response);
+        }
+        response
+    }
+
+    fn base_cookie<'c>(&self, value: String) -> cookie::CookieBuilder<'c> {
+        let s = &self.settings;
+        let mut c = Cookie::build((s.cookie_name.clone(), value)).path(s.cookie_path.clone());
+        if let Some(domain) = &s.cookie_domain {
+            c = c.domain(domain.clone());
+        }
+        if let Some(same_site) = s.cookie_samesite {
+            c = c.same_site(match same_site {
+                SameSite::Strict => CookieSameSite::Strict,
+                SameSite::Lax => CookieSameSite::Lax,
+                SameSite::None => CookieSameSite::None,
+            });
+        }
+        c
+    }
+
+    /// `sessionid=<key>; HttpOnly; SameSite=Lax; Path=/; Max-Age=…; Expires=…`.
+    fn session_cookie(&self, key: &SessionKey, session: &Session) -> String {
+        let s = &self.settings;
+        let mut c = self.base_cookie(key.to_string());
+        if s.cookie_httponly {
+            c = c.http_only(true);
+        }
+        if s.cookie_secure {
+            c = c.secure(true);
+        }
+        if !session.expire_at_browser_close() {
+            let age = session.expiry_age();
+            let expires = if age >= 0 {
+                SystemTime::now() + Duration::from_secs(age as u64)
+            } else {
+                SystemTime::now()
+                    .checked_sub(Duration::from_secs(age.unsigned_abs()))
+                    .unwrap_or(UNIX_EPOCH)
+            };
+            c = c
+                .max_age(cookie::time::Duration::seconds(age))
+                .expires(to_offset(expires));
+        }
+        c.build().to_string()
+    }
+
+    /// `sessionid=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax`.
+    fn deletion_cookie(&self) -> String {
+        self.base_cookie(String::new())
+            .max_age(cookie::time::Duration::ZERO)
+            .expires(OffsetDateTime::UNIX_EPOCH)
+            .build()
+            .to_string()
+    }
+}
+
+fn to_offset(t: SystemTime) -> OffsetDateTime {
+    // Cookie dates stop at year 9999 like the session files.
+    OffsetDateTime::from(crate::expiry::clamp_time(t))
+}
+
+/// Adds `Cookie` to `Vary`, keeping what is there (Django's `patch_vary_headers`).
+fn patch_vary(response: &mut Response) {
+    let existing = response.header("vary").map(str::to_owned);
+    match existing {
+        None => response.add_header("Vary", "Cookie"),
+        Some(v) => {
+            let has = |t: &str| v.split(',').any(|x| x.trim().eq_ignore_ascii_case(t));
+            if !has("*") && !has("cookie") {
+                response.set_header("Vary", &format!("{v}, Cookie"));
+            }
+        }
+    }
+}
+
+/// The answer to a store failure: a status a client can act on and a message without
+/// server paths; the full error goes to the log.
+pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
+    log::error!("session store: {error}");
+    let (status, message) = match error {
+        StoreError::Deleted(_) => (400, SESSION_INTERRUPTED.to_string()),
+        StoreError::LockTimeout { waited, .. } => (
+            503,
+            format!(
+                "The session is busy with another request; gave up after {} ms. Try again.",
+                waited.as_millis()
+            ),
+        ),
+        StoreError::TooLarge { size, limit, .. } => (
+            413,
+            format!("The session would take {size} bytes, over the limit of {limit} bytes."),
+        ),
+        StoreError::Io { action, source, .. } if is_out_of_space(source) => (
+            507,
+            format!("Could not {action}: the session store is out of space ({source})."),
+        ),
+        StoreError::Io { action, source, .. } => (
+            500,
+            format!("Could not {action}: {source}. Nothing was saved."),
+        ),
+        other => (500, format!("The session store failed: {other}.")),
+    };
+    let mut response = Response::error(path, status, &message);
+    if status == 503 {
+        response.add_header("Retry-After", "1");
+    }
+    response
+}
+
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}

@@ -1,0 +1,289 @@
+//! The server: an accept thread, one thread per connection for all waiting on clients, and
+//! ONE handler thread that runs the handlers, one request at a time.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::http::{Job, Limits, Request, Response, serve_connection};
+use crate::middleware::SessionMiddleware;
+use crate::router::{Router, Routed};
+use crate::store::SessionStore;
+
+/// Stack size of a connection thread: it only parses and copies bytes.
+const CONNECTION_STACK: usize = 256 * 1024;
+/// Requests waiting for the handler thread before connection threads wait to hand theirs.
+const QUEUE_DEPTH: usize = 256;
+
+/// The router and the session middleware: what the handler thread runs for each request.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    middleware: SessionMiddleware,
+}
+
+impl App {
+    /// An app from its routes and its middleware.
+    pub fn new(router: Router, middleware: SessionMiddleware) -> Self {
+        App { router, middleware }
+    }
+
+    /// Answers one request: route, load the session, run the handler, apply the middleware.
+    /// A handler that panics gets a 500; the server goes on.
+    pub fn handle(&self, mut request: Request) -> Response {
+        let path = request.path().to_owned();
+        match self.router.resolve(request.method(), &path, request.query()) {
+            Routed::NotFound => Response::error(&path, 404, &format!("Not found: {path}")),
+            Routed::MethodNotAllowed(methods) => {
+                let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                Response::error(
+                    &path,
+                    405,
+                    &format!("Method {} not allowed here.", request.method().as_str()),
+                )
+                .with_header("Allow", &allow.join(", "))
+            }
+            Routed::AppendSlash(location) => Response::redirect(301, &location),
+            Routed::Found(handler, params) => {
+                request.params = params;
+                let (mut session, had_cookie) = self.middleware.session_for(&request);
+                let outcome = catch_unwind(AssertUnwindSafe(|| handler(&request, &mut session)));
+                match outcome {
+                    Ok(response) => self.middleware.finish(session, had_cookie, &path, response),
+                    Err(_) => {
+                        log::error!("handler for {path} panicked; answered 500");
+                        Response::error(&path, 500, "Internal server error.")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops a running [`Server`]: the request in hand is finished and written, then
+/// [`Server::run`] returns.
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl StopHandle {
+    /// Asks the server to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept thread.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+
+    /// Stops the server on SIGINT (Ctrl-C) or SIGTERM.
+    ///
+    /// # Errors
+    /// The signal handlers cannot be installed.
+    pub fn stop_on_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = self.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    handle.stop();
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// A bound server. [`run`](Server::run) serves until stopped.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use filesession::{App, FileStore, Method, Request, Response, Router, Server, Session,
+///                   SessionMiddleware, Settings};
+///
+/// fn visits(_: &Request, session: &mut Session) -> Response {
+///     let n = session.get_as::<u64>("visits").ok().flatten().unwrap_or(0) + 1;
+///     session.insert("visits", n);
+///     Response::text(200, format!("visit number {n}"))
+/// }
+///
+/// let settings = Settings::default();
+/// let store = Arc::new(FileStore::open(&settings.file_path)?);
+/// let app = App::new(
+///     Router::new().route(Method::Get, "/", visits),
+///     SessionMiddleware::new(store, settings),
+/// );
+/// let server = Server::bind("127.0.0.1:8000", app)?;
+/// server.stop_handle().stop_on_signals()?;
+/// server.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Server {
+    listener: TcpListener,
+    app: App,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Binds `addr` with default [`Limits`] and the body limit of the app's settings.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn bind(addr: impl ToSocketAddrs, app: App) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let limits = Limits {
+            max_body_bytes: app.middleware.settings().max_body,
+            ..Limits::default()
+        };
+        Ok(Server {
+            listener,
+            app,
+            limits,
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Replaces the HTTP limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The address it listens on (with the real port when bound to port 0).
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops the server from another thread or a signal.
+    pub fn stop_handle(&self) -> StopHandle {
+        let addr = self
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        StopHandle {
+            stop: self.stop.clone(),
+            addr,
+        }
+    }
+
+    /// Serves until stopped. The calling thread becomes the handler thread.
+    ///
+    /// # Errors
+    /// The accept thread cannot be started.
+    pub fn run(self) -> io::Result<()> {
+        let Server {
+            listener,
+            app,
+            limits,
+            stop,
+        } = self;
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let acceptor = {
+            let stop = stop.clone();
+            let in_flight = in_flight.clone();
+            let limits = limits.clone();
+            thread::Builder::new()
+                .name("accept".into())
+                .spawn(move || accept_loop(listener, jobs, limits, stop, in_flight, connections))?
+        };
+        loop {
+            match queue.recv_timeout(Duration::from_millis(100)) {
+                Ok(job) => {
+                    let line = crate::http::request_line(&job.request);
+                    let response = app.handle(job.request);
+                    crate::http::log_access(&line, response.status(), response.body().len());
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    if job.reply.send(response).is_err() {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        // Let the connection threads write what was answered, then go.
+        drop(queue);
+        let deadline = Instant::now() + limits.write_timeout;
+        while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = acceptor.join();
+        Ok(())
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    jobs: mpsc::SyncSender<Job>,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+) {
+    let limits = Arc::new(limits);
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; never give up.
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        if connections.load(Ordering::SeqCst) >= limits.max_connections {
+            crate::http::refuse_overload(stream);
+            continue;
+        }
+        connections.fetch_add(1, Ordering::SeqCst);
+        let (jobs, limits, in_flight, count) = (
+            jobs.clone(),
+            limits.clone(),
+            in_flight.clone(),
+            connections.clone(),
+        );
+        let spawned = thread::Builder::new()
+            .name("conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                serve_connection(stream, &jobs, &limits, &in_flight);
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            connections.fetch_sub(1, Ordering::SeqCst);
+            log::warn!("could not start a connection thread; connection dropped");
+        }
+    }
+}
+
+/// Opens the file store the settings describe.
+///
+/// # Errors
+/// The sessions directory cannot be created or written.
+pub fn file_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, crate::StoreError> {
+    Ok(Arc::new(
+        crate::FileStore::open(&settings.file_path)?
+            .with_locking(settings.locking)
+            .with_lock_timeout(settings.lock_timeout)
+            .with_fsync(settings.file_fsync),
+    ))
+}

@@ -28,6 +28,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## A server
+//!
+//! [`Server`] runs Django's `runserver` model: one handler thread, requests handed to it whole
+//! by a defensive HTTP/1.1 layer. [`SessionMiddleware`] applies Django's cookie rules around
+//! your handlers, plain functions routed by [`Router`]:
+//!
+//! ```no_run
+//! use filesession::{App, Method, Request, Response, Router, Server, Session,
+//!                   SessionMiddleware, Settings, file_store};
+//!
+//! fn visits(_: &Request, session: &mut Session) -> Response {
+//!     let n = session.get_as::<u64>("visits").ok().flatten().unwrap_or(0) + 1;
+//!     session.insert("visits", n);
+//!     Response::text(200, format!("visit number {n}"))
+//! }
+//!
+//! let settings = Settings::default();
+//! let store = file_store(&settings)?;
+//! let router = Router::new().route(Method::Get, "/", visits);
+//! let server = Server::bind("127.0.0.1:8001", App::new(router, SessionMiddleware::new(store, settings)))?;
+//! server.stop_handle().stop_on_signals()?;
+//! server.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## The concurrency contract
 //!
 //! * **`merge` locking (default).** A save locks the session file for microseconds,

@@ -9,6 +9,7 @@ use cookie::time::OffsetDateTime;
 use cookie::{Cookie, SameSite as CookieSameSite};
 
 use crate::config::{SameSite, Settings};
+use crate::expiry::add_clamped;
 use crate::http::{Request, Response};
 use crate::key::SessionKey;
 use crate::session::Session;
@@ -165,11 +166,11 @@ impl SessionMiddleware {
         }
         if !session.expire_at_browser_close() {
             let age = session.expiry_age();
+            let now = SystemTime::now();
             let expires = if age >= 0 {
-                SystemTime::now() + Duration::from_secs(age as u64)
+                add_clamped(now, Duration::from_secs(age.unsigned_abs()))
             } else {
-                SystemTime::now()
-                    .checked_sub(Duration::from_secs(age.unsigned_abs()))
+                now.checked_sub(Duration::from_secs(age.unsigned_abs()))
                     .unwrap_or(UNIX_EPOCH)
             };
             c = c

@@ -203,7 +203,12 @@ impl Server {
             match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(job) => {
                     let line = crate::http::request_line(&job.request);
-                    let response = app.handle(job.request);
+                    let path = job.request.path().to_owned();
+                    let response = catch_unwind(AssertUnwindSafe(|| app.handle(job.request)))
+                        .unwrap_or_else(|_| {
+                            log::error!("request for {path} panicked; answered 500");
+                            Response::error(&path, 500, "Internal server error.")
+                        });
                     crate::http::log_access(&line, response.status(), response.body().len());
                     in_flight.fetch_add(1, Ordering::SeqCst);
                     if job.reply.send(response).is_err() {
@@ -254,24 +259,34 @@ fn accept_loop(
             crate::http::refuse_overload(stream);
             continue;
         }
-        connections.fetch_add(1, Ordering::SeqCst);
-        let (jobs, limits, in_flight, count) = (
-            jobs.clone(),
-            limits.clone(),
-            in_flight.clone(),
-            connections.clone(),
-        );
+        let slot = ConnectionSlot::take(&connections);
+        let (jobs, limits, in_flight) = (jobs.clone(), limits.clone(), in_flight.clone());
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
+                let _slot = slot; // freed when the thread ends, even by a panic
                 serve_connection(stream, &jobs, &limits, &in_flight);
-                count.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            connections.fetch_sub(1, Ordering::SeqCst);
             log::warn!("could not start a connection thread; connection dropped");
         }
+    }
+}
+
+/// One counted open connection; dropping it frees the place.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        ConnectionSlot(count.clone())
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

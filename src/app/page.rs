@@ -41,7 +41,7 @@ pub(super) fn index(_: &Request, session: &mut Session) -> Response {
                     }
                     None => p { "No session yet." }
                 }
-                @if session.len() > 0 {
+                @if !session.data().is_empty() {
                     table {
                         tr { th { "key" } th { "value (JSON)" } }
                         @for (key, value) in session.items() {
@@ -54,7 +54,6 @@ pub(super) fn index(_: &Request, session: &mut Session) -> Response {
     };
     Response::html(200, markup.into_string())
         .with_header("Cache-Control", "no-store")
-        .with_header("X-Content-Type-Options", "nosniff")
         .with_header("X-Frame-Options", "DENY")
         .with_header("Referrer-Policy", "same-origin")
         .with_header(

@@ -1,0 +1,227 @@
+//! SessionMiddleware's rules in process, with handlers of our own: what the demo app's
+//! routes cannot show (5xx answers, a Vary already set, a panicking handler).
+
+use std::sync::Arc;
+
+use filesession::{
+    App, FileStore, Method, Request, Response, Router, Session, SessionKey, SessionMiddleware,
+    SessionStore, Settings,
+};
+
+fn write_then_500(_: &Request, s: &mut Session) -> Response {
+    s.insert("lost", true);
+    Response::text(500, "boom")
+}
+
+fn write_then_503(_: &Request, s: &mut Session) -> Response {
+    s.insert("lost", true);
+    Response::text(503, "busy")
+}
+
+fn write_then_499(_: &Request, s: &mut Session) -> Response {
+    s.insert("kept", true);
+    Response::text(499, "client closed")
+}
+
+fn flush_then_500(_: &Request, s: &mut Session) -> Response {
+    s.flush();
+    Response::text(500, "boom")
+}
+
+fn cycle_then_500(_: &Request, s: &mut Session) -> Response {
+    s.cycle_key();
+    Response::text(500, "boom")
+}
+
+fn write(_: &Request, s: &mut Session) -> Response {
+    s.insert("a", 1);
+    Response::text(200, "ok").with_header("Vary", "Accept-Encoding")
+}
+
+fn read_with_vary_star(_: &Request, s: &mut Session) -> Response {
+    let _ = s.get("a");
+    Response::text(200, "ok").with_header("Vary", "*")
+}
+
+fn untouched(_: &Request, _: &mut Session) -> Response {
+    Response::text(200, "nothing")
+}
+
+fn clear(_: &Request, s: &mut Session) -> Response {
+    s.clear();
+    Response::text(200, "cleared")
+}
+
+fn panics(_: &Request, _: &mut Session) -> Response {
+    panic!("a handler bug");
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn SessionStore>,
+    app: App,
+}
+
+fn fixture(settings: Settings) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn SessionStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+    let router = Router::new()
+        .route(Method::Get, "/500", write_then_500)
+        .route(Method::Get, "/503", write_then_503)
+        .route(Method::Get, "/499", write_then_499)
+        .route(Method::Get, "/flush500", flush_then_500)
+        .route(Method::Get, "/cycle500", cycle_then_500)
+        .route(Method::Get, "/write", write)
+        .route(Method::Get, "/star", read_with_vary_star)
+        .route(Method::Get, "/untouched", untouched)
+        .route(Method::Get, "/clear", clear)
+        .route(Method::Get, "/panic", panics);
+    let app = App::new(router, SessionMiddleware::new(store.clone(), settings));
+    Fixture {
+        _dir: dir,
+        store,
+        app,
+    }
+}
+
+fn request(path: &str, key: Option<&SessionKey>) -> Request {
+    match key {
+        Some(key) => Request::new(
+            Method::Get,
+            path,
+            &[("Cookie", &format!("sessionid={key}"))],
+            b"",
+        ),
+        None => Request::new(Method::Get, path, &[], b""),
+    }
+}
+
+/// A stored session holding `a = 1`.
+fn stored(f: &Fixture) -> SessionKey {
+    let r = f.app.handle(request("/write", None));
+    let cookie = r.header("set-cookie").unwrap();
+    SessionKey::parse(&cookie["sessionid=".len()..cookie.find(';').unwrap()]).unwrap()
+}
+
+fn data(f: &Fixture, key: &SessionKey) -> serde_json::Value {
+    let s = Session::new(f.store.clone(), Some(*key), Default::default());
+    serde_json::Value::Object(s.data().clone())
+}
+
+#[test]
+fn no_save_and_no_cookie_on_any_5xx() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    for path in ["/500", "/503"] {
+        let r = f.app.handle(request(path, Some(&key)));
+        assert_eq!(r.status(), path[1..].parse::<u16>().unwrap());
+        assert_eq!(r.header("set-cookie"), None);
+        assert_eq!(r.header("vary"), Some("Cookie"), "the session was accessed");
+        assert_eq!(data(&f, &key), serde_json::json!({"a": 1}));
+    }
+    let r = f.app.handle(request("/499", Some(&key)));
+    assert!(r.header("set-cookie").is_some(), "499 is saved, as Django");
+    assert_eq!(data(&f, &key), serde_json::json!({"a": 1, "kept": true}));
+}
+
+#[test]
+fn a_new_session_written_in_a_500_is_not_created() {
+    let f = fixture(Settings::default());
+    let r = f.app.handle(request("/500", None));
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(f.store.clear_expired().unwrap().kept, 0);
+}
+
+#[test]
+fn flush_then_500_still_deletes_the_session_and_the_cookie() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let r = f.app.handle(request("/flush500", Some(&key)));
+    assert_eq!(r.status(), 500);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert!(!f.store.exists(&key).unwrap());
+}
+
+#[test]
+fn cycle_then_500_keeps_the_old_session_and_orphans_nothing() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let r = f.app.handle(request("/cycle500", Some(&key)));
+    assert_eq!(r.header("set-cookie"), None);
+    assert!(f.store.exists(&key).unwrap());
+    assert_eq!(
+        f.store.clear_expired().unwrap().kept,
+        1,
+        "no orphan was created"
+    );
+}
+
+#[test]
+fn vary_is_appended_to_an_existing_vary_and_left_alone_with_a_star() {
+    let f = fixture(Settings::default());
+    let r = f.app.handle(request("/write", None));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding, Cookie"));
+    let key = stored(&f);
+    let r = f.app.handle(request("/star", Some(&key)));
+    assert_eq!(r.header("vary"), Some("*"));
+}
+
+#[test]
+fn an_untouched_session_gets_no_headers_unless_saved_every_request() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let r = f.app.handle(request("/untouched", Some(&key)));
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(r.header("vary"), None);
+
+    let f = fixture(Settings {
+        save_every_request: true,
+        ..Settings::default()
+    });
+    let key = stored(&f);
+    let r = f.app.handle(request("/untouched", Some(&key)));
+    assert!(r.header("set-cookie").unwrap().contains(&key.to_string()));
+    assert_eq!(
+        r.header("vary"),
+        Some("Cookie"),
+        "CVE-2026-35192: Vary with every Set-Cookie"
+    );
+    let r = f.app.handle(request("/untouched", None));
+    assert_eq!(r.header("set-cookie"), None, "no empty session is created");
+}
+
+#[test]
+fn clearing_the_last_key_saves_an_empty_session_under_the_same_key() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let r = f.app.handle(request("/clear", Some(&key)));
+    assert!(r.header("set-cookie").unwrap().contains(&key.to_string()));
+    assert_eq!(data(&f, &key), serde_json::json!({}));
+}
+
+#[test]
+fn a_panicking_handler_gets_a_500_and_the_app_goes_on() {
+    let f = fixture(Settings::default());
+    let r = f.app.handle(request("/panic", None));
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.header("set-cookie"), None);
+    let r = f.app.handle(request("/write", None));
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn the_last_of_several_session_cookies_counts() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let stranger = SessionKey::generate();
+    let r = f.app.handle(Request::new(
+        Method::Get,
+        "/star",
+        &[(
+            "Cookie",
+            &format!("sessionid={stranger}; other=1; sessionid={key}"),
+        )],
+        b"",
+    ));
+    assert_eq!(r.header("set-cookie"), None, "the real session was found");
+}

@@ -117,7 +117,8 @@ fn is_cookie_name(name: &str) -> bool {
 
 /// Characters a cookie attribute value may hold: visible ASCII but `;` and `,`.
 fn is_attribute_value(text: &str) -> bool {
-    text.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';' && b != b',')
+    text.bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b';' && b != b',')
 }
 
 impl Settings {
@@ -238,6 +239,9 @@ mod tests {
                 .contains("SESSION_COOKIE_SAMESITE")
         );
         assert_eq!(SameSite::parse_setting("false"), Ok(None));
-        assert_eq!(SameSite::parse_setting("strict"), Ok(Some(SameSite::Strict)));
+        assert_eq!(
+            SameSite::parse_setting("strict"),
+            Ok(Some(SameSite::Strict))
+        );
     }
 }

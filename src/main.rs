@@ -40,18 +40,35 @@ enum Command {
 #[derive(Args)]
 struct SettingsArgs {
     /// The session cookie's name.
-    #[arg(long, global = true, env = "SESSION_COOKIE_NAME", alias = "SESSION_COOKIE_NAME",
-          value_name = "SESSION_COOKIE_NAME", default_value = "sessionid")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_COOKIE_NAME",
+        alias = "SESSION_COOKIE_NAME",
+        value_name = "SESSION_COOKIE_NAME",
+        default_value = "sessionid"
+    )]
     session_cookie_name: String,
 
     /// Session lifetime in seconds (cookie Max-Age and server-side expiry).
-    #[arg(long, global = true, env = "SESSION_COOKIE_AGE", alias = "SESSION_COOKIE_AGE",
-          value_name = "SESSION_COOKIE_AGE", default_value_t = 1_209_600)]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_COOKIE_AGE",
+        alias = "SESSION_COOKIE_AGE",
+        value_name = "SESSION_COOKIE_AGE",
+        default_value_t = 1_209_600
+    )]
     session_cookie_age: u64,
 
     /// The cookie's Domain attribute; none means a host-only cookie.
-    #[arg(long, global = true, env = "SESSION_COOKIE_DOMAIN", alias = "SESSION_COOKIE_DOMAIN",
-          value_name = "SESSION_COOKIE_DOMAIN")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_COOKIE_DOMAIN",
+        alias = "SESSION_COOKIE_DOMAIN",
+        value_name = "SESSION_COOKIE_DOMAIN"
+    )]
     session_cookie_domain: Option<String>,
 
     /// Mark the cookie Secure (HTTPS only).
@@ -61,8 +78,14 @@ struct SettingsArgs {
     session_cookie_secure: bool,
 
     /// The cookie's Path attribute.
-    #[arg(long, global = true, env = "SESSION_COOKIE_PATH", alias = "SESSION_COOKIE_PATH",
-          value_name = "SESSION_COOKIE_PATH", default_value = "/")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_COOKIE_PATH",
+        alias = "SESSION_COOKIE_PATH",
+        value_name = "SESSION_COOKIE_PATH",
+        default_value = "/"
+    )]
     session_cookie_path: String,
 
     /// Mark the cookie HttpOnly (hidden from JavaScript).
@@ -91,8 +114,14 @@ struct SettingsArgs {
     session_expire_at_browser_close: bool,
 
     /// The sessions directory (created 0700 if missing).
-    #[arg(long, global = true, env = "SESSION_FILE_PATH", alias = "SESSION_FILE_PATH",
-          value_name = "SESSION_FILE_PATH", default_value = "sessions")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_FILE_PATH",
+        alias = "SESSION_FILE_PATH",
+        value_name = "SESSION_FILE_PATH",
+        default_value = "sessions"
+    )]
     session_file_path: PathBuf,
 
     /// merge: concurrent requests keep each other's changes; request: one request of a
@@ -129,7 +158,8 @@ fn parse_samesite(text: &str) -> Result<SameSiteSetting, String> {
 }
 
 fn parse_locking(text: &str) -> Result<Locking, String> {
-    Locking::parse(text).ok_or_else(|| format!("SESSION_LOCKING must be merge or request, not {text:?}"))
+    Locking::parse(text)
+        .ok_or_else(|| format!("SESSION_LOCKING must be merge or request, not {text:?}"))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

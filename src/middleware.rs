@@ -244,5 +244,8 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
 }
 
 fn is_out_of_space(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }

@@ -67,10 +67,12 @@ impl Router {
     /// Adds a route.
     pub fn route(mut self, method: Method, pattern: &str, handler: Handler) -> Self {
         let segments = split(pattern)
-            .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => Segment::Param(name.to_owned()),
-                None => Segment::Literal(s.to_owned()),
-            })
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
             .collect();
         self.routes.push(Route {
             method,
@@ -188,14 +190,26 @@ mod tests {
     #[test]
     fn routes_by_method_and_path_with_captures() {
         let r = router();
-        assert!(matches!(r.resolve(Method::Get, "/setsession/", None), Routed::Found(..)));
-        assert!(matches!(r.resolve(Method::Head, "/setsession/", None), Routed::Found(..)));
+        assert!(matches!(
+            r.resolve(Method::Get, "/setsession/", None),
+            Routed::Found(..)
+        ));
+        assert!(matches!(
+            r.resolve(Method::Head, "/setsession/", None),
+            Routed::Found(..)
+        ));
         match r.resolve(Method::Delete, "/api/session/a%20b", None) {
             Routed::Found(_, params) => assert_eq!(params["name"], "a b"),
             _ => panic!("not found"),
         }
-        assert!(matches!(r.resolve(Method::Delete, "/api/session/", None), Routed::NotFound));
-        assert!(matches!(r.resolve(Method::Get, "/nope", None), Routed::NotFound));
+        assert!(matches!(
+            r.resolve(Method::Delete, "/api/session/", None),
+            Routed::NotFound
+        ));
+        assert!(matches!(
+            r.resolve(Method::Get, "/nope", None),
+            Routed::NotFound
+        ));
     }
 
     #[test]
@@ -216,7 +230,10 @@ mod tests {
         }
         assert_eq!(safe_location("//evil.example/", None), "/%2Fevil.example/");
         assert_eq!(safe_location("/\\evil.example/", None), "/%5Cevil.example/");
-        assert_eq!(safe_location("/a b\"<>/", Some("q=\\x#")), "/a%20b%22%3C%3E/?q=%5Cx%23");
+        assert_eq!(
+            safe_location("/a b\"<>/", Some("q=\\x#")),
+            "/a%20b%22%3C%3E/?q=%5Cx%23"
+        );
         assert_eq!(safe_location("/é/", None), "/%C3%A9/");
     }
 }

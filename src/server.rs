@@ -4,16 +4,16 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::http::{Job, Limits, Request, Response, serve_connection};
 use crate::middleware::SessionMiddleware;
-use crate::router::{Router, Routed};
+use crate::router::{Routed, Router};
 use crate::store::SessionStore;
 
 /// Stack size of a connection thread: it only parses and copies bytes.
@@ -38,7 +38,10 @@ impl App {
     /// A handler that panics gets a 500; the server goes on.
     pub fn handle(&self, mut request: Request) -> Response {
         let path = request.path().to_owned();
-        match self.router.resolve(request.method(), &path, request.query()) {
+        match self
+            .router
+            .resolve(request.method(), &path, request.query())
+        {
             Routed::NotFound => Response::error(&path, 404, &format!("Not found: {path}")),
             Routed::MethodNotAllowed(methods) => {
                 let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();

@@ -349,8 +349,16 @@ fn api_expiry_sets_seconds_browser_close_and_default() {
     assert!(the_cookie(&r).contains("Max-Age=1209600"));
     assert_eq!(server.session_file(&key)["expiry"], json!("default"));
 
-    let r = post_json(&a, &server.url("/api/session/expiry"), r#"{"seconds": 18446744073709551615}"#);
-    assert_eq!(r.status(), 200, "the largest expiry saturates instead of panicking");
+    let r = post_json(
+        &a,
+        &server.url("/api/session/expiry"),
+        r#"{"seconds": 18446744073709551615}"#,
+    );
+    assert_eq!(
+        r.status(),
+        200,
+        "the largest expiry saturates instead of panicking"
+    );
     assert_eq!(json_body(r)["expires_at"], json!("9999-12-31T23:59:59Z"));
 
     for bad in [

@@ -111,7 +111,11 @@ pub(super) fn incr(request: &Request, session: &mut Session) -> Response {
         },
     };
     let Some(next) = current.checked_add(1) else {
-        return bad(request, 400, &format!("{name:?} is at the largest integer."));
+        return bad(
+            request,
+            400,
+            &format!("{name:?} is at the largest integer."),
+        );
     };
     session.insert(name, next);
     answer()

@@ -77,7 +77,10 @@ pub(crate) fn serve_connection(
     in_flight: &AtomicUsize,
 ) {
     let _ = stream.set_nodelay(true);
-    if stream.set_write_timeout(Some(limits.write_timeout)).is_err() {
+    if stream
+        .set_write_timeout(Some(limits.write_timeout))
+        .is_err()
+    {
         return;
     }
     let remote = stream.peer_addr().ok();
@@ -97,7 +100,13 @@ pub(crate) fn serve_connection(
         let head_only = request.method == Method::Head;
         let version = request.version;
         let (tx, rx) = mpsc::sync_channel(1);
-        if jobs.send(Job { request: *request, reply: tx }).is_err() {
+        if jobs
+            .send(Job {
+                request: *request,
+                reply: tx,
+            })
+            .is_err()
+        {
             return; // the server is stopping
         }
         let Ok(response) = rx.recv() else {
@@ -225,8 +234,7 @@ fn parse_head(buf: &[u8], limits: &Limits) -> Head {
         }
         Err(_) => return bad("Malformed request head."),
     };
-    let (Some(method), Some(target), Some(version)) =
-        (parsed.method, parsed.path, parsed.version)
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
     else {
         return bad("Malformed request line.");
     };
@@ -265,7 +273,12 @@ fn read_body(
         message,
         path: path.clone(),
     };
-    let has = |name: &str| request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        request
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     let lengths: Vec<&[u8]> = request
         .headers
         .iter()
@@ -316,7 +329,12 @@ fn read_body(
         }
         let room = (length - buf.len()).min(chunk.len());
         match stream.read(&mut chunk[..room]) {
-            Ok(0) => return Err(reject(400, "Connection closed before the body was complete.")),
+            Ok(0) => {
+                return Err(reject(
+                    400,
+                    "Connection closed before the body was complete.",
+                ));
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if would_block(&e) => {}
             Err(_) => return Err(reject(400, "Connection failed.")),
@@ -372,8 +390,7 @@ fn write_response(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     for (name, value) in response.headers() {
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection")
-        {
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -433,8 +450,22 @@ mod tests {
     fn content_length_must_be_plain_digits() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"65536"), Some(65536));
-        for bad in [&b""[..], b"-1", b"+5", b" 5", b"5 ", b"0x10", b"99999999999999999999", b"1,2"] {
-            assert_eq!(parse_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+5",
+            b" 5",
+            b"5 ",
+            b"0x10",
+            b"99999999999999999999",
+            b"1,2",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -48,9 +48,9 @@ fn clean_value(value: &str) -> String {
 
 fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Response {
@@ -103,7 +103,9 @@ impl Response {
     /// the saved session (a new key, its expiry). `status` decides the save as usual.
     pub fn json_after_save(status: u16, render: fn(&Session) -> Value) -> Self {
         let mut r = Response::new(status).with_header("Content-Type", "application/json");
-        r.after_save = Some(Box::new(move |s: &Session| render(s).to_string().into_bytes()));
+        r.after_save = Some(Box::new(move |s: &Session| {
+            render(s).to_string().into_bytes()
+        }));
         r
     }
 

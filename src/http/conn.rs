@@ -199,8 +199,9 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Head
 /// Whether `buf` holds an empty line ending a head; scans only bytes not scanned before.
 fn has_head_end(buf: &[u8], scanned: &mut usize) -> bool {
     let from = scanned.saturating_sub(3);
+    // A blank line after a header line: LF LF or LF CR LF (which CRLF CRLF contains).
     let found = buf[from..].windows(2).any(|w| w == b"\n\n")
-        || buf[from..].windows(4).any(|w| w == b"\r\n\r\n");
+        || buf[from..].windows(3).any(|w| w == b"\n\r\n");
     *scanned = buf.len();
     found
 }
@@ -476,5 +477,7 @@ mod tests {
         assert!(!has_head_end(&buf, &mut scanned));
         buf.push(b'\n');
         assert!(has_head_end(&buf, &mut scanned));
+        let mut scanned = 0;
+        assert!(has_head_end(b"GET / HTTP/1.1\nHost: x\n\r\n", &mut scanned));
     }
 }

@@ -274,10 +274,13 @@ fn a_lock_held_by_another_process_makes_a_save_wait_then_time_out() {
     let key = new_session(dir, json!({"a": 1}));
     let before = std::fs::read(dir.join(key.file_name())).unwrap();
     let mut holder = spawn_child("holder", dir, &key, 0, 0);
-    let lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
     let locked = lines
+        .by_ref()
         .map_while(Result::ok)
         .any(|line| line.ends_with("locked"));
+    // Keep reading, so the child never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(locked, "the other process took the lock");
 
     let timeout = Duration::from_millis(400);

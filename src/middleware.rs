@@ -63,14 +63,7 @@ impl SessionMiddleware {
     /// carried the cookie at all. With several cookies of the name, the last one counts, as
     /// in Django. A value that is not a canonical key means no session.
     pub fn session_for(&self, request: &Request) -> (Session, bool) {
-        let name = self.settings.cookie_name.as_str();
-        let value = request
-            .headers_named("cookie")
-            .flat_map(Cookie::split_parse)
-            .filter_map(Result::ok)
-            .filter(|c| c.name() == name)
-            .map(|c| c.value_trimmed().to_owned())
-            .last();
+        let value = request.cookie(&self.settings.cookie_name);
         let key = value.as_deref().and_then(SessionKey::parse);
         let session = Session::new(self.store.clone(), key, self.settings.session_config());
         (session, value.is_some())

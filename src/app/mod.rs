@@ -2,6 +2,9 @@
 //! session, and a page that shows it.
 
 mod api;
+mod csrf;
+mod forms;
+mod messages;
 mod page;
 
 use serde_json::Value;
@@ -14,7 +17,8 @@ use crate::session::Session;
 ///
 /// | route | what it does |
 /// |---|---|
-/// | `GET /` | an HTML page: links and the session as an escaped table |
+/// | `GET /` | an HTML page: the session as an escaped table, and forms to change it |
+/// | `POST /form/{set,delete,incr,expiry,cycle,logout}` | the page's forms (CSRF-checked), 303 to `/` |
 /// | `GET /setsession/` | sets `sname` and `semail`, answers `session is set` |
 /// | `GET /getsession/` | answers `abc abc@gmail.com`, or 404 before `/setsession/` |
 /// | `GET /api/session` | the session as JSON; never creates one |
@@ -27,6 +31,12 @@ use crate::session::Session;
 pub fn demo_router() -> Router {
     Router::new()
         .route(Method::Get, "/", page::index)
+        .route(Method::Post, "/form/set", forms::set)
+        .route(Method::Post, "/form/delete", forms::delete)
+        .route(Method::Post, "/form/incr", forms::incr)
+        .route(Method::Post, "/form/expiry", forms::expiry)
+        .route(Method::Post, "/form/cycle", forms::cycle)
+        .route(Method::Post, "/form/logout", forms::logout)
         .route(Method::Get, "/setsession/", setsession)
         .route(Method::Get, "/getsession/", getsession)
         .route(Method::Get, "/api/session", api::get)

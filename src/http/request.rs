@@ -133,6 +133,17 @@ impl Request {
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// The value of the cookie `name` from the `Cookie` headers, quotes trimmed; with
+    /// several of that name the last one counts, as in Django. Malformed pairs are skipped.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers_named("cookie")
+            .flat_map(cookie::Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == name)
+            .map(|c| c.value_trimmed().to_owned())
+            .last()
+    }
+
     /// The body.
     pub fn body(&self) -> &[u8] {
         &self.body

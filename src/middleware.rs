@@ -13,7 +13,7 @@ use crate::expiry::add_clamped;
 use crate::http::{Request, Response};
 use crate::key::SessionKey;
 use crate::session::Session;
-use crate::store::{SessionStore, StoreError};
+use crate::store::{SessionLock, SessionStore, StoreError};
 
 /// Loads the session a request names and applies Django's rules to the response.
 ///
@@ -67,6 +67,23 @@ impl SessionMiddleware {
         let key = value.as_deref().and_then(SessionKey::parse);
         let session = Session::new(self.store.clone(), key, self.settings.session_config());
         (session, value.is_some())
+    }
+
+    /// Waits, off the handler thread, until the session the request names is not locked by
+    /// another request or process (bounded by `SESSION_LOCK_TIMEOUT`). In `request` locking
+    /// mode the lock stays held and goes to [`Session::with_lock`]. `Err` is the 503 to
+    /// answer when the lock stayed taken.
+    pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
+        let Some(key) = request
+            .cookie(&self.settings.cookie_name)
+            .as_deref()
+            .and_then(SessionKey::parse)
+        else {
+            return Ok(None);
+        };
+        self.store
+            .acquire(&key)
+            .map_err(|e| store_failure(request.path(), &e))
     }
 
     /// Applies Django's `process_response` to the handler's response: save when modified

@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::http::{Job, Limits, Request, Response, serve_connection};
 use crate::middleware::SessionMiddleware;
 use crate::router::{Routed, Router};
-use crate::store::SessionStore;
+use crate::store::{SessionLock, SessionStore};
 
 /// Stack size of a connection thread: it only parses and copies bytes.
 const CONNECTION_STACK: usize = 256 * 1024;
@@ -34,9 +34,27 @@ impl App {
         App { router, middleware }
     }
 
+    /// Runs on the connection's thread before the request is queued for the handler thread:
+    /// waits there (bounded) for the session's lock, so a session locked elsewhere never
+    /// stalls the handler thread. `Err` is the answer to give at once (503).
+    pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
+        match self
+            .router
+            .resolve(request.method(), request.path(), request.query())
+        {
+            Routed::Found(..) => self.middleware.preflight(request),
+            _ => Ok(None),
+        }
+    }
+
     /// Answers one request: route, load the session, run the handler, apply the middleware.
     /// A handler that panics gets a 500; the server goes on.
-    pub fn handle(&self, mut request: Request) -> Response {
+    pub fn handle(&self, request: Request) -> Response {
+        self.handle_locked(request, None)
+    }
+
+    /// [`handle`](App::handle) with the lock [`preflight`](App::preflight) took.
+    pub fn handle_locked(&self, mut request: Request, lock: Option<SessionLock>) -> Response {
         let path = request.path().to_owned();
         match self
             .router
@@ -55,7 +73,8 @@ impl App {
             Routed::AppendSlash(location) => Response::redirect(301, &location),
             Routed::Found(handler, params) => {
                 request.params = params;
-                let (mut session, had_cookie) = self.middleware.session_for(&request);
+                let (session, had_cookie) = self.middleware.session_for(&request);
+                let mut session = session.with_lock(lock);
                 let outcome = catch_unwind(AssertUnwindSafe(|| handler(&request, &mut session)));
                 match outcome {
                     Ok(response) => self.middleware.finish(session, had_cookie, &path, response),
@@ -195,23 +214,28 @@ impl Server {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let acceptor = {
+            let gate = app.clone();
             let stop = stop.clone();
             let in_flight = in_flight.clone();
             let limits = limits.clone();
             thread::Builder::new()
                 .name("accept".into())
-                .spawn(move || accept_loop(listener, jobs, limits, stop, in_flight, connections))?
+                .spawn(move || {
+                    accept_loop(listener, jobs, limits, stop, in_flight, connections, gate)
+                })?
         };
         loop {
             match queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(job) => {
                     let line = crate::http::request_line(&job.request);
                     let path = job.request.path().to_owned();
-                    let response = catch_unwind(AssertUnwindSafe(|| app.handle(job.request)))
-                        .unwrap_or_else(|_| {
-                            log::error!("request for {path} panicked; answered 500");
-                            Response::error(&path, 500, "Internal server error.")
-                        });
+                    let response = catch_unwind(AssertUnwindSafe(|| {
+                        app.handle_locked(job.request, job.lock)
+                    }))
+                    .unwrap_or_else(|_| {
+                        log::error!("request for {path} panicked; answered 500");
+                        Response::error(&path, 500, "Internal server error.")
+                    });
                     crate::http::log_access(&line, response.status(), response.body().len());
                     in_flight.fetch_add(1, Ordering::SeqCst);
                     if job.reply.send(response).is_err() {
@@ -243,8 +267,10 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    app: App,
 ) {
     let limits = Arc::new(limits);
+    let app = Arc::new(app);
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -263,13 +289,14 @@ fn accept_loop(
             continue;
         }
         let slot = ConnectionSlot::take(&connections);
-        let (jobs, limits, in_flight) = (jobs.clone(), limits.clone(), in_flight.clone());
+        let (jobs, limits, in_flight, app) =
+            (jobs.clone(), limits.clone(), in_flight.clone(), app.clone());
         let spawned = thread::Builder::new()
             .name("conn".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
                 let _slot = slot; // freed when the thread ends, even by a panic
-                serve_connection(stream, &jobs, &limits, &in_flight);
+                serve_connection(stream, &jobs, &limits, &in_flight, &|r| app.preflight(r));
             });
         if spawned.is_err() {
             log::warn!("could not start a connection thread; connection dropped");

@@ -105,6 +105,8 @@ pub struct Session {
     cycle: bool,
     /// `flush` was called on this stored session: the next save deletes it.
     flushed: Option<SessionKey>,
+    /// A lock taken before the handler ran (see [`Session::with_lock`]), used by the load.
+    held: Cell<Option<SessionLock>>,
 }
 
 impl fmt::Debug for Session {
@@ -136,14 +138,26 @@ impl Session {
             changes: ChangeSet::new(config.cookie_age),
             cycle: false,
             flushed: None,
+            held: Cell::new(None),
         }
+    }
+
+    /// Gives the session the lock its key's session was already locked with (by
+    /// [`SessionStore::acquire`], on another thread), so that the load does not wait.
+    pub fn with_lock(self, lock: Option<SessionLock>) -> Self {
+        self.held.set(lock);
+        self
     }
 
     fn load_state(&self) -> State {
         let Some(key) = self.key else {
             return State::empty();
         };
-        match self.store.load(&key) {
+        let loaded = match self.held.take() {
+            Some(lock) => self.store.load_locked(&key, lock),
+            None => self.store.load(&key),
+        };
+        match loaded {
             Ok(Some(loaded)) => State {
                 data: loaded.record.data,
                 expiry: loaded.record.expiry,
@@ -454,6 +468,9 @@ impl Session {
             }
             lock = state.lock.take();
         }
+        if lock.is_none() {
+            lock = self.held.take();
+        }
         if let Some(old) = self.flushed.take()
             && let Err(e) = self.store.delete(&old, lock.take())
         {
@@ -493,7 +510,11 @@ impl Session {
     /// # Errors
     /// The store's errors.
     pub fn delete(&mut self) -> Result<(), StoreError> {
-        let lock = self.state.get_mut().and_then(|s| s.lock.take());
+        let lock = self
+            .state
+            .get_mut()
+            .and_then(|s| s.lock.take())
+            .or_else(|| self.held.take());
         match self.session_key().copied() {
             Some(key) => self.store.delete(&key, lock),
             None => Ok(()),

@@ -52,12 +52,23 @@ fn clear(_: &Request, s: &mut Session) -> Response {
     Response::text(200, "cleared")
 }
 
+/// Reads the session, then another request (simulated) logs the user out by deleting the
+/// file named in `X-Delete`, then writes.
+fn logout_elsewhere_then_write(request: &Request, s: &mut Session) -> Response {
+    let _ = s.get("a");
+    if let Some(path) = request.header("x-delete") {
+        std::fs::remove_file(path).unwrap();
+    }
+    s.insert("b", 2);
+    Response::text(200, "written")
+}
+
 fn panics(_: &Request, _: &mut Session) -> Response {
     panic!("a handler bug");
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     store: Arc<dyn SessionStore>,
     app: App,
 }
@@ -75,13 +86,10 @@ fn fixture(settings: Settings) -> Fixture {
         .route(Method::Get, "/star", read_with_vary_star)
         .route(Method::Get, "/untouched", untouched)
         .route(Method::Get, "/clear", clear)
-        .route(Method::Get, "/panic", panics);
+        .route(Method::Get, "/panic", panics)
+        .route(Method::Get, "/race", logout_elsewhere_then_write);
     let app = App::new(router, SessionMiddleware::new(store.clone(), settings));
-    Fixture {
-        _dir: dir,
-        store,
-        app,
-    }
+    Fixture { dir, store, app }
 }
 
 fn request(path: &str, key: Option<&SessionKey>) -> Request {
@@ -224,4 +232,28 @@ fn the_last_of_several_session_cookies_counts() {
         b"",
     ));
     assert_eq!(r.header("set-cookie"), None, "the real session was found");
+}
+
+#[test]
+fn a_save_after_a_concurrent_logout_is_a_400_without_a_cookie() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let path = f.dir.path().join(key.file_name());
+    let r = f.app.handle(Request::new(
+        Method::Get,
+        "/race",
+        &[
+            ("Cookie", &format!("sessionid={key}")),
+            ("X-Delete", path.to_str().unwrap()),
+        ],
+        b"",
+    ));
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(
+        String::from_utf8_lossy(r.body()),
+        format!("{}\n", filesession::SESSION_INTERRUPTED)
+    );
+    assert!(!path.exists(), "the session was not resurrected");
+    assert_eq!(f.store.clear_expired().unwrap().kept, 0);
 }

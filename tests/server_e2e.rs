@@ -733,31 +733,6 @@ fn clearsessions_removes_expired_sessions_and_reports() {
 // ---- the store under contention ----
 
 #[test]
-fn a_save_after_a_concurrent_logout_is_a_400_without_a_cookie() {
-    let server = TestServer::start(&[("SESSION_LOCK_TIMEOUT", "5")]);
-    let a = agent();
-    let key = cookie_value(&the_cookie(&get(&a, &server.url("/setsession/"))));
-    let path = server.sessions().join(format!("{key}.json"));
-    // Hold the session's lock as another process would, so the request's save waits...
-    let file = std::fs::File::open(&path).unwrap();
-    fs2::FileExt::lock_exclusive(&file).unwrap();
-    let (a2, url) = (a.clone(), server.url("/setsession/"));
-    let request = std::thread::spawn(move || get(&a2, &url));
-    std::thread::sleep(Duration::from_millis(500));
-    // ...while that other process logs the user out.
-    std::fs::remove_file(&path).unwrap();
-    drop(file);
-    let r = request.join().unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(set_cookies(&r).is_empty());
-    assert_eq!(body(r), format!("{}\n", filesession::SESSION_INTERRUPTED));
-    assert!(
-        server.session_files().is_empty(),
-        "the session was not resurrected"
-    );
-}
-
-#[test]
 fn a_lock_held_elsewhere_gives_503_and_other_sessions_are_served() {
     let server = TestServer::start(&[("SESSION_LOCK_TIMEOUT", "0.3")]);
     let a = agent();
@@ -806,4 +781,36 @@ fn request_locking_keeps_a_counter_exact_across_concurrent_clients() {
         t.join().unwrap();
     }
     assert_eq!(server.session_file(&key)["data"]["n"], json!(100));
+}
+
+#[test]
+fn a_session_locked_elsewhere_does_not_delay_other_sessions() {
+    for locking in ["merge", "request"] {
+        let server = TestServer::start(&[
+            ("SESSION_LOCK_TIMEOUT", "1.5"),
+            ("SESSION_LOCKING", locking),
+        ]);
+        let a = agent();
+        let key = cookie_value(&the_cookie(&get(&a, &server.url("/setsession/"))));
+        let file = std::fs::File::open(server.sessions().join(format!("{key}.json"))).unwrap();
+        fs2::FileExt::lock_exclusive(&file).unwrap();
+        let (a2, url) = (a.clone(), server.url("/api/session/incr/n"));
+        let started = std::time::Instant::now();
+        let blocked = std::thread::spawn(move || a2.post(&url).send_empty().unwrap().status());
+        std::thread::sleep(Duration::from_millis(200));
+        // While that request waits for the lock, other sessions are served at once.
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let r = get(&agent(), &server.url("/setsession/"));
+            assert_eq!(r.status(), 200);
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{locking}: another session waited {:?}",
+                t.elapsed()
+            );
+        }
+        assert_eq!(blocked.join().unwrap(), 503, "{locking}");
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        drop(file);
+    }
 }

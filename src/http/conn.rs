@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::request::{Method, Request};
 use super::response::{Response, reason};
+use crate::store::SessionLock;
 
 /// Limits and deadlines of the HTTP layer. Every one is a defence against a client that
 /// would otherwise hold a thread or memory forever.
@@ -52,8 +53,14 @@ impl Default for Limits {
 /// A request handed to the handler thread, with the way back for its response.
 pub(crate) struct Job {
     pub request: Request,
+    /// The session's lock, when the preflight took it (`request` locking mode).
+    pub lock: Option<SessionLock>,
     pub reply: SyncSender<Response>,
 }
+
+/// Runs on the connection thread before a request is queued: `Err` answers it at once.
+pub(crate) type Preflight<'a> =
+    &'a (dyn Fn(&Request) -> Result<Option<SessionLock>, Response> + Sync);
 
 /// A request the connection layer answers itself, then closes.
 struct Reject {
@@ -75,6 +82,7 @@ pub(crate) fn serve_connection(
     jobs: &SyncSender<Job>,
     limits: &Limits,
     in_flight: &AtomicUsize,
+    preflight: Preflight<'_>,
 ) {
     let _ = stream.set_nodelay(true);
     if stream
@@ -99,14 +107,25 @@ pub(crate) fn serve_connection(
         let keep_alive = wants_keep_alive(&request);
         let head_only = request.method == Method::Head;
         let version = request.version;
+        let lock = match preflight(&request) {
+            Ok(lock) => lock,
+            Err(refused) => {
+                log_access(&line, refused.status(), refused.body().len());
+                if write_response(&mut stream, &refused, version, keep_alive, head_only).is_err()
+                    || !keep_alive
+                {
+                    return;
+                }
+                continue;
+            }
+        };
         let (tx, rx) = mpsc::sync_channel(1);
-        if jobs
-            .send(Job {
-                request: *request,
-                reply: tx,
-            })
-            .is_err()
-        {
+        let job = Job {
+            request: *request,
+            lock,
+            reply: tx,
+        };
+        if jobs.send(job).is_err() {
             return; // the server is stopping
         }
         let Ok(response) = rx.recv() else {

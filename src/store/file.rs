@@ -241,6 +241,36 @@ impl FileStore {
         file_format::decode(&bytes).map_err(ReadError::Corrupt)
     }
 
+    /// The live session in `file`: `None` (logged) when it is unreadable, corrupt, too large
+    /// or expired.
+    fn live_record(&self, file: &File, path: &Path) -> Option<Record> {
+        let record = match self.read_record(file, path) {
+            Ok(record) => record,
+            Err(ReadError::Store(e)) => {
+                self.log_bad_file(path, &e);
+                return None;
+            }
+            Err(ReadError::TooLarge) => {
+                self.log_bad_file(path, &"over the size limit");
+                return None;
+            }
+            Err(ReadError::Corrupt(why)) => {
+                self.log_bad_file(path, &why);
+                return None;
+            }
+        };
+        (!record.is_expired(SystemTime::now())).then_some(record)
+    }
+
+    /// The live session under a held lock, which stays held with it.
+    fn loaded_locked(&self, held: LockedFile) -> Option<Loaded> {
+        let record = self.live_record(&held.file, &held.path)?;
+        Some(Loaded {
+            record,
+            lock: Some(SessionLock::new(held)),
+        })
+    }
+
     /// Logs a file that does not hold a session, once per file.
     fn log_bad_file(&self, path: &Path, why: &dyn std::fmt::Display) {
         let mut seen = match self.corrupt_logged.lock() {
@@ -265,9 +295,10 @@ impl FileStore {
         &self,
         key: &SessionKey,
         path: &Path,
+        wait: Duration,
     ) -> Result<Option<LockedFile>, StoreError> {
         let start = Instant::now();
-        let deadline = start + self.lock_timeout;
+        let deadline = start + wait;
         loop {
             let file = match self.open_entry(path)? {
                 Opened::Missing => return Ok(None),
@@ -323,7 +354,7 @@ impl FileStore {
                 Some(false) => {} // replaced behind our back: lock afresh
             }
         }
-        self.lock_current(key, &path)
+        self.lock_current(key, &path, self.lock_timeout)
     }
 
     /// The newest stored copy under a held lock with `changes` applied. A file that became
@@ -490,7 +521,7 @@ impl FileStore {
             return Ok(Cleared::Kept);
         }
         drop(file);
-        let Some(held) = self.lock_current(key, &path)? else {
+        let Some(held) = self.lock_current(key, &path, self.lock_timeout)? else {
             return Ok(Cleared::Gone);
         };
         let verdict = match self.read_record(&held.file, &held.path) {
@@ -528,53 +559,55 @@ fn is_temp_name(name: &str) -> bool {
 impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let path = self.path_of(key);
-        let (file, lock) = match self.locking {
+        match self.locking {
             Locking::Merge => match self.open_entry(&path) {
-                Ok(Opened::File(file)) => (file, None),
-                Ok(Opened::Missing) => return Ok(None),
+                Ok(Opened::File(file)) => Ok(self
+                    .live_record(&file, &path)
+                    .map(|record| Loaded { record, lock: None })),
+                Ok(Opened::Missing) => Ok(None),
                 Err(e) => {
                     self.log_bad_file(&path, &e);
-                    return Ok(None);
+                    Ok(None)
                 }
             },
-            Locking::Request => match self.lock_current(key, &path) {
-                Ok(Some(held)) => {
-                    let file = held
-                        .file
-                        .try_clone()
-                        .map_err(|e| StoreError::io("open session file", &path, e))?;
-                    (file, Some(held))
-                }
-                Ok(None) => return Ok(None),
-                Err(e @ StoreError::LockTimeout { .. }) => return Err(e),
+            Locking::Request => match self.lock_current(key, &path, self.lock_timeout) {
+                Ok(Some(held)) => Ok(self.loaded_locked(held)),
+                Ok(None) => Ok(None),
+                Err(e @ StoreError::LockTimeout { .. }) => Err(e),
                 Err(e) => {
                     self.log_bad_file(&path, &e);
-                    return Ok(None);
+                    Ok(None)
                 }
             },
-        };
-        let record = match self.read_record(&file, &path) {
-            Ok(record) => record,
-            Err(ReadError::Store(e)) => {
-                self.log_bad_file(&path, &e);
-                return Ok(None);
-            }
-            Err(ReadError::TooLarge) => {
-                self.log_bad_file(&path, &"over the size limit");
-                return Ok(None);
-            }
-            Err(ReadError::Corrupt(why)) => {
-                self.log_bad_file(&path, &why);
-                return Ok(None);
-            }
-        };
-        if record.is_expired(SystemTime::now()) {
-            return Ok(None);
         }
-        Ok(Some(Loaded {
-            record,
-            lock: lock.map(SessionLock::new),
-        }))
+    }
+
+    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        let path = self.path_of(key);
+        match self.lock_current(key, &path, self.lock_timeout) {
+            Ok(Some(held)) => {
+                Ok((self.locking == Locking::Request).then(|| SessionLock::new(held)))
+            }
+            Ok(None) => Ok(None),
+            Err(e @ StoreError::LockTimeout { .. }) => Err(e),
+            // Not a regular file, unreadable: the load will find no session.
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn load_locked(
+        &self,
+        key: &SessionKey,
+        lock: SessionLock,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let path = self.path_of(key);
+        if let Some(held) = lock.into_inner::<LockedFile>()
+            && held.path == path
+            && matches!(self.is_current(&held), Ok(Some(true)))
+        {
+            return Ok(self.loaded_locked(held));
+        }
+        self.load(key)
     }
 
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {

@@ -291,6 +291,33 @@ pub trait SessionStore: Send + Sync {
     /// that could not be taken ([`StoreError::LockTimeout`]).
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError>;
 
+    /// Waits, within the lock timeout, until the session's lock is free, so that a request
+    /// can wait off the handler thread. In `request` locking mode the lock is returned, held,
+    /// for [`load_locked`](SessionStore::load_locked); otherwise it is released at once and
+    /// `Ok(None)` returned. `Ok(None)` too when there is no such session. The default does
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::LockTimeout`].
+    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// [`load`](SessionStore::load) with a lock taken by [`acquire`](SessionStore::acquire).
+    /// The default releases it and loads.
+    ///
+    /// # Errors
+    /// As `load`.
+    fn load_locked(
+        &self,
+        key: &SessionKey,
+        lock: SessionLock,
+    ) -> Result<Option<Loaded>, StoreError> {
+        drop(lock);
+        self.load(key)
+    }
+
     /// Stores a new session under a fresh random key, never overwriting an existing one.
     ///
     /// # Errors

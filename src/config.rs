@@ -70,6 +70,10 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest request body in bytes. Default: 65536.
     pub max_body: usize,
+    /// `SESSION_GC_INTERVAL`: how often the server starts a cleanup pass (expired sessions,
+    /// leftovers of crashed writes), done a few milliseconds at a time between requests.
+    /// Default: `None`, off, as Django (which leaves it to `clearsessions` from cron).
+    pub gc_interval: Option<Duration>,
 }
 
 /// `DATA_UPLOAD_MAX_MEMORY_SIZE` default: 64 KiB.
@@ -92,6 +96,7 @@ impl Default for Settings {
             file_fsync: false,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
+            gc_interval: None,
         }
     }
 }

@@ -105,7 +105,9 @@ pub use config::{DEFAULT_MAX_BODY, SameSite, SettingError, Settings};
 pub use http::{Limits, Method, Request, Response};
 pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
-pub use server::{App, Server, StopHandle, file_store};
+pub use server::{
+    App, CLEANUP_SLICE, CLEANUP_SPACING, Server, StopHandle, file_store, open_file_store,
+};
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
 pub use key::{SESSION_KEY_LEN, SessionKey};
@@ -117,5 +119,5 @@ pub use store::file::{
 };
 pub use store::memory::MemoryStore;
 pub use store::{
-    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
+    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };

@@ -1,6 +1,6 @@
 //! `filesession`: the command line. Parses arguments and settings, then calls the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use filesession::{
-    App, Locking, SameSite, Server, SessionMiddleware, Settings, demo_router, file_store,
+    App, Locking, SameSite, Server, SessionMiddleware, Settings, Sweep, demo_router, file_store,
+    open_file_store,
 };
 
 /// Django's session framework in Rust: every session a JSON file under SESSION_FILE_PATH.
@@ -147,6 +148,18 @@ struct SettingsArgs {
           alias = "DATA_UPLOAD_MAX_MEMORY_SIZE", value_name = "DATA_UPLOAD_MAX_MEMORY_SIZE",
           default_value_t = filesession::DEFAULT_MAX_BODY)]
     data_upload_max_memory_size: usize,
+
+    /// Seconds between the server's own cleanup passes (expired sessions, leftovers of
+    /// crashed writes), done a few milliseconds at a time between requests; 0 = off.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_GC_INTERVAL",
+        alias = "SESSION_GC_INTERVAL",
+        value_name = "SESSION_GC_INTERVAL",
+        default_value_t = 0
+    )]
+    session_gc_interval: u64,
 }
 
 /// `SESSION_COOKIE_SAMESITE`: `None` omits the attribute (Django's `False`).
@@ -187,6 +200,8 @@ impl SettingsArgs {
             file_fsync: self.session_file_fsync,
             lock_timeout: self.session_lock_timeout,
             max_body: self.data_upload_max_memory_size,
+            gc_interval: (self.session_gc_interval > 0)
+                .then(|| Duration::from_secs(self.session_gc_interval)),
         }
     }
 }
@@ -283,12 +298,34 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
 }
 
 fn clearsessions(settings: &Settings) -> ExitCode {
-    let store = match file_store(settings) {
+    let store = match open_file_store(settings) {
         Ok(store) => store,
         Err(e) => return fail(e),
     };
     let started = Instant::now();
-    match store.clear_expired() {
+    let terminal = std::io::stdout().is_terminal();
+    let mut shown = false;
+    let mut progress = |sweep: &Sweep| {
+        // A progress line only where someone watches, and only for a large directory.
+        if terminal && sweep.in_progress() && sweep.scanned() >= 10_000 {
+            let r = sweep.report();
+            print!(
+                "\r{} entries scanned: {} expired, {} corrupt, {} leftovers removed, {} kept ",
+                sweep.scanned(),
+                r.expired,
+                r.corrupt,
+                r.leftovers,
+                r.kept
+            );
+            let _ = std::io::stdout().flush();
+            shown = true;
+        }
+    };
+    let result = store.clear_expired_with_progress(Duration::from_millis(250), &mut progress);
+    if shown {
+        println!();
+    }
+    match result {
         Ok(report) => {
             println!(
                 "Removed {} expired sessions, {} corrupt session files and {} leftovers of crashed writes; \

@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::http::{Job, Limits, Request, Response, serve_connection};
 use crate::middleware::SessionMiddleware;
 use crate::router::{Routed, Router};
-use crate::store::{SessionLock, SessionStore};
+use crate::store::{SessionLock, SessionStore, Sweep};
 
 /// Stack size of a connection thread: it only parses and copies bytes.
 const CONNECTION_STACK: usize = 256 * 1024;
@@ -224,8 +224,12 @@ impl Server {
                     accept_loop(listener, jobs, limits, stop, in_flight, connections, gate)
                 })?
         };
+        let mut cleanup = Cleanup::new(
+            app.middleware.store().clone(),
+            app.middleware.settings().gc_interval,
+        );
         loop {
-            match queue.recv_timeout(Duration::from_millis(100)) {
+            match queue.recv_timeout(cleanup.wait()) {
                 Ok(job) => {
                     let line = crate::http::request_line(&job.request);
                     let path = job.request.path().to_owned();
@@ -242,9 +246,10 @@ impl Server {
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => cleanup.idle(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            cleanup.between_requests();
             if stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -304,6 +309,109 @@ fn accept_loop(
     }
 }
 
+/// The server's own cleanup (`SESSION_GC_INTERVAL`): every interval a pass over the store,
+/// done in slices of at most [`CLEANUP_SLICE`] on the handler thread, so that no request
+/// waits more than that for it. Under load a slice runs at most every
+/// [`CLEANUP_SPACING`]; when idle, back to back.
+struct Cleanup {
+    store: Arc<dyn SessionStore>,
+    interval: Option<Duration>,
+    next_pass: Instant,
+    last_slice: Instant,
+    sweep: Sweep,
+    slices: u32,
+    started: Instant,
+}
+
+/// The longest a cleanup slice runs.
+pub const CLEANUP_SLICE: Duration = Duration::from_millis(2);
+/// Under load, the least time between two cleanup slices (so at most ~10% of the time).
+pub const CLEANUP_SPACING: Duration = Duration::from_millis(20);
+
+impl Cleanup {
+    fn new(store: Arc<dyn SessionStore>, interval: Option<Duration>) -> Self {
+        let now = Instant::now();
+        Cleanup {
+            store,
+            interval: interval.filter(|d| !d.is_zero()),
+            next_pass: now,
+            last_slice: now,
+            sweep: Sweep::new(),
+            slices: 0,
+            started: now,
+        }
+    }
+
+    /// How long the handler thread may wait for a request before calling `idle`.
+    fn wait(&self) -> Duration {
+        if self.sweep.in_progress() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.interval.is_some() && (self.sweep.in_progress() || now >= self.next_pass)
+    }
+
+    /// No request came: a slice if a pass is due or under way.
+    fn idle(&mut self) {
+        let now = Instant::now();
+        if self.due(now) {
+            self.slice(now);
+        }
+    }
+
+    /// After a request: a slice only if the last one is a while ago.
+    fn between_requests(&mut self) {
+        let now = Instant::now();
+        if self.due(now) && now.duration_since(self.last_slice) >= CLEANUP_SPACING {
+            self.slice(now);
+        }
+    }
+
+    fn slice(&mut self, now: Instant) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        if !self.sweep.in_progress() {
+            self.slices = 0;
+            self.started = now;
+        }
+        self.last_slice = now;
+        self.slices += 1;
+        match self.store.sweep_step(&mut self.sweep, CLEANUP_SLICE) {
+            Ok(false) => {}
+            Ok(true) => {
+                let r = self.sweep.report();
+                let level = if r.expired + r.corrupt + r.leftovers > 0 {
+                    log::Level::Info
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(
+                    level,
+                    "session cleanup: removed {} expired, {} corrupt, {} leftovers; kept {}; \
+                     {} entries in {} slices over {} ms",
+                    r.expired,
+                    r.corrupt,
+                    r.leftovers,
+                    r.kept,
+                    self.sweep.scanned(),
+                    self.slices,
+                    self.started.elapsed().as_millis()
+                );
+                self.next_pass = now + interval;
+            }
+            Err(e) => {
+                log::warn!("session cleanup failed: {e}");
+                self.next_pass = now + interval;
+            }
+        }
+    }
+}
+
 /// One counted open connection; dropping it frees the place.
 struct ConnectionSlot(Arc<AtomicUsize>);
 
@@ -320,15 +428,21 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Opens the file store the settings describe.
+/// Opens the file store the settings describe, ready to share between threads.
 ///
 /// # Errors
 /// The sessions directory cannot be created or written.
 pub fn file_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, crate::StoreError> {
-    Ok(Arc::new(
-        crate::FileStore::open(&settings.file_path)?
-            .with_locking(settings.locking)
-            .with_lock_timeout(settings.lock_timeout)
-            .with_fsync(settings.file_fsync),
-    ))
+    Ok(Arc::new(open_file_store(settings)?))
+}
+
+/// Opens the file store the settings describe.
+///
+/// # Errors
+/// The sessions directory cannot be created or written.
+pub fn open_file_store(settings: &Settings) -> Result<crate::FileStore, crate::StoreError> {
+    Ok(crate::FileStore::open(&settings.file_path)?
+        .with_locking(settings.locking)
+        .with_lock_timeout(settings.lock_timeout)
+        .with_fsync(settings.file_fsync))
 }

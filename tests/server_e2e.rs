@@ -814,3 +814,68 @@ fn a_session_locked_elsewhere_does_not_delay_other_sessions() {
         drop(file);
     }
 }
+
+#[test]
+fn the_server_cleans_up_by_itself_when_asked() {
+    let server = TestServer::start(&[("SESSION_GC_INTERVAL", "1")]);
+    let live = agent();
+    get(&live, &server.url("/setsession/"));
+    let doomed = agent();
+    get(&doomed, &server.url("/setsession/"));
+    let r = post_json(
+        &doomed,
+        &server.url("/api/session/expiry"),
+        r#"{"seconds": 1}"#,
+    );
+    let doomed_key = cookie_value(&the_cookie(&r));
+    // The leftover of a write that crashed two minutes ago.
+    let leftover = server
+        .sessions()
+        .join(format!(".{}.tmp", filesession::SessionKey::generate()));
+    std::fs::write(&leftover, b"half a session").unwrap();
+    let old = SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&leftover)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let started = std::time::Instant::now();
+    while server.session_files().len() > 1 || leftover.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "not cleaned: {:?}, leftover there: {}",
+            server.session_files(),
+            leftover.exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !server
+            .session_files()
+            .contains(&format!("{doomed_key}.json"))
+    );
+    assert_eq!(
+        body(get(&live, &server.url("/getsession/"))),
+        "abc abc@gmail.com"
+    );
+    assert!(
+        server.log().contains("session cleanup: removed"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn clearsessions_fails_with_a_message_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"))
+        .arg("clearsessions")
+        .current_dir(dir.path())
+        .env("SESSION_FILE_PATH", "file")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session directory"));
+}

@@ -41,7 +41,7 @@ use rustix::io::Errno;
 use super::file_format::{self, DecodeError};
 use super::lock::lock_exclusive_until;
 use super::{
-    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
+    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
 use crate::key::SessionKey;
 
@@ -469,7 +469,13 @@ impl FileStore {
     }
 
     /// Classifies one directory entry for `clear_expired`.
-    fn clear_entry(&self, entry: &fs::DirEntry, now: SystemTime, report: &mut ClearReport) {
+    fn clear_entry(
+        &self,
+        entry: &fs::DirEntry,
+        now: SystemTime,
+        wait: Duration,
+        report: &mut ClearReport,
+    ) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             report.skipped += 1;
@@ -481,7 +487,7 @@ impl FileStore {
                 report.skipped += 1;
                 return;
             }
-            match self.clear_session(&key, now) {
+            match self.clear_session(&key, now, wait) {
                 Ok(Cleared::Kept) => report.kept += 1,
                 Ok(Cleared::Expired) => report.expired += 1,
                 Ok(Cleared::Corrupt) => report.corrupt += 1,
@@ -509,7 +515,12 @@ impl FileStore {
 
     /// Removes one session if it is expired or corrupt, deciding under its lock so that a
     /// session refreshed meanwhile is kept.
-    fn clear_session(&self, key: &SessionKey, now: SystemTime) -> Result<Cleared, StoreError> {
+    fn clear_session(
+        &self,
+        key: &SessionKey,
+        now: SystemTime,
+        wait: Duration,
+    ) -> Result<Cleared, StoreError> {
         let path = self.path_of(key);
         let file = match self.open_entry(&path)? {
             Opened::Missing => return Ok(Cleared::Gone),
@@ -521,7 +532,7 @@ impl FileStore {
             return Ok(Cleared::Kept);
         }
         drop(file);
-        let Some(held) = self.lock_current(key, &path, self.lock_timeout)? else {
+        let Some(held) = self.lock_current(key, &path, wait)? else {
             return Ok(Cleared::Gone);
         };
         let verdict = match self.read_record(&held.file, &held.path) {
@@ -691,19 +702,80 @@ impl SessionStore for FileStore {
     }
 
     fn clear_expired(&self) -> Result<ClearReport, StoreError> {
-        let entries = fs::read_dir(&self.dir)
-            .map_err(|e| StoreError::io("list session directory", &self.dir, e))?;
-        let now = SystemTime::now();
-        let mut report = ClearReport::default();
-        for entry in entries {
-            match entry {
-                Ok(entry) => self.clear_entry(&entry, now, &mut report),
-                Err(e) => {
-                    return Err(StoreError::io("list session directory", &self.dir, e));
-                }
+        let mut sweep = Sweep::new();
+        while !self.sweep_with(&mut sweep, Duration::from_secs(3600), self.lock_timeout)? {}
+        Ok(sweep.report().clone())
+    }
+
+    fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
+        // Within a short budget a locked session is left for the next pass, not waited for.
+        self.sweep_with(sweep, budget, budget.min(self.lock_timeout))
+    }
+}
+
+impl FileStore {
+    /// `clear_expired` with a progress report: `progress` is called about every `every`
+    /// with the pass so far (entries scanned, the counts).
+    ///
+    /// # Errors
+    /// The directory cannot be listed.
+    pub fn clear_expired_with_progress(
+        &self,
+        every: Duration,
+        progress: &mut dyn FnMut(&Sweep),
+    ) -> Result<ClearReport, StoreError> {
+        let mut sweep = Sweep::new();
+        loop {
+            let done = self.sweep_with(&mut sweep, every, self.lock_timeout)?;
+            progress(&sweep);
+            if done {
+                return Ok(sweep.report().clone());
             }
         }
-        Ok(report)
+    }
+
+    /// Goes on with a pass over the directory for about `budget`; `Ok(true)` when the pass
+    /// is complete (the next call starts a new one).
+    fn sweep_with(
+        &self,
+        sweep: &mut Sweep,
+        budget: Duration,
+        wait: Duration,
+    ) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + budget;
+        if sweep.cursor.is_none() {
+            let entries = fs::read_dir(&self.dir)
+                .map_err(|e| StoreError::io("list session directory", &self.dir, e))?;
+            sweep.begin(Box::new(entries));
+        }
+        let now = sweep.now;
+        loop {
+            let Some(entries) = sweep
+                .cursor
+                .as_mut()
+                .and_then(|c| c.downcast_mut::<fs::ReadDir>())
+            else {
+                sweep.cursor = None;
+                return Ok(true);
+            };
+            match entries.next() {
+                None => {
+                    sweep.cursor = None;
+                    return Ok(true);
+                }
+                Some(Err(e)) => {
+                    sweep.cursor = None;
+                    return Err(StoreError::io("list session directory", &self.dir, e));
+                }
+                Some(Ok(entry)) => {
+                    self.clear_entry(&entry, now, wait, &mut sweep.report);
+                    sweep.scanned += 1;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -967,6 +1039,58 @@ mod tests {
         let mut expected = vec!["README.md".to_string(), live.file_name()];
         expected.sort();
         assert_eq!(files_in(store.dir()), expected);
+    }
+
+    #[test]
+    fn a_sweep_in_small_steps_does_what_clear_expired_does() {
+        let (_tmp, store) = store();
+        let mut expire_now = changes(&[("a", json!(1))]);
+        expire_now.expiry = Some(Expiry::Seconds(0));
+        for i in 0..60 {
+            let c = if i % 3 == 0 {
+                expire_now.clone()
+            } else {
+                changes(&[("b", json!(i))])
+            };
+            store.create(&c.to_new_record(SystemTime::now())).unwrap();
+        }
+        let mut sweep = Sweep::new();
+        let mut steps = 0;
+        while !store.sweep_step(&mut sweep, Duration::ZERO).unwrap() {
+            steps += 1;
+            assert!(sweep.in_progress());
+        }
+        assert!(
+            steps >= 59,
+            "one entry per zero-budget step, got {steps} steps"
+        );
+        assert_eq!((sweep.report().expired, sweep.report().kept), (20, 40));
+        assert_eq!(sweep.scanned(), 60);
+        assert_eq!(files_in(store.dir()).len(), 40);
+        assert!(!sweep.in_progress());
+    }
+
+    #[test]
+    fn a_sweep_leaves_a_locked_expired_session_for_later_instead_of_waiting() {
+        let (_tmp, store) = store();
+        let mut expire_now = changes(&[("a", json!(1))]);
+        expire_now.expiry = Some(Expiry::Seconds(0));
+        let key = store
+            .create(&expire_now.to_new_record(SystemTime::now()))
+            .unwrap();
+        let holder = File::open(store.path_of(&key)).unwrap();
+        fs2::FileExt::lock_exclusive(&holder).unwrap();
+        let started = Instant::now();
+        let mut sweep = Sweep::new();
+        while !store
+            .sweep_step(&mut sweep, Duration::from_millis(2))
+            .unwrap()
+        {}
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(sweep.report().skipped, 1);
+        assert!(store.exists(&key).unwrap());
+        drop(holder);
+        assert_eq!(store.clear_expired().unwrap().expired, 1);
     }
 
     #[test]

@@ -185,6 +185,66 @@ pub struct ClearReport {
     pub skipped: u64,
 }
 
+/// A pass of `clear_expired` done in steps ([`SessionStore::sweep_step`]), so that a server
+/// can clean up between requests without making any wait more than a few milliseconds.
+pub struct Sweep {
+    cursor: Option<Box<dyn Any + Send>>,
+    report: ClearReport,
+    scanned: u64,
+    now: SystemTime,
+}
+
+impl Default for Sweep {
+    fn default() -> Self {
+        Sweep::new()
+    }
+}
+
+impl fmt::Debug for Sweep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sweep")
+            .field("in_progress", &self.cursor.is_some())
+            .field("scanned", &self.scanned)
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+impl Sweep {
+    /// A sweep that has not started.
+    pub fn new() -> Self {
+        Sweep {
+            cursor: None,
+            report: ClearReport::default(),
+            scanned: 0,
+            now: SystemTime::now(),
+        }
+    }
+
+    /// Starts a new pass over `cursor`, the store's own position.
+    pub fn begin(&mut self, cursor: Box<dyn Any + Send>) {
+        *self = Sweep {
+            cursor: Some(cursor),
+            ..Sweep::new()
+        };
+    }
+
+    /// Whether a pass is under way.
+    pub fn in_progress(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// What this pass did so far (or did, once complete).
+    pub fn report(&self) -> &ClearReport {
+        &self.report
+    }
+
+    /// How many entries this pass has looked at.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+}
+
 /// Errors of a session store. Each message names the file or key and the cause.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -366,6 +426,17 @@ pub trait SessionStore: Send + Sync {
     /// # Errors
     /// The store cannot be listed.
     fn clear_expired(&self) -> Result<ClearReport, StoreError>;
+
+    /// Goes on with an incremental `clear_expired` for about `budget`; `Ok(true)` when the
+    /// pass is complete. The default does a whole `clear_expired` in one step.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
+        let _ = budget;
+        sweep.report = self.clear_expired()?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

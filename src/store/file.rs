@@ -1094,6 +1094,31 @@ mod tests {
     }
 
     #[test]
+    fn clear_expired_never_removes_a_session_refreshed_while_it_waited() {
+        let (_tmp, store) = store();
+        let store = std::sync::Arc::new(store.with_locking(Locking::Request));
+        let mut expire_now = changes(&[("a", json!(1))]);
+        expire_now.expiry = Some(Expiry::Seconds(0));
+        let key = store
+            .create(&expire_now.to_new_record(SystemTime::now()))
+            .unwrap();
+        // A request holds the session (it is writing it)...
+        let lock = store.acquire(&key).unwrap().expect("the lock");
+        let cleaner = {
+            let store = store.clone();
+            std::thread::spawn(move || store.clear_expired().unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        // ...and refreshes it while clearsessions waits for the lock.
+        let mut refresh = changes(&[]);
+        refresh.expiry = Some(Expiry::Default);
+        store.save(&key, &refresh, Some(lock)).unwrap();
+        let report = cleaner.join().unwrap();
+        assert_eq!((report.expired, report.kept), (0, 1), "{report:?}");
+        assert!(store.load(&key).unwrap().is_some());
+    }
+
+    #[test]
     fn young_leftovers_are_kept() {
         let (_tmp, store) = store();
         let leftover = format!(".{}.tmp", SessionKey::generate());

@@ -244,7 +244,11 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
             500,
             format!("Could not {action}: {source}. Nothing was saved."),
         ),
-        other => (500, format!("The session store failed: {other}.")),
+        _ => (
+            500,
+            "The session store failed; nothing was saved. The server log has the details."
+                .to_string(),
+        ),
     };
     let mut response = Response::error(path, status, &message);
     if status == 503 {

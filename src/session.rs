@@ -358,8 +358,10 @@ impl Session {
     /// is deleted at [`save`](Session::save) (the middleware does that even for a 5xx, as
     /// Django). No new session is created unless something is set afterwards.
     pub fn flush(&mut self) {
-        let was = self.session_key().copied();
+        // Load first (clear does): a key that names no session is dropped, so nothing that
+        // is not this session's file (corrupt, a symlink, ...) is ever deleted.
         self.clear();
+        let was = self.session_key().copied();
         if let Some(old) = was {
             self.flushed = Some(old);
         }

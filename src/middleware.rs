@@ -232,6 +232,10 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
                 waited.as_millis()
             ),
         ),
+        StoreError::TooDeep { depth, limit, .. } => (
+            400,
+            format!("A session value nests {depth} levels deep, over the limit of {limit}."),
+        ),
         StoreError::TooLarge { size, limit, .. } => (
             413,
             format!("The session would take {size} bytes, over the limit of {limit} bytes."),

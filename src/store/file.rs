@@ -378,11 +378,21 @@ impl FileStore {
     }
 
     /// The bytes of `record`, or `TooLarge`.
+    /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not
+    /// be read back.
     fn encode(&self, key: Option<&SessionKey>, record: &Record) -> Result<Vec<u8>, StoreError> {
+        let depth = file_format::depth(&record.data);
+        if depth > file_format::MAX_VALUE_DEPTH {
+            return Err(StoreError::TooDeep {
+                key: key.copied(),
+                depth,
+                limit: file_format::MAX_VALUE_DEPTH,
+            });
+        }
         let bytes = file_format::encode(record);
         if bytes.len() > self.max_file_size {
             return Err(StoreError::TooLarge {
-                key: key.copied().unwrap_or_else(SessionKey::generate),
+                key: key.copied(),
                 size: bytes.len(),
                 limit: self.max_file_size,
             });

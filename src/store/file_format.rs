@@ -21,6 +21,26 @@ use crate::expiry::{Expiry, format_rfc3339, parse_rfc3339};
 /// The version written in every file's `"format"` field.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
+/// How deep values in a session may nest. The file wraps them in two more levels, and the
+/// JSON reader stops at 128: anything deeper would be written but never read back.
+pub(crate) const MAX_VALUE_DEPTH: usize = 120;
+
+/// How deep the values of `data` nest (a scalar is 1, `[1]` is 2), counted without
+/// recursion, so that no value can exhaust the stack here.
+pub(crate) fn depth(data: &Map<String, Value>) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&Value, usize)> = data.values().map(|v| (v, 1)).collect();
+    while let Some((value, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, level + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[derive(Serialize)]
 struct FileOut<'a> {
     format: u32,
@@ -112,6 +132,23 @@ mod tests {
              \"sname\": \"abc\"\n  }\n}\n"
         );
         assert_eq!(decode(text.as_bytes()).unwrap(), record);
+    }
+
+    #[test]
+    fn values_as_deep_as_allowed_read_back() {
+        let mut value = json!(1);
+        for _ in 1..MAX_VALUE_DEPTH {
+            value = json!([value]);
+        }
+        let mut data = Map::new();
+        data.insert("deep".into(), value);
+        assert_eq!(depth(&data), MAX_VALUE_DEPTH);
+        let record = Record {
+            data,
+            expiry: Expiry::Default,
+            expires_at: UNIX_EPOCH,
+        };
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
     }
 
     #[test]

@@ -270,13 +270,23 @@ pub enum StoreError {
         /// How long it waited.
         waited: Duration,
     },
-    /// The session would exceed the size limit of one session file.
+    /// The session would exceed the size limit of one session file. Nothing was written.
     TooLarge {
-        /// The session.
-        key: SessionKey,
+        /// The session, unless it was being created.
+        key: Option<SessionKey>,
         /// Its encoded size in bytes.
         size: usize,
         /// The limit in bytes.
+        limit: usize,
+    },
+    /// A value of the session nests deeper than a session file can be read back with.
+    /// Nothing was written.
+    TooDeep {
+        /// The session, unless it was being created.
+        key: Option<SessionKey>,
+        /// How deep its values nest.
+        depth: usize,
+        /// The deepest allowed.
         limit: usize,
     },
     /// An entry named like this session is not a regular file (a symlink, a directory, a
@@ -314,9 +324,13 @@ impl fmt::Display for StoreError {
                 "session {key} is locked by another request or process; gave up after {} ms",
                 waited.as_millis()
             ),
-            StoreError::TooLarge { key, size, limit } => write!(
+            StoreError::TooLarge { size, limit, .. } => write!(
                 f,
-                "session {key} would take {size} bytes, more than the limit of {limit} bytes"
+                "the session would take {size} bytes, more than the limit of {limit} bytes"
+            ),
+            StoreError::TooDeep { depth, limit, .. } => write!(
+                f,
+                "a session value nests {depth} levels deep, more than the limit of {limit}"
             ),
             StoreError::NotARegularFile(path) => write!(
                 f,

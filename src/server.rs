@@ -18,6 +18,8 @@ use crate::store::{SessionLock, SessionStore, Sweep};
 
 /// Stack size of a connection thread: it only parses and copies bytes.
 const CONNECTION_STACK: usize = 256 * 1024;
+/// Access-log lines are written at least this often (and whenever the server is idle).
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Requests waiting for the handler thread before connection threads wait to hand theirs.
 const QUEUE_DEPTH: usize = 256;
 
@@ -228,6 +230,7 @@ impl Server {
             app.middleware.store().clone(),
             app.middleware.settings().gc_interval,
         );
+        let mut last_log_flush = Instant::now();
         loop {
             match queue.recv_timeout(cleanup.wait()) {
                 Ok(job) => {
@@ -246,16 +249,24 @@ impl Server {
                         in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => cleanup.idle(),
+                Err(RecvTimeoutError::Timeout) => {
+                    crate::http::flush_access_log();
+                    cleanup.idle();
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             cleanup.between_requests();
+            if last_log_flush.elapsed() >= LOG_FLUSH_EVERY {
+                crate::http::flush_access_log();
+                last_log_flush = Instant::now();
+            }
             if stop.load(Ordering::SeqCst) {
                 break;
             }
         }
         // Let the connection threads write what was answered, then go.
         drop(queue);
+        crate::http::flush_access_log();
         let deadline = Instant::now() + limits.write_timeout;
         while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));

@@ -50,6 +50,9 @@ impl Default for Limits {
     }
 }
 
+/// How often a blocked read wakes to check its deadline: deadlines are kept to within this.
+const READ_TICK: Duration = Duration::from_millis(250);
+
 /// A request handed to the handler thread, with the way back for its response.
 pub(crate) struct Job {
     pub request: Request,
@@ -85,6 +88,10 @@ pub(crate) fn serve_connection(
     preflight: Preflight<'_>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Reads wake at least every READ_TICK to check their deadline; set once, not per read.
+    if stream.set_read_timeout(Some(READ_TICK)).is_err() {
+        return;
+    }
     if stream
         .set_write_timeout(Some(limits.write_timeout))
         .is_err()
@@ -153,13 +160,52 @@ pub(crate) fn request_line(request: &Request) -> String {
 /// Prints Django runserver's access-log line to stderr:
 /// `[26/Nov/2026 11:37:46] "GET /setsession/ HTTP/1.1" 200 14`.
 pub(crate) fn log_access(line: &str, status: u16, body_len: usize) {
-    let date = httpdate::fmt_http_date(SystemTime::now()); // "Thu, 26 Nov 2026 11:37:46 GMT"
+    let date = http_date(); // "Thu, 26 Nov 2026 11:37:46 GMT"
     let parts: Vec<&str> = date.split(' ').collect();
     let stamp = match parts.as_slice() {
         [_, day, month, year, time, _] => format!("{day}/{month}/{year} {time}"),
         _ => date.clone(),
     };
-    eprintln!("[{stamp}] \"{line}\" {status} {body_len}");
+    let entry = format!("[{stamp}] \"{line}\" {status} {body_len}\n");
+    let mut log = ACCESS_LOG.lock().unwrap_or_else(|p| p.into_inner());
+    log.extend_from_slice(entry.as_bytes());
+    if log.len() >= ACCESS_LOG_BUFFER {
+        let _ = io::stderr().lock().write_all(&log);
+        log.clear();
+    }
+}
+
+/// Access-log lines waiting to be written: one write for many lines under load, flushed by
+/// [`flush_access_log`] whenever the handler thread has been idle for a moment.
+static ACCESS_LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+const ACCESS_LOG_BUFFER: usize = 8 * 1024;
+
+/// Writes out the buffered access-log lines.
+pub(crate) fn flush_access_log() {
+    let mut log = ACCESS_LOG.lock().unwrap_or_else(|p| p.into_inner());
+    if !log.is_empty() {
+        let _ = io::stderr().lock().write_all(&log);
+        log.clear();
+    }
+}
+
+/// The current time as an HTTP date, formatted once per second per thread.
+fn http_date() -> String {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second || cache.1.is_empty() {
+            *cache = (second, httpdate::fmt_http_date(now));
+        }
+        cache.1.clone()
+    })
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -198,9 +244,6 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Head
                     path: String::new(),
                 }),
             };
-        }
-        if stream.set_read_timeout(Some(deadline - now)).is_err() {
-            return Head::Closed;
         }
         let room = (limits.max_head_bytes + 1 - buf.len()).min(chunk.len());
         match stream.read(&mut chunk[..room]) {
@@ -344,9 +387,6 @@ fn read_body(
         if now >= deadline {
             return Err(reject(408, "Request body not received in time."));
         }
-        if stream.set_read_timeout(Some(deadline - now)).is_err() {
-            return Err(reject(400, "Connection failed."));
-        }
         let room = (length - buf.len()).min(chunk.len());
         match stream.read(&mut chunk[..room]) {
             Ok(0) => {
@@ -401,7 +441,7 @@ fn write_response(
         "HTTP/1.{version} {status} {}\r\nDate: {}\r\nServer: filesession\r\n\
          X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\n",
         reason(status),
-        httpdate::fmt_http_date(SystemTime::now()),
+        http_date(),
         body.len()
     );
     if !keep_alive {
@@ -432,6 +472,7 @@ fn write_response(
 fn reject_and_close(mut stream: TcpStream, reject: &Reject, line: Option<&str>) {
     let response = Response::error(&reject.path, reject.status, reject.message);
     log_access(line.unwrap_or("-"), reject.status, response.body().len());
+    flush_access_log();
     let _ = write_response(&mut stream, &response, 1, false, false);
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));

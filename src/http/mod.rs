@@ -6,7 +6,9 @@ mod request;
 mod response;
 
 pub use conn::Limits;
-pub(crate) use conn::{Job, log_access, refuse_overload, request_line, serve_connection};
+pub(crate) use conn::{
+    Job, flush_access_log, log_access, refuse_overload, request_line, serve_connection,
+};
 pub(crate) use request::decode_segment;
 pub use request::{Method, Request};
 pub use response::Response;

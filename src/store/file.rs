@@ -28,8 +28,8 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +39,7 @@ use rustix::fs::{CWD, OFlags, RenameFlags, renameat_with};
 use rustix::io::Errno;
 
 use super::file_format::{self, DecodeError};
-use super::lock::lock_exclusive_until;
+use super::lock::{lock_exclusive_until, unlock};
 use super::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
@@ -96,14 +96,31 @@ pub struct FileStore {
 /// A session file locked exclusively, checked to be the file now at its path.
 #[derive(Debug)]
 struct LockedFile {
-    file: File,
+    entry: Entry,
     path: PathBuf,
+}
+
+/// An open session file and what its `fstat` said when it was opened. A session file is
+/// never modified in place, so its length stays true for as long as it is open.
+#[derive(Debug)]
+struct Entry {
+    file: File,
+    len: u64,
+    ino: u64,
+    dev: u64,
 }
 
 /// What is at a session's path.
 enum Opened {
     Missing,
-    File(File),
+    File(Entry),
+}
+
+/// A session file opened by `acquire` in `merge` mode (unlocked), for the load to read.
+#[derive(Debug)]
+struct OpenedFile {
+    entry: Entry,
+    path: PathBuf,
 }
 
 impl FileStore {
@@ -214,7 +231,12 @@ impl FileStore {
                     .metadata()
                     .map_err(|e| StoreError::io("inspect session file", path, e))?;
                 if meta.is_file() {
-                    Ok(Opened::File(file))
+                    Ok(Opened::File(Entry {
+                        file,
+                        len: meta.len(),
+                        ino: meta.ino(),
+                        dev: meta.dev(),
+                    }))
                 } else {
                     Err(StoreError::NotARegularFile(path.to_path_buf()))
                 }
@@ -228,23 +250,23 @@ impl FileStore {
     }
 
     /// Reads a whole session file, refusing more than the size limit.
-    fn read_record(&self, mut file: &File, path: &Path) -> Result<Record, ReadError> {
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| ReadError::Store(StoreError::io("read session file", path, e)))?;
-        let mut bytes = Vec::new();
-        file.take(self.max_file_size as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| ReadError::Store(StoreError::io("read session file", path, e)))?;
-        if bytes.len() > self.max_file_size {
+    fn read_record(&self, entry: &Entry, path: &Path) -> Result<Record, ReadError> {
+        if entry.len > self.max_file_size as u64 {
             return Err(ReadError::TooLarge);
         }
+        // One pread of the length fstat gave: no seek, no read to find the end.
+        let mut bytes = vec![0; entry.len as usize];
+        entry
+            .file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|e| ReadError::Store(StoreError::io("read session file", path, e)))?;
         file_format::decode(&bytes).map_err(ReadError::Corrupt)
     }
 
     /// The live session in `file`: `None` (logged) when it is unreadable, corrupt, too large
     /// or expired.
-    fn live_record(&self, file: &File, path: &Path) -> Option<Record> {
-        let record = match self.read_record(file, path) {
+    fn live_record(&self, entry: &Entry, path: &Path) -> Option<Record> {
+        let record = match self.read_record(entry, path) {
             Ok(record) => record,
             Err(ReadError::Store(e)) => {
                 self.log_bad_file(path, &e);
@@ -264,7 +286,7 @@ impl FileStore {
 
     /// The live session under a held lock, which stays held with it.
     fn loaded_locked(&self, held: LockedFile) -> Option<Loaded> {
-        let record = self.live_record(&held.file, &held.path)?;
+        let record = self.live_record(&held.entry, &held.path)?;
         Some(Loaded {
             record,
             lock: Some(SessionLock::new(held)),
@@ -300,11 +322,11 @@ impl FileStore {
         let start = Instant::now();
         let deadline = start + wait;
         loop {
-            let file = match self.open_entry(path)? {
+            let entry = match self.open_entry(path)? {
                 Opened::Missing => return Ok(None),
-                Opened::File(file) => file,
+                Opened::File(entry) => entry,
             };
-            let locked = lock_exclusive_until(&file, deadline)
+            let locked = lock_exclusive_until(&entry.file, deadline)
                 .map_err(|e| StoreError::io("lock session file", path, e))?;
             if !locked {
                 return Err(StoreError::LockTimeout {
@@ -313,7 +335,7 @@ impl FileStore {
                 });
             }
             let held = LockedFile {
-                file,
+                entry,
                 path: path.to_path_buf(),
             };
             match self.is_current(&held)? {
@@ -326,12 +348,10 @@ impl FileStore {
 
     /// Whether the locked inode is still the file at its path; `None` if the path is gone.
     fn is_current(&self, held: &LockedFile) -> Result<Option<bool>, StoreError> {
-        let mine = held
-            .file
-            .metadata()
-            .map_err(|e| StoreError::io("inspect session file", &held.path, e))?;
         match fs::symlink_metadata(&held.path) {
-            Ok(now) => Ok(Some(now.ino() == mine.ino() && now.dev() == mine.dev())),
+            Ok(now) => Ok(Some(
+                now.ino() == held.entry.ino && now.dev() == held.entry.dev,
+            )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("inspect session file", &held.path, e)),
         }
@@ -345,7 +365,7 @@ impl FileStore {
         held: Option<SessionLock>,
     ) -> Result<Option<LockedFile>, StoreError> {
         let path = self.path_of(key);
-        if let Some(held) = held.and_then(SessionLock::into_inner::<LockedFile>)
+        if let Some(held) = held.and_then(|l| l.into_inner::<LockedFile>().ok())
             && held.path == path
         {
             match self.is_current(&held)? {
@@ -360,24 +380,36 @@ impl FileStore {
     /// The newest stored copy under a held lock with `changes` applied. A file that became
     /// unreadable is replaced by the changes alone rather than blocking the session forever.
     fn merged(&self, held: &LockedFile, changes: &ChangeSet) -> Result<Record, StoreError> {
+        Ok(self.merged_with_stored(held, changes)?.1)
+    }
+
+    /// The stored copy (if readable) and the newest copy with `changes` applied.
+    fn merged_with_stored(
+        &self,
+        held: &LockedFile,
+        changes: &ChangeSet,
+    ) -> Result<(Option<Record>, Record), StoreError> {
         let now = SystemTime::now();
-        let mut record = match self.read_record(&held.file, &held.path) {
-            Ok(record) => record,
+        let stored = match self.read_record(&held.entry, &held.path) {
+            Ok(record) => Some(record),
             Err(ReadError::Store(e)) => return Err(e),
             Err(ReadError::TooLarge) => {
                 self.log_bad_file(&held.path, &"over the size limit");
-                changes.to_new_record(now)
+                None
             }
             Err(ReadError::Corrupt(why)) => {
                 self.log_bad_file(&held.path, &why);
-                changes.to_new_record(now)
+                None
             }
         };
+        let mut record = match &stored {
+            Some(record) => record.clone(),
+            None => changes.to_new_record(now),
+        };
         changes.apply_to(&mut record, now);
-        Ok(record)
+        Ok((stored, record))
     }
 
-    /// The bytes of `record`, or `TooLarge`.
     /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not
     /// be read back.
     fn encode(&self, key: Option<&SessionKey>, record: &Record) -> Result<Vec<u8>, StoreError> {
@@ -532,20 +564,20 @@ impl FileStore {
         wait: Duration,
     ) -> Result<Cleared, StoreError> {
         let path = self.path_of(key);
-        let file = match self.open_entry(&path)? {
+        let entry = match self.open_entry(&path)? {
             Opened::Missing => return Ok(Cleared::Gone),
-            Opened::File(file) => file,
+            Opened::File(entry) => entry,
         };
-        if let Ok(record) = self.read_record(&file, &path)
+        if let Ok(record) = self.read_record(&entry, &path)
             && !record.is_expired(now)
         {
             return Ok(Cleared::Kept);
         }
-        drop(file);
+        drop(entry);
         let Some(held) = self.lock_current(key, &path, wait)? else {
             return Ok(Cleared::Gone);
         };
-        let verdict = match self.read_record(&held.file, &held.path) {
+        let verdict = match self.read_record(&held.entry, &held.path) {
             Ok(record) if record.is_expired(SystemTime::now()) => Cleared::Expired,
             Ok(_) => return Ok(Cleared::Kept),
             Err(ReadError::Store(e)) => return Err(e),
@@ -569,6 +601,31 @@ enum ReadError {
     Corrupt(DecodeError),
 }
 
+/// The most a skipped refresh lets the stored expiry lag behind the cookie's.
+pub const REFRESH_SLACK: Duration = Duration::from_secs(60);
+
+/// Whether writing `new` over `stored` would change nothing but move the expiry by less than
+/// 1% of the session's lifetime, and at most [`REFRESH_SLACK`]: then the write is skipped.
+fn is_mere_refresh(stored: &Record, new: &Record, cookie_age: Duration) -> bool {
+    if stored.data != new.data || stored.expiry != new.expiry {
+        return false;
+    }
+    let lifetime = new
+        .expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .max(match new.expiry {
+            crate::expiry::Expiry::Seconds(n) => Duration::from_secs(n),
+            _ => cookie_age,
+        });
+    let slack = (lifetime / 100).min(REFRESH_SLACK);
+    let moved = new
+        .expires_at
+        .duration_since(stored.expires_at)
+        .unwrap_or_else(|e| e.duration());
+    moved < slack
+}
+
 /// `.<uuid>.tmp`: the name of a temp file of this store.
 fn is_temp_name(name: &str) -> bool {
     name.strip_prefix('.')
@@ -582,8 +639,8 @@ impl SessionStore for FileStore {
         let path = self.path_of(key);
         match self.locking {
             Locking::Merge => match self.open_entry(&path) {
-                Ok(Opened::File(file)) => Ok(self
-                    .live_record(&file, &path)
+                Ok(Opened::File(entry)) => Ok(self
+                    .live_record(&entry, &path)
                     .map(|record| Loaded { record, lock: None })),
                 Ok(Opened::Missing) => Ok(None),
                 Err(e) => {
@@ -605,15 +662,32 @@ impl SessionStore for FileStore {
 
     fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
         let path = self.path_of(key);
-        match self.lock_current(key, &path, self.lock_timeout) {
-            Ok(Some(held)) => {
-                Ok((self.locking == Locking::Request).then(|| SessionLock::new(held)))
-            }
-            Ok(None) => Ok(None),
-            Err(e @ StoreError::LockTimeout { .. }) => Err(e),
-            // Not a regular file, unreadable: the load will find no session.
-            Err(_) => Ok(None),
+        if self.locking == Locking::Request {
+            return match self.lock_current(key, &path, self.lock_timeout) {
+                Ok(Some(held)) => Ok(Some(SessionLock::new(held))),
+                Ok(None) => Ok(None),
+                Err(e @ StoreError::LockTimeout { .. }) => Err(e),
+                // Not a regular file, unreadable: the load will find no session.
+                Err(_) => Ok(None),
+            };
         }
+        // merge: wait until no one holds the lock, let go at once, and keep the file open
+        // for the load (a copy microseconds old is what a merge-mode load may see anyway).
+        let entry = match self.open_entry(&path) {
+            Ok(Opened::File(entry)) => entry,
+            Ok(Opened::Missing) | Err(_) => return Ok(None),
+        };
+        let start = Instant::now();
+        let locked = lock_exclusive_until(&entry.file, start + self.lock_timeout)
+            .map_err(|e| StoreError::io("lock session file", &path, e))?;
+        if !locked {
+            return Err(StoreError::LockTimeout {
+                key: *key,
+                waited: start.elapsed(),
+            });
+        }
+        unlock(&entry.file).map_err(|e| StoreError::io("unlock session file", &path, e))?;
+        Ok(Some(SessionLock::new(OpenedFile { entry, path })))
     }
 
     fn load_locked(
@@ -622,7 +696,16 @@ impl SessionStore for FileStore {
         lock: SessionLock,
     ) -> Result<Option<Loaded>, StoreError> {
         let path = self.path_of(key);
-        if let Some(held) = lock.into_inner::<LockedFile>()
+        let lock = match lock.into_inner::<OpenedFile>() {
+            Ok(opened) if opened.path == path => {
+                return Ok(self
+                    .live_record(&opened.entry, &path)
+                    .map(|record| Loaded { record, lock: None }));
+            }
+            Ok(_) => return self.load(key),
+            Err(lock) => lock,
+        };
+        if let Ok(held) = lock.into_inner::<LockedFile>()
             && held.path == path
             && matches!(self.is_current(&held), Ok(Some(true)))
         {
@@ -665,7 +748,13 @@ impl SessionStore for FileStore {
         let held = self
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
-        let record = self.merged(&held, changes)?;
+        let (stored, record) = self.merged_with_stored(&held, changes)?;
+        if let Some(stored) = stored
+            && is_mere_refresh(&stored, &record, changes.cookie_age)
+        {
+            // Nothing but a small move of the expiry: skip the write (as PHP's lazy_write).
+            return Ok(stored);
+        }
         let bytes = self.encode(Some(key), &record)?;
         let temp = self.write_temp_for(&held.path, &bytes)?;
         self.replace(&temp, &held.path)?;
@@ -793,7 +882,7 @@ impl FileStore {
 mod tests {
     use super::*;
     use crate::expiry::Expiry;
-    use serde_json::json;
+    use serde_json::{Map, json};
 
     fn store() -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1126,6 +1215,57 @@ mod tests {
         let report = cleaner.join().unwrap();
         assert_eq!((report.expired, report.kept), (0, 1), "{report:?}");
         assert!(store.load(&key).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_save_that_only_refreshes_the_expiry_is_skipped_but_a_change_is_written() {
+        let (_tmp, store) = store();
+        let key = store
+            .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let ino = || fs::metadata(store.path_of(&key)).unwrap().ino();
+        let before = ino();
+        store
+            .save(&key, &changes(&[("a", json!(1))]), None)
+            .unwrap();
+        assert_eq!(
+            ino(),
+            before,
+            "same data, expiry moved by less than a minute: no write"
+        );
+        store
+            .save(&key, &changes(&[("a", json!(2))]), None)
+            .unwrap();
+        assert_ne!(ino(), before, "a change is written");
+        let mut longer = changes(&[]);
+        longer.expiry = Some(Expiry::Seconds(7200));
+        let after_change = ino();
+        store.save(&key, &longer, None).unwrap();
+        assert_ne!(ino(), after_change, "a new expiry rule is written");
+    }
+
+    #[test]
+    fn a_refresh_is_written_once_the_expiry_moved_more_than_the_slack() {
+        let now = SystemTime::now();
+        let stored = Record {
+            data: Map::new(),
+            expiry: Expiry::Default,
+            expires_at: now,
+        };
+        let age = Duration::from_secs(1_209_600);
+        let mut new = stored.clone();
+        new.expires_at = now + Duration::from_secs(59);
+        assert!(is_mere_refresh(&stored, &new, age));
+        new.expires_at = now + Duration::from_secs(61);
+        assert!(!is_mere_refresh(&stored, &new, age));
+        // A short session: 1% of 10 s.
+        let short = Record {
+            expiry: Expiry::Seconds(10),
+            ..stored.clone()
+        };
+        let mut moved = short.clone();
+        moved.expires_at = now + Duration::from_secs(1);
+        assert!(!is_mere_refresh(&short, &moved, age));
     }
 
     #[test]

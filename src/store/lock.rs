@@ -35,3 +35,8 @@ fn is_contended(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
         || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
+
+/// Releases a lock taken on `file` (closing the file releases it too).
+pub(crate) fn unlock(file: &File) -> io::Result<()> {
+    fs2::FileExt::unlock(file)
+}

@@ -123,9 +123,12 @@ impl SessionLock {
         SessionLock(Box::new(guard))
     }
 
-    /// The store's own guard, if it is of type `T`.
-    pub fn into_inner<T: Any>(self) -> Option<T> {
-        self.0.downcast::<T>().ok().map(|b| *b)
+    /// The store's own guard if it is of type `T`, else the lock back.
+    ///
+    /// # Errors
+    /// The guard is of another type: the lock is given back unchanged.
+    pub fn into_inner<T: Any>(self) -> Result<T, SessionLock> {
+        self.0.downcast::<T>().map(|b| *b).map_err(SessionLock)
     }
 }
 

@@ -1,0 +1,3 @@
+-- wrk: send every request as an empty POST (the counter workloads).
+wrk.method = "POST"
+wrk.body = ""

@@ -29,13 +29,14 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{CWD, OFlags, RenameFlags, renameat_with};
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags, linkat, openat, renameat_with};
 use rustix::io::Errno;
 
 use super::file_format::{self, DecodeError};
@@ -90,6 +91,8 @@ pub struct FileStore {
     leftover_age: Duration,
     /// Cleared when the file system refuses `renameat2`; then `rename`/`link` are used.
     renameat2: AtomicBool,
+    /// Cleared when the file system refuses `O_TMPFILE`; then creates go through temp names.
+    tmpfile: AtomicBool,
     corrupt_logged: Mutex<HashSet<PathBuf>>,
 }
 
@@ -164,6 +167,7 @@ impl FileStore {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             leftover_age: DEFAULT_LEFTOVER_AGE,
             renameat2: AtomicBool::new(true),
+            tmpfile: AtomicBool::new(true),
             corrupt_logged: Mutex::new(HashSet::new()),
         };
         let (probe, _) = store
@@ -491,6 +495,53 @@ impl FileStore {
         self.sync_dir()
     }
 
+    /// Creates a session from an unnamed file (`O_TMPFILE`) given its name in one step
+    /// (`linkat`, which fails rather than replace): no temp name to add and remove, and
+    /// nothing left behind by a crash. `Ok(None)`: the file system cannot (use temp files).
+    fn create_from_tmpfile(&self, bytes: &[u8]) -> Result<Option<SessionKey>, StoreError> {
+        let unsupported = |e: Errno| {
+            e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL || e == Errno::NOSYS
+        };
+        let fd = match openat(
+            CWD,
+            &self.dir,
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(e) if unsupported(e) => return Ok(None),
+            Err(e) => return Err(StoreError::io("create session file", &self.dir, e.into())),
+        };
+        let mut file = File::from(fd);
+        file.write_all(bytes)
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) })
+            .map_err(|e| StoreError::io("write session file", &self.dir, e))?;
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        for _ in 0..16 {
+            let key = SessionKey::generate();
+            let path = self.path_of(&key);
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for everyone.
+            let linked = match linkat(&file, "", CWD, &path, AtFlags::EMPTY_PATH) {
+                Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
+                    linkat(CWD, proc_path.as_str(), CWD, &path, AtFlags::SYMLINK_FOLLOW)
+                }
+                other => other,
+            };
+            match linked {
+                Ok(()) => {
+                    self.sync_dir()?;
+                    return Ok(Some(key));
+                }
+                Err(Errno::EXIST) => continue,
+                Err(e) if unsupported(e) || e == Errno::NOENT => return Ok(None),
+                Err(e) => return Err(StoreError::io("create session file", path, e.into())),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "16 fresh random keys were all taken; the random source is broken".into(),
+        ))
+    }
+
     /// Gives the temp file the name `path` unless something has it. `Ok(false)`: taken.
     fn link_new(&self, temp: &Path, path: &Path) -> io::Result<bool> {
         if self.renameat2.load(Ordering::Relaxed) {
@@ -716,6 +767,13 @@ impl SessionStore for FileStore {
 
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
         let bytes = self.encode(None, record)?;
+        if self.tmpfile.load(Ordering::Relaxed) {
+            match self.create_from_tmpfile(&bytes) {
+                Ok(Some(key)) => return Ok(key),
+                Ok(None) => self.tmpfile.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
         let temp = self.write_temp_for(&self.dir, &bytes)?;
         // A collision of 122 random bits does not happen; the loop is for correctness only.
         for _ in 0..16 {

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use filesession::{SessionKey, format_rfc3339};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let (Some(dir), Some(n)) = (args.first(), args.get(1)) else {
         eprintln!("usage: cargo bench --bench populate -- DIR N [EXPIRED_PERCENT]");
         std::process::exit(2);
@@ -24,13 +27,18 @@ fn main() {
     let dead = format_rfc3339(now - Duration::from_secs(3600));
     let started = Instant::now();
     for i in 0..n {
-        let expires = if i % 100 < expired_percent { &dead } else { &live };
+        let expires = if i % 100 < expired_percent {
+            &dead
+        } else {
+            &live
+        };
         let text = format!(
             "{{\n  \"format\": 1,\n  \"expires_at\": \"{expires}\",\n  \"expiry\": \"default\",\n  \"data\": {{\n    \"semail\": \"abc@gmail.com\",\n    \"sname\": \"abc\",\n    \"user\": {i}\n  }}\n}}\n"
         );
         let path = dir.join(SessionKey::generate().file_name());
         let mut file = fs::File::create(&path).expect("create a session file");
-        file.write_all(text.as_bytes()).expect("write a session file");
+        file.write_all(text.as_bytes())
+            .expect("write a session file");
     }
     println!(
         "populated {} with {n} sessions ({expired_percent}% expired) in {:.1} s",

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::http::{Job, Limits, Request, Response, serve_connection};
+use crate::http::{Job, Limits, Reply, Request, Response, serve_connection};
 use crate::middleware::SessionMiddleware;
 use crate::router::{Routed, Router};
 use crate::store::{SessionLock, SessionStore, Sweep};
@@ -244,9 +244,14 @@ impl Server {
                         Response::error(&path, 500, "Internal server error.")
                     });
                     crate::http::log_access(&line, response.status(), response.body().len());
-                    in_flight.fetch_add(1, Ordering::SeqCst);
-                    if job.reply.send(response).is_err() {
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    match job.reply {
+                        Reply::Direct(out, framing) => out.deliver(&response, framing),
+                        Reply::Wait(reply) => {
+                            in_flight.fetch_add(1, Ordering::SeqCst);
+                            if reply.send(response).is_err() {
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {

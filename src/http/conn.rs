@@ -7,6 +7,10 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustix::io::Errno;
+use rustix::net::SendFlags;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::request::{Method, Request};
@@ -58,7 +62,129 @@ pub(crate) struct Job {
     pub request: Request,
     /// The session's lock, when the preflight took it (`request` locking mode).
     pub lock: Option<SessionLock>,
-    pub reply: SyncSender<Response>,
+    pub reply: Reply,
+}
+
+/// How a response gets to its client.
+pub(crate) enum Reply {
+    /// The connection thread waits for it and writes it (the last request of a connection).
+    Wait(SyncSender<Response>),
+    /// The handler thread writes it itself, without ever blocking: what the socket does not
+    /// take at once waits in the connection's [`Output`] for the connection thread.
+    Direct(Arc<Output>, Framing),
+}
+
+/// How a response is framed for its request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Framing {
+    version: u8,
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// The most requests of one connection queued for the handler thread at once (pipelining).
+const MAX_PIPELINE: usize = 16;
+
+/// The write side of a connection, shared by its connection thread and the handler thread,
+/// so that the handler thread can answer a kept-alive request directly (one thread switch
+/// fewer per request) and yet never wait on a client: it only ever sends what the socket
+/// takes at once; the rest is written by the connection thread, in order.
+pub(crate) struct Output {
+    stream: TcpStream,
+    state: Mutex<OutState>,
+    /// Requests handed to the handler thread and not answered yet.
+    outstanding: AtomicUsize,
+}
+
+#[derive(Default)]
+struct OutState {
+    pending: Vec<u8>,
+    flushing: bool,
+    failed: bool,
+}
+
+impl Output {
+    fn new(stream: TcpStream) -> Self {
+        Output {
+            stream,
+            state: Mutex::new(OutState::default()),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The handler thread's write: never blocks.
+    pub(crate) fn deliver(&self, response: &Response, framing: Framing) {
+        let bytes = serialize_response(response, framing);
+        let mut state = self.state();
+        if !state.failed {
+            if state.pending.is_empty() && !state.flushing {
+                let mut sent = 0;
+                while sent < bytes.len() {
+                    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+                    match rustix::net::send(&self.stream, &bytes[sent..], flags) {
+                        Ok(n) => sent += n,
+                        Err(Errno::INTR) => {}
+                        Err(Errno::AGAIN) => break,
+                        Err(_) => {
+                            state.failed = true;
+                            break;
+                        }
+                    }
+                }
+                if !state.failed {
+                    state.pending.extend_from_slice(&bytes[sent..]);
+                }
+            } else {
+                state.pending.extend_from_slice(&bytes);
+            }
+        }
+        drop(state);
+        self.outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The connection thread writes what waits (blocking, bounded by the write timeout).
+    fn flush(&self, stream: &mut TcpStream) -> io::Result<()> {
+        loop {
+            let bytes = {
+                let mut state = self.state();
+                if state.failed {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                if state.pending.is_empty() {
+                    return Ok(());
+                }
+                state.flushing = true;
+                std::mem::take(&mut state.pending)
+            };
+            let written = stream.write_all(&bytes);
+            let mut state = self.state();
+            state.flushing = false;
+            if let Err(e) = written {
+                state.failed = true;
+                return Err(e);
+            }
+        }
+    }
+
+    /// Before the connection thread writes an answer of its own: every earlier answer is
+    /// out, so that answers keep the order of their requests.
+    fn settle(&self, stream: &mut TcpStream, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.flush(stream)?;
+            if self.outstanding.load(Ordering::SeqCst) == 0 {
+                return self.flush(stream);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// Runs on the connection thread before a request is queued: `Err` answers it at once.
@@ -99,51 +225,92 @@ pub(crate) fn serve_connection(
         return;
     }
     let remote = stream.peer_addr().ok();
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let out = Arc::new(Output::new(writer));
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let (mut request, head_len) = match read_head(&mut stream, &mut buf, limits) {
+        if out.flush(&mut stream).is_err() {
+            return;
+        }
+        let (mut request, head_len) = match read_head(&mut stream, &mut buf, limits, &out) {
             Head::Request(request, head_len) => (request, head_len),
             Head::Closed => return,
-            Head::Reject(reject) => return reject_and_close(stream, &reject, None),
+            Head::Reject(reject) => {
+                if out.settle(&mut stream, limits.write_timeout).is_ok() {
+                    reject_and_close(stream, &reject, None);
+                }
+                return;
+            }
         };
         request.remote = remote;
         let line = request_line(&request);
-        if let Err(reject) = read_body(&mut stream, &mut buf, head_len, &mut request, limits) {
-            return reject_and_close(stream, &reject, Some(&line));
+        if let Err(reject) = read_body(&mut stream, &mut buf, head_len, &mut request, limits, &out)
+        {
+            if out.settle(&mut stream, limits.write_timeout).is_ok() {
+                reject_and_close(stream, &reject, Some(&line));
+            }
+            return;
         }
-        let keep_alive = wants_keep_alive(&request);
-        let head_only = request.method == Method::Head;
-        let version = request.version;
+        let framing = Framing {
+            version: request.version,
+            keep_alive: wants_keep_alive(&request),
+            head_only: request.method == Method::Head,
+        };
         let lock = match preflight(&request) {
             Ok(lock) => lock,
             Err(refused) => {
                 log_access(&line, refused.status(), refused.body().len());
-                if write_response(&mut stream, &refused, version, keep_alive, head_only).is_err()
-                    || !keep_alive
-                {
+                let written = out
+                    .settle(&mut stream, limits.write_timeout)
+                    .and_then(|()| stream.write_all(&serialize_response(&refused, framing)));
+                if written.is_err() || !framing.keep_alive {
                     return;
                 }
                 continue;
             }
         };
+        if framing.keep_alive {
+            // Kept alive: the handler thread answers directly; read the next request meanwhile.
+            while out.outstanding.load(Ordering::SeqCst) >= MAX_PIPELINE {
+                if out.flush(&mut stream).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            out.outstanding.fetch_add(1, Ordering::SeqCst);
+            let job = Job {
+                request: *request,
+                lock,
+                reply: Reply::Direct(out.clone(), framing),
+            };
+            if jobs.send(job).is_err() {
+                return; // the server is stopping
+            }
+            continue;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         let job = Job {
             request: *request,
             lock,
-            reply: tx,
+            reply: Reply::Wait(tx),
         };
         if jobs.send(job).is_err() {
-            return; // the server is stopping
+            return;
         }
         let Ok(response) = rx.recv() else {
             return;
         };
-        let written = write_response(&mut stream, &response, version, keep_alive, head_only);
+        let written = out
+            .settle(&mut stream, limits.write_timeout)
+            .and_then(|()| stream.write_all(&serialize_response(&response, framing)));
         in_flight.fetch_sub(1, Ordering::SeqCst);
-        if written.is_err() || !keep_alive {
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
+        if written.is_ok() {
+            let _ = stream.flush();
         }
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
     }
 }
 
@@ -217,7 +384,7 @@ fn would_block(e: &io::Error) -> bool {
 
 /// Reads until a whole head is in `buf` and parses it. Waits up to `idle_timeout` for the
 /// first byte, then up to `head_timeout` for the rest.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Head {
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, out: &Output) -> Head {
     let started = Instant::now();
     let mut head_deadline = (!buf.is_empty()).then(|| started + limits.head_timeout);
     let mut scanned = 0;
@@ -252,7 +419,12 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits) -> Head
                 buf.extend_from_slice(&chunk[..n]);
                 head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
             }
-            Err(e) if would_block(&e) => {}
+            Err(e) if would_block(&e) => {
+                // A tick: write out answers the socket could not take at once.
+                if out.flush(stream).is_err() {
+                    return Head::Closed;
+                }
+            }
             Err(_) => return Head::Closed,
         }
     }
@@ -329,6 +501,7 @@ fn read_body(
     head_len: usize,
     request: &mut Request,
     limits: &Limits,
+    out: &Output,
 ) -> Result<(), Reject> {
     let path = request.path().to_owned();
     let reject = |status, message| Reject {
@@ -396,7 +569,11 @@ fn read_body(
                 ));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if would_block(&e) => {}
+            Err(e) if would_block(&e) => {
+                if out.flush(stream).is_err() {
+                    return Err(reject(400, "Connection failed."));
+                }
+            }
             Err(_) => return Err(reject(400, "Connection failed.")),
         }
     }
@@ -425,14 +602,13 @@ fn wants_keep_alive(request: &Request) -> bool {
     }
 }
 
-/// Serializes and writes a response in one write.
-fn write_response(
-    stream: &mut TcpStream,
-    response: &Response,
-    version: u8,
-    keep_alive: bool,
-    head_only: bool,
-) -> io::Result<()> {
+/// A response as bytes on the wire.
+fn serialize_response(response: &Response, framing: Framing) -> Vec<u8> {
+    let Framing {
+        version,
+        keep_alive,
+        head_only,
+    } = framing;
     let body = response.body();
     let mut out = Vec::with_capacity(256 + body.len());
     let status = response.status();
@@ -462,8 +638,7 @@ fn write_response(
     if !head_only {
         out.extend_from_slice(body);
     }
-    stream.write_all(&out)?;
-    stream.flush()
+    out
 }
 
 /// Answers a request the connection layer refuses, then closes the connection without
@@ -473,7 +648,12 @@ fn reject_and_close(mut stream: TcpStream, reject: &Reject, line: Option<&str>) 
     let response = Response::error(&reject.path, reject.status, reject.message);
     log_access(line.unwrap_or("-"), reject.status, response.body().len());
     flush_access_log();
-    let _ = write_response(&mut stream, &response, 1, false, false);
+    let framing = Framing {
+        version: 1,
+        keep_alive: false,
+        head_only: false,
+    };
+    let _ = stream.write_all(&serialize_response(&response, framing));
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let mut sink = [0u8; 4096];

@@ -7,7 +7,7 @@ mod response;
 
 pub use conn::Limits;
 pub(crate) use conn::{
-    Job, flush_access_log, log_access, refuse_overload, request_line, serve_connection,
+    Job, Reply, flush_access_log, log_access, refuse_overload, request_line, serve_connection,
 };
 pub(crate) use request::decode_segment;
 pub use request::{Method, Request};

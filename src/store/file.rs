@@ -171,7 +171,7 @@ impl FileStore {
             corrupt_logged: Mutex::new(HashSet::new()),
         };
         let (probe, _) = store
-            .write_temp(b"probe\n")
+            .write_temp(b"probe\n", None)
             .map_err(|e| unavailable("is not writable", e))?;
         fs::remove_file(&probe).map_err(|e| unavailable("is not writable", e))?;
         Ok(store)
@@ -437,7 +437,11 @@ impl FileStore {
     }
 
     /// Writes `bytes` to a new temp file (0600) in the directory: `.<uuid>.tmp`.
-    fn write_temp(&self, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
+    fn write_temp(
+        &self,
+        bytes: &[u8],
+        expires_at: Option<SystemTime>,
+    ) -> io::Result<(PathBuf, File)> {
         let temp = self.dir.join(format!(".{}.tmp", SessionKey::generate()));
         let mut file = OpenOptions::new()
             .write(true)
@@ -447,6 +451,7 @@ impl FileStore {
             .open(&temp)?;
         let written = file
             .write_all(bytes)
+            .and_then(|()| stamp_expiry(&file, expires_at))
             .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => Ok((temp, file)),
@@ -458,8 +463,13 @@ impl FileStore {
         }
     }
 
-    fn write_temp_for(&self, path: &Path, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        self.write_temp(bytes)
+    fn write_temp_for(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        expires_at: SystemTime,
+    ) -> Result<PathBuf, StoreError> {
+        self.write_temp(bytes, Some(expires_at))
             .map(|(temp, _)| temp)
             .map_err(|e| StoreError::io("write session file", path, e))
     }
@@ -498,7 +508,11 @@ impl FileStore {
     /// Creates a session from an unnamed file (`O_TMPFILE`) given its name in one step
     /// (`linkat`, which fails rather than replace): no temp name to add and remove, and
     /// nothing left behind by a crash. `Ok(None)`: the file system cannot (use temp files).
-    fn create_from_tmpfile(&self, bytes: &[u8]) -> Result<Option<SessionKey>, StoreError> {
+    fn create_from_tmpfile(
+        &self,
+        bytes: &[u8],
+        expires_at: SystemTime,
+    ) -> Result<Option<SessionKey>, StoreError> {
         let unsupported = |e: Errno| {
             e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL || e == Errno::NOSYS
         };
@@ -514,6 +528,7 @@ impl FileStore {
         };
         let mut file = File::from(fd);
         file.write_all(bytes)
+            .and_then(|()| stamp_expiry(&file, Some(expires_at)))
             .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) })
             .map_err(|e| StoreError::io("write session file", &self.dir, e))?;
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -578,6 +593,16 @@ impl FileStore {
         if let Some(key) = name.strip_suffix(".json").and_then(SessionKey::parse) {
             if !is_file {
                 report.skipped += 1;
+                return;
+            }
+            // The store stamps each file's mtime with its expiry: a file whose mtime is still
+            // ahead is live, known without opening it (a million files in seconds).
+            let live = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|mtime| mtime > now);
+            if live {
+                report.kept += 1;
                 return;
             }
             match self.clear_session(&key, now, wait) {
@@ -650,6 +675,15 @@ enum ReadError {
     Store(StoreError),
     TooLarge,
     Corrupt(DecodeError),
+}
+
+/// Sets a new session file's modification time to when the session expires, so that
+/// cleanup can tell a live session from its metadata alone (as PHP's gc reads mtimes).
+fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::Result<()> {
+    match expires_at {
+        Some(at) => file.set_modified(at),
+        None => Ok(()),
+    }
 }
 
 /// The most a skipped refresh lets the stored expiry lag behind the cookie's.
@@ -768,13 +802,13 @@ impl SessionStore for FileStore {
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
         let bytes = self.encode(None, record)?;
         if self.tmpfile.load(Ordering::Relaxed) {
-            match self.create_from_tmpfile(&bytes) {
+            match self.create_from_tmpfile(&bytes, record.expires_at) {
                 Ok(Some(key)) => return Ok(key),
                 Ok(None) => self.tmpfile.store(false, Ordering::Relaxed),
                 Err(e) => return Err(e),
             }
         }
-        let temp = self.write_temp_for(&self.dir, &bytes)?;
+        let temp = self.write_temp_for(&self.dir, &bytes, record.expires_at)?;
         // A collision of 122 random bits does not happen; the loop is for correctness only.
         for _ in 0..16 {
             let key = SessionKey::generate();
@@ -814,7 +848,7 @@ impl SessionStore for FileStore {
             return Ok(stored);
         }
         let bytes = self.encode(Some(key), &record)?;
-        let temp = self.write_temp_for(&held.path, &bytes)?;
+        let temp = self.write_temp_for(&held.path, &bytes, record.expires_at)?;
         self.replace(&temp, &held.path)?;
         Ok(record)
     }
@@ -1324,6 +1358,40 @@ mod tests {
         let mut moved = short.clone();
         moved.expires_at = now + Duration::from_secs(1);
         assert!(!is_mere_refresh(&short, &moved, age));
+    }
+
+    #[test]
+    fn a_session_files_mtime_is_its_expiry_and_cleanup_trusts_it() {
+        let (_tmp, store) = store();
+        let mut c = changes(&[("a", json!(1))]);
+        c.expiry = Some(Expiry::Seconds(3600));
+        let record = c.to_new_record(SystemTime::now());
+        let key = store.create(&record).unwrap();
+        let mtime = fs::metadata(store.path_of(&key))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(mtime, record.expires_at);
+        store
+            .save(&key, &changes(&[("b", json!(2))]), None)
+            .unwrap();
+        let saved = store.load(&key).unwrap().unwrap().record;
+        let mtime = fs::metadata(store.path_of(&key))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(mtime, saved.expires_at);
+        // A live-stamped file is kept without being read.
+        let stamped = SessionKey::generate();
+        fs::write(store.path_of(&stamped), b"not read").unwrap();
+        File::options()
+            .write(true)
+            .open(store.path_of(&stamped))
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        let report = store.clear_expired().unwrap();
+        assert_eq!((report.kept, report.corrupt), (2, 0), "{report:?}");
     }
 
     #[test]

@@ -27,11 +27,8 @@ fn main() {
     let dead = format_rfc3339(now - Duration::from_secs(3600));
     let started = Instant::now();
     for i in 0..n {
-        let expires = if i % 100 < expired_percent {
-            &dead
-        } else {
-            &live
-        };
+        let expired = i % 100 < expired_percent;
+        let expires = if expired { &dead } else { &live };
         let text = format!(
             "{{\n  \"format\": 1,\n  \"expires_at\": \"{expires}\",\n  \"expiry\": \"default\",\n  \"data\": {{\n    \"semail\": \"abc@gmail.com\",\n    \"sname\": \"abc\",\n    \"user\": {i}\n  }}\n}}\n"
         );
@@ -39,6 +36,13 @@ fn main() {
         let mut file = fs::File::create(&path).expect("create a session file");
         file.write_all(text.as_bytes())
             .expect("write a session file");
+        // As the store does: a session file's mtime is the session's expiry.
+        let mtime = if expired {
+            now - Duration::from_secs(3600)
+        } else {
+            now + Duration::from_secs(1_209_600)
+        };
+        file.set_modified(mtime).expect("set the mtime");
     }
     println!(
         "populated {} with {n} sessions ({expired_percent}% expired) in {:.1} s",

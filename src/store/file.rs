@@ -270,22 +270,51 @@ impl FileStore {
     /// The live session in `file`: `None` (logged) when it is unreadable, corrupt, too large
     /// or expired.
     fn live_record(&self, entry: &Entry, path: &Path) -> Option<Record> {
-        let record = match self.read_record(entry, path) {
-            Ok(record) => record,
-            Err(ReadError::Store(e)) => {
+        match self.stored_record(entry, path) {
+            Ok(record) => record.filter(|r| !r.is_expired(SystemTime::now())),
+            Err(e) => {
                 self.log_bad_file(path, &e);
-                return None;
+                None
             }
+        }
+    }
+
+    /// The record in a session file; `Ok(None)` (logged) when the file does not hold one
+    /// (corrupt, too large); `Err` when it cannot be read at all.
+    fn stored_record(&self, entry: &Entry, path: &Path) -> Result<Option<Record>, StoreError> {
+        match self.read_record(entry, path) {
+            Ok(record) => Ok(Some(record)),
+            Err(ReadError::Store(e)) => Err(e),
             Err(ReadError::TooLarge) => {
                 self.log_bad_file(path, &"over the size limit");
-                return None;
+                Ok(None)
             }
             Err(ReadError::Corrupt(why)) => {
                 self.log_bad_file(path, &why);
-                return None;
+                Ok(None)
             }
-        };
-        (!record.is_expired(SystemTime::now())).then_some(record)
+        }
+    }
+
+    /// Takes `entry`'s lock by `deadline`; else `LockTimeout`, counting the wait from `start`.
+    fn lock_by(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        path: &Path,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        let locked = lock_exclusive_until(&entry.file, deadline)
+            .map_err(|e| StoreError::io("lock session file", path, e))?;
+        if locked {
+            Ok(())
+        } else {
+            Err(StoreError::LockTimeout {
+                key: *key,
+                waited: start.elapsed(),
+            })
+        }
     }
 
     /// The live session under a held lock, which stays held with it.
@@ -330,14 +359,7 @@ impl FileStore {
                 Opened::Missing => return Ok(None),
                 Opened::File(entry) => entry,
             };
-            let locked = lock_exclusive_until(&entry.file, deadline)
-                .map_err(|e| StoreError::io("lock session file", path, e))?;
-            if !locked {
-                return Err(StoreError::LockTimeout {
-                    key: *key,
-                    waited: start.elapsed(),
-                });
-            }
+            self.lock_by(key, &entry, path, start, deadline)?;
             let held = LockedFile {
                 entry,
                 path: path.to_path_buf(),
@@ -383,35 +405,26 @@ impl FileStore {
 
     /// The newest stored copy under a held lock with `changes` applied. A file that became
     /// unreadable is replaced by the changes alone rather than blocking the session forever.
-    fn merged(&self, held: &LockedFile, changes: &ChangeSet) -> Result<Record, StoreError> {
-        Ok(self.merged_with_stored(held, changes)?.1)
-    }
-
-    /// The stored copy (if readable) and the newest copy with `changes` applied.
-    fn merged_with_stored(
-        &self,
-        held: &LockedFile,
-        changes: &ChangeSet,
-    ) -> Result<(Option<Record>, Record), StoreError> {
+    /// `Merged::Unchanged` when the changes would only move the expiry a little.
+    fn merged(&self, held: &LockedFile, changes: &ChangeSet) -> Result<Merged, StoreError> {
         let now = SystemTime::now();
-        let stored = match self.read_record(&held.entry, &held.path) {
-            Ok(record) => Some(record),
-            Err(ReadError::Store(e)) => return Err(e),
-            Err(ReadError::TooLarge) => {
-                self.log_bad_file(&held.path, &"over the size limit");
-                None
+        Ok(match self.stored_record(&held.entry, &held.path)? {
+            Some(stored)
+                if !changes.alters(&stored)
+                    && expiry_moved_little(
+                        &stored,
+                        stored.expiry.date(now, changes.cookie_age),
+                        changes.cookie_age,
+                    ) =>
+            {
+                Merged::Unchanged(stored)
             }
-            Err(ReadError::Corrupt(why)) => {
-                self.log_bad_file(&held.path, &why);
-                None
+            Some(mut record) => {
+                changes.apply_to(&mut record, now);
+                Merged::Changed(record)
             }
-        };
-        let mut record = match &stored {
-            Some(record) => record.clone(),
-            None => changes.to_new_record(now),
-        };
-        changes.apply_to(&mut record, now);
-        Ok((stored, record))
+            None => Merged::Changed(changes.to_new_record(now)),
+        })
     }
 
     /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not
@@ -689,23 +702,27 @@ fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::Result<()> {
 /// The most a skipped refresh lets the stored expiry lag behind the cookie's.
 pub const REFRESH_SLACK: Duration = Duration::from_secs(60);
 
-/// Whether writing `new` over `stored` would change nothing but move the expiry by less than
-/// 1% of the session's lifetime, and at most [`REFRESH_SLACK`]: then the write is skipped.
-fn is_mere_refresh(stored: &Record, new: &Record, cookie_age: Duration) -> bool {
-    if stored.data != new.data || stored.expiry != new.expiry {
-        return false;
-    }
-    let lifetime = new
-        .expires_at
+/// What a save would store.
+enum Merged {
+    /// The data and the expiry rule as stored: only the expiry would move, a little.
+    Unchanged(Record),
+    /// A new copy to write.
+    Changed(Record),
+}
+
+/// Whether moving `stored`'s expiry to `new_expires_at` is a move by less than 1% of the
+/// session's lifetime, and at most [`REFRESH_SLACK`]: then a save that changes nothing else
+/// is skipped (as PHP's `lazy_write`).
+fn expiry_moved_little(stored: &Record, new_expires_at: SystemTime, cookie_age: Duration) -> bool {
+    let lifetime = new_expires_at
         .duration_since(SystemTime::now())
         .unwrap_or_default()
-        .max(match new.expiry {
+        .max(match stored.expiry {
             crate::expiry::Expiry::Seconds(n) => Duration::from_secs(n),
             _ => cookie_age,
         });
     let slack = (lifetime / 100).min(REFRESH_SLACK);
-    let moved = new
-        .expires_at
+    let moved = new_expires_at
         .duration_since(stored.expires_at)
         .unwrap_or_else(|e| e.duration());
     moved < slack
@@ -763,14 +780,7 @@ impl SessionStore for FileStore {
             Ok(Opened::Missing) | Err(_) => return Ok(None),
         };
         let start = Instant::now();
-        let locked = lock_exclusive_until(&entry.file, start + self.lock_timeout)
-            .map_err(|e| StoreError::io("lock session file", &path, e))?;
-        if !locked {
-            return Err(StoreError::LockTimeout {
-                key: *key,
-                waited: start.elapsed(),
-            });
-        }
+        self.lock_by(key, &entry, &path, start, start + self.lock_timeout)?;
         unlock(&entry.file).map_err(|e| StoreError::io("unlock session file", &path, e))?;
         Ok(Some(SessionLock::new(OpenedFile { entry, path })))
     }
@@ -840,13 +850,10 @@ impl SessionStore for FileStore {
         let held = self
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
-        let (stored, record) = self.merged_with_stored(&held, changes)?;
-        if let Some(stored) = stored
-            && is_mere_refresh(&stored, &record, changes.cookie_age)
-        {
-            // Nothing but a small move of the expiry: skip the write (as PHP's lazy_write).
-            return Ok(stored);
-        }
+        let record = match self.merged(&held, changes)? {
+            Merged::Unchanged(stored) => return Ok(stored),
+            Merged::Changed(record) => record,
+        };
         let bytes = self.encode(Some(key), &record)?;
         let temp = self.write_temp_for(&held.path, &bytes, record.expires_at)?;
         self.replace(&temp, &held.path)?;
@@ -862,7 +869,7 @@ impl SessionStore for FileStore {
         let held = self
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
-        let record = self.merged(&held, changes)?;
+        let (Merged::Changed(record) | Merged::Unchanged(record)) = self.merged(&held, changes)?;
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
@@ -1345,19 +1352,26 @@ mod tests {
             expires_at: now,
         };
         let age = Duration::from_secs(1_209_600);
-        let mut new = stored.clone();
-        new.expires_at = now + Duration::from_secs(59);
-        assert!(is_mere_refresh(&stored, &new, age));
-        new.expires_at = now + Duration::from_secs(61);
-        assert!(!is_mere_refresh(&stored, &new, age));
+        assert!(expiry_moved_little(
+            &stored,
+            now + Duration::from_secs(59),
+            age
+        ));
+        assert!(!expiry_moved_little(
+            &stored,
+            now + Duration::from_secs(61),
+            age
+        ));
         // A short session: 1% of 10 s.
         let short = Record {
             expiry: Expiry::Seconds(10),
             ..stored.clone()
         };
-        let mut moved = short.clone();
-        moved.expires_at = now + Duration::from_secs(1);
-        assert!(!is_mere_refresh(&short, &moved, age));
+        assert!(!expiry_moved_little(
+            &short,
+            now + Duration::from_secs(1),
+            age
+        ));
     }
 
     #[test]

@@ -101,6 +101,18 @@ impl ChangeSet {
         record.expires_at = record.expiry.date(now, self.cookie_age);
     }
 
+    /// Whether applying the changes to `stored` would change its data or expiry rule.
+    /// Compares only the keys this request touched.
+    pub fn alters(&self, stored: &Record) -> bool {
+        (self.cleared && !stored.data.is_empty())
+            || self.expiry.is_some_and(|e| e != stored.expiry)
+            || self.removals.iter().any(|k| stored.data.contains_key(k))
+            || self
+                .writes
+                .iter()
+                .any(|(k, v)| stored.data.get(k) != Some(v))
+    }
+
     /// A new record holding only these changes, as a save at `now` would write it.
     pub fn to_new_record(&self, now: SystemTime) -> Record {
         let mut record = Record {
@@ -494,6 +506,28 @@ mod tests {
         let mut stored = record(json!({"a": 0}));
         changes.apply_to(&mut stored, SystemTime::UNIX_EPOCH);
         assert_eq!(Value::Object(stored.data), json!({"b": 2}));
+    }
+
+    #[test]
+    fn alters_tells_a_real_change_from_a_rewrite_of_the_same_values() {
+        let stored = record(json!({"a": 1, "b": 2}));
+        let mut same = ChangeSet::new(Duration::from_secs(60));
+        same.set("a", json!(1));
+        same.remove("absent");
+        assert!(!same.alters(&stored));
+        let mut changed = same.clone();
+        changed.set("b", json!(3));
+        assert!(changed.alters(&stored));
+        let mut removed = ChangeSet::new(Duration::from_secs(60));
+        removed.remove("a");
+        assert!(removed.alters(&stored));
+        let mut cleared = ChangeSet::new(Duration::from_secs(60));
+        cleared.clear();
+        assert!(cleared.alters(&stored));
+        assert!(!cleared.alters(&record(json!({}))));
+        let mut expiry = ChangeSet::new(Duration::from_secs(60));
+        expiry.expiry = Some(Expiry::Seconds(5));
+        assert!(expiry.alters(&stored));
     }
 
     #[test]

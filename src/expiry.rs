@@ -118,6 +118,14 @@ pub(crate) fn add_clamped(t: SystemTime, d: Duration) -> SystemTime {
     )
 }
 
+/// `t + d` for deadlines, or a day after `t` when `d` is too long to add (a limit of
+/// `Duration::MAX` then means "a long time", never a panic).
+pub(crate) fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(t)
+}
+
 /// RFC 3339 text of a time, UTC, whole seconds: `2026-12-10T11:37:46Z`.
 pub fn format_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(clamp_time(t)).to_string()

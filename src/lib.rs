@@ -115,7 +115,7 @@ pub use session::{
     DEFAULT_COOKIE_AGE, Session, SessionConfig, TEST_COOKIE_NAME, TEST_COOKIE_VALUE,
 };
 pub use store::file::{
-    DEFAULT_LEFTOVER_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileStore,
+    DEFAULT_LEFTOVER_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileStore, REFRESH_SLACK,
 };
 pub use store::memory::MemoryStore;
 pub use store::{

@@ -272,7 +272,7 @@ impl Server {
         // Let the connection threads write what was answered, then go.
         drop(queue);
         crate::http::flush_access_log();
-        let deadline = Instant::now() + limits.write_timeout;
+        let deadline = crate::expiry::later(Instant::now(), limits.write_timeout);
         while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }

@@ -164,9 +164,43 @@ impl Browser {
         self.post(&format!("/element/{id}/value"), json!({ "text": text }));
     }
 
+    /// Clicks a form's submit button and waits for the answer's page to replace this one.
     fn click(&self, css: &str) {
+        let old_page = self.find("html");
         let id = self.find(css);
         self.post(&format!("/element/{id}/click"), json!({}));
+        let started = Instant::now();
+        // The old page's root goes stale once the form's answer has replaced it...
+        loop {
+            let r = self
+                .agent
+                .get(format!("{}/element/{old_page}/name", self.base))
+                .call()
+                .unwrap();
+            if !r.status().is_success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{css}: no new page"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // ...and the new one is ready when its document says so.
+        loop {
+            let state = self.post(
+                "/execute/sync",
+                json!({"script": "return document.readyState", "args": []}),
+            );
+            if state == json!("complete") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{css}: page not ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn title(&self) -> String {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::request::{Method, Request};
 use super::response::{Response, reason};
+use crate::expiry::later;
 use crate::store::SessionLock;
 
 /// Limits and deadlines of the HTTP layer. Every one is a defence against a client that
@@ -173,7 +174,7 @@ impl Output {
     /// Before the connection thread writes an answer of its own: every earlier answer is
     /// out, so that answers keep the order of their requests.
     fn settle(&self, stream: &mut TcpStream, limit: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + limit;
+        let deadline = later(Instant::now(), limit);
         loop {
             self.flush(stream)?;
             if self.outstanding.load(Ordering::SeqCst) == 0 {
@@ -386,7 +387,7 @@ fn would_block(e: &io::Error) -> bool {
 /// first byte, then up to `head_timeout` for the rest.
 fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, out: &Output) -> Head {
     let started = Instant::now();
-    let mut head_deadline = (!buf.is_empty()).then(|| started + limits.head_timeout);
+    let mut head_deadline = (!buf.is_empty()).then(|| later(started, limits.head_timeout));
     let mut scanned = 0;
     let mut chunk = [0u8; 8192];
     loop {
@@ -400,7 +401,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, out: &O
                 path: String::new(),
             });
         }
-        let deadline = head_deadline.unwrap_or(started + limits.idle_timeout);
+        let deadline = head_deadline.unwrap_or_else(|| later(started, limits.idle_timeout));
         let now = Instant::now();
         if now >= deadline {
             return match head_deadline {
@@ -417,7 +418,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: &Limits, out: &O
             Ok(0) => return Head::Closed,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                head_deadline.get_or_insert_with(|| Instant::now() + limits.head_timeout);
+                head_deadline.get_or_insert_with(|| later(Instant::now(), limits.head_timeout));
             }
             Err(e) if would_block(&e) => {
                 // A tick: write out answers the socket could not take at once.
@@ -553,7 +554,7 @@ fn read_body(
             let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
     }
-    let deadline = Instant::now() + limits.body_timeout;
+    let deadline = later(Instant::now(), limits.body_timeout);
     let mut chunk = [0u8; 8192];
     while buf.len() < length {
         let now = Instant::now();

@@ -6,15 +6,19 @@
 //! (`.<random uuid>.tmp`, mode 0600) in the same directory, which then takes the session's
 //! name in one atomic step:
 //!
-//! * create: `renameat2(temp, <key>.json, RENAME_NOREPLACE)`: exclusive, a collision retries
-//!   with a new key;
+//! * create: an unnamed file (`O_TMPFILE`) given its name by `linkat`, which fails rather
+//!   than replace (a collision retries with a new key); where the file system has no
+//!   `O_TMPFILE`, a temp file and `renameat2(RENAME_NOREPLACE)`;
 //! * save: `renameat2(temp, <key>.json, RENAME_EXCHANGE)` then unlink the temp name, which
 //!   now holds the old copy. Measured on ext4 this is 4-20 times faster than `rename` over an
 //!   existing file (which forces block allocation); where the file system lacks `renameat2`
 //!   the store falls back to `rename` and `link`.
 //!
 //! So a reader, locked or not, and a process killed at any instant, see either the old or
-//! the new file, whole.
+//! the new file, whole. Each file's mtime is stamped with the session's expiry, so that
+//! cleanup can skip live sessions without reading them. A save that would change nothing
+//! but move the expiry by less than 1% of the lifetime (at most [`REFRESH_SLACK`]) is
+//! skipped, as PHP's `lazy_write`.
 //!
 //! # The locking protocol
 //!
@@ -44,6 +48,7 @@ use super::lock::{lock_exclusive_until, unlock};
 use super::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
+use crate::expiry::later;
 use crate::key::SessionKey;
 
 /// How long a writer waits for a session's lock before giving up with
@@ -353,7 +358,7 @@ impl FileStore {
         wait: Duration,
     ) -> Result<Option<LockedFile>, StoreError> {
         let start = Instant::now();
-        let deadline = start + wait;
+        let deadline = later(start, wait);
         loop {
             let entry = match self.open_entry(path)? {
                 Opened::Missing => return Ok(None),
@@ -780,7 +785,7 @@ impl SessionStore for FileStore {
             Ok(Opened::Missing) | Err(_) => return Ok(None),
         };
         let start = Instant::now();
-        self.lock_by(key, &entry, &path, start, start + self.lock_timeout)?;
+        self.lock_by(key, &entry, &path, start, later(start, self.lock_timeout))?;
         unlock(&entry.file).map_err(|e| StoreError::io("unlock session file", &path, e))?;
         Ok(Some(SessionLock::new(OpenedFile { entry, path })))
     }
@@ -940,7 +945,7 @@ impl FileStore {
         budget: Duration,
         wait: Duration,
     ) -> Result<bool, StoreError> {
-        let deadline = Instant::now() + budget;
+        let deadline = later(Instant::now(), budget);
         if sweep.cursor.is_none() {
             let entries = fs::read_dir(&self.dir)
                 .map_err(|e| StoreError::io("list session directory", &self.dir, e))?;

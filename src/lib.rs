@@ -99,6 +99,7 @@ mod router;
 mod server;
 mod session;
 mod store;
+mod supervisor;
 
 pub use app::demo_router;
 pub use config::{DEFAULT_MAX_BODY, SameSite, SettingError, Settings};
@@ -107,6 +108,7 @@ pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
 pub use server::{
     App, CLEANUP_SLICE, CLEANUP_SPACING, Server, StopHandle, file_store, open_file_store,
+    shared_socket,
 };
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
@@ -121,3 +123,4 @@ pub use store::memory::MemoryStore;
 pub use store::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
+pub use supervisor::{Supervisor, WORKER_READY};

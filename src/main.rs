@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use filesession::{
-    App, Locking, SameSite, Server, SessionMiddleware, Settings, Sweep, demo_router, file_store,
-    open_file_store,
+    App, Locking, SameSite, Server, SessionMiddleware, Settings, Supervisor, Sweep, WORKER_READY,
+    demo_router, file_store, open_file_store,
 };
 
 /// Django's session framework in Rust: every session a JSON file under SESSION_FILE_PATH.
@@ -160,6 +160,13 @@ struct SettingsArgs {
         default_value_t = 0
     )]
     session_gc_interval: u64,
+
+    /// Worker processes serving the port, each a single-threaded loop; a dead one is
+    /// replaced at once. 1 = this process serves alone.
+    #[arg(long, global = true, env = "SESSION_WORKERS", alias = "SESSION_WORKERS",
+          value_name = "SESSION_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
 }
 
 /// `SESSION_COOKIE_SAMESITE`: `None` omits the attribute (Django's `False`).
@@ -243,6 +250,7 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Info));
     let cli = Cli::parse();
+    let workers = cli.settings.workers;
     let settings = cli.settings.into_settings();
     if let Err(e) = settings.validate() {
         return fail(e);
@@ -250,7 +258,15 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Runserver {
         addrport: "127.0.0.1:8000".into(),
     }) {
-        Command::Runserver { addrport } => runserver(&addrport, settings),
+        Command::Runserver { addrport } => {
+            if std::env::var_os(WORKER_ENV).is_some() {
+                worker(&addrport, settings)
+            } else if workers > 1 {
+                supervise(&addrport, settings, workers)
+            } else {
+                runserver(&addrport, settings)
+            }
+        }
         Command::Clearsessions => clearsessions(&settings),
     }
 }
@@ -293,6 +309,145 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
             println!("Server stopped.");
             ExitCode::SUCCESS
         }
+        Err(e) => fail(e),
+    }
+}
+
+/// Set by the supervisor in its workers' environment.
+const WORKER_ENV: &str = "FILESESSION_WORKER";
+
+/// The settings as the environment variables a worker reads them from.
+fn settings_env(s: &Settings) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("SESSION_COOKIE_NAME", s.cookie_name.clone()),
+        ("SESSION_COOKIE_AGE", s.cookie_age.as_secs().to_string()),
+        ("SESSION_COOKIE_SECURE", s.cookie_secure.to_string()),
+        ("SESSION_COOKIE_PATH", s.cookie_path.clone()),
+        ("SESSION_COOKIE_HTTPONLY", s.cookie_httponly.to_string()),
+        (
+            "SESSION_COOKIE_SAMESITE",
+            match s.cookie_samesite {
+                Some(SameSite::Strict) => "Strict",
+                Some(SameSite::Lax) => "Lax",
+                Some(SameSite::None) => "None",
+                None => "false",
+            }
+            .to_string(),
+        ),
+        (
+            "SESSION_SAVE_EVERY_REQUEST",
+            s.save_every_request.to_string(),
+        ),
+        (
+            "SESSION_EXPIRE_AT_BROWSER_CLOSE",
+            s.expire_at_browser_close.to_string(),
+        ),
+        ("SESSION_FILE_PATH", s.file_path.display().to_string()),
+        (
+            "SESSION_LOCKING",
+            match s.locking {
+                Locking::Merge => "merge",
+                Locking::Request => "request",
+            }
+            .to_string(),
+        ),
+        ("SESSION_FILE_FSYNC", s.file_fsync.to_string()),
+        (
+            "SESSION_LOCK_TIMEOUT",
+            s.lock_timeout.as_secs_f64().to_string(),
+        ),
+        ("DATA_UPLOAD_MAX_MEMORY_SIZE", s.max_body.to_string()),
+        (
+            "SESSION_GC_INTERVAL",
+            s.gc_interval.map_or(0, |d| d.as_secs()).to_string(),
+        ),
+        ("SESSION_WORKERS", "1".to_string()),
+        (WORKER_ENV, std::process::id().to_string()),
+    ];
+    if let Some(domain) = &s.cookie_domain {
+        env.push(("SESSION_COOKIE_DOMAIN", domain.clone()));
+    }
+    env
+}
+
+/// `runserver --workers N`: hold the port, keep N workers on it.
+fn supervise(addrport: &str, settings: Settings, workers: u16) -> ExitCode {
+    let addr = match parse_addrport(addrport) {
+        Ok(addr) => addr,
+        Err(e) => return fail(e),
+    };
+    // Check the store once here, so a bad SESSION_FILE_PATH is refused before any worker.
+    if let Err(e) = file_store(&settings) {
+        return fail(e);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(format!("cannot find this program to start workers: {e}")),
+    };
+    let env = settings_env(&settings);
+    let spawn = Box::new(move |addr: std::net::SocketAddr| {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("runserver").arg(addr.to_string());
+        command.env_remove("SESSION_COOKIE_DOMAIN");
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command
+    });
+    let supervisor = match Supervisor::start(addr, usize::from(workers), spawn) {
+        Ok(supervisor) => supervisor,
+        Err(e) => return fail(format!("cannot start the workers on {addr}: {e}")),
+    };
+    println!(
+        "filesession {}: sessions in {}/ ({} workers: {:?})\n\
+         Starting development server at http://{}/\n\
+         Quit the server with CONTROL-C.",
+        env!("CARGO_PKG_VERSION"),
+        settings.file_path.display(),
+        workers,
+        supervisor.worker_pids(),
+        supervisor.addr()
+    );
+    let _ = std::io::stdout().flush();
+    match supervisor.run() {
+        Ok(()) => {
+            println!("Server stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// One worker of `runserver --workers N`: the same loop, on the shared port.
+fn worker(addrport: &str, settings: Settings) -> ExitCode {
+    // A worker outlives no supervisor, however the supervisor ends (even SIGKILL).
+    let parent = std::env::var(WORKER_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    if parent
+        .is_some_and(|p| rustix::process::getppid().map(|pp| pp.as_raw_nonzero().get()) != Some(p))
+    {
+        return fail("the supervisor is gone");
+    }
+    let addr = match parse_addrport(addrport) {
+        Ok(addr) => addr,
+        Err(e) => return fail(e),
+    };
+    let store = match file_store(&settings) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let app = App::new(demo_router(), SessionMiddleware::new(store, settings));
+    let server = match Server::bind_shared(addr, app) {
+        Ok(server) => server,
+        Err(e) => return fail(format!("worker cannot listen on {addr}: {e}")),
+    };
+    if let Err(e) = server.stop_handle().stop_on_signals() {
+        return fail(format!("cannot install the signal handlers: {e}"));
+    }
+    println!("{WORKER_READY} {}", std::process::id());
+    let _ = std::io::stdout().flush();
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
 }

@@ -96,14 +96,23 @@ impl App {
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
+    listener: Option<Arc<TcpListener>>,
 }
 
 impl StopHandle {
     /// Asks the server to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept thread.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // Wake the accept thread: shutting the listening socket down makes accept() return
+        // at once (and works when several processes share the port, where a connection
+        // to it might reach another process).
+        let woken = self
+            .listener
+            .as_ref()
+            .is_some_and(|l| rustix::net::shutdown(&**l, rustix::net::Shutdown::Read).is_ok());
+        if !woken {
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        }
     }
 
     /// Stops the server on SIGINT (Ctrl-C) or SIGTERM.
@@ -150,7 +159,7 @@ impl StopHandle {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Server {
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     app: App,
     limits: Limits,
     stop: Arc<AtomicBool>,
@@ -162,13 +171,31 @@ impl Server {
     /// # Errors
     /// The address cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, app: App) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+        Self::from_listener(TcpListener::bind(addr)?, app)
+    }
+
+    /// Binds `addr` so that several processes can each bind it and share its connections
+    /// (`SO_REUSEPORT`): how `runserver --workers N` runs N of these loops on one port.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn bind_shared(addr: SocketAddr, app: App) -> io::Result<Self> {
+        let listener = shared_socket(addr, true)?;
+        Self::from_listener(listener, app)
+    }
+
+    /// A server on a listener bound elsewhere.
+    ///
+    /// # Errors
+    /// The listener's address cannot be read.
+    pub fn from_listener(listener: TcpListener, app: App) -> io::Result<Self> {
+        listener.local_addr()?;
         let limits = Limits {
             max_body_bytes: app.middleware.settings().max_body,
             ..Limits::default()
         };
         Ok(Server {
-            listener,
+            listener: Arc::new(listener),
             app,
             limits,
             stop: Arc::new(AtomicBool::new(false)),
@@ -198,6 +225,7 @@ impl Server {
         StopHandle {
             stop: self.stop.clone(),
             addr,
+            listener: Some(self.listener.clone()),
         }
     }
 
@@ -282,7 +310,7 @@ impl Server {
 }
 
 fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     jobs: mpsc::SyncSender<Job>,
     limits: Limits,
     stop: Arc<AtomicBool>,
@@ -426,6 +454,33 @@ impl Cleanup {
             }
         }
     }
+}
+
+/// A TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, listening if `listen`.
+/// Not listening, it only holds the port (and learns the port when `addr` asks for port 0).
+///
+/// # Errors
+/// The socket cannot be made or bound.
+pub fn shared_socket(addr: SocketAddr, listen: bool) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    if listen {
+        rustix::net::listen(&fd, 1024)?;
+    }
+    Ok(TcpListener::from(fd))
 }
 
 /// One counted open connection; dropping it frees the place.

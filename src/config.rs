@@ -70,10 +70,44 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest request body in bytes. Default: 65536.
     pub max_body: usize,
+    /// `SESSION_ENGINE`: where sessions live. Default: [`Engine::File`].
+    pub engine: Engine,
+    /// `SESSION_REDIS_URL`: the Redis of [`Engine::Redis`].
+    /// Default: `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
     /// `SESSION_GC_INTERVAL`: how often the server starts a cleanup pass (expired sessions,
     /// leftovers of crashed writes), done a few milliseconds at a time between requests.
     /// Default: `None`, off, as Django (which leaves it to `clearsessions` from cron).
     pub gc_interval: Option<Duration>,
+}
+
+/// `SESSION_REDIS_URL` default.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// Where sessions live (`SESSION_ENGINE`, Django's setting name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `file`: one JSON file per session in `SESSION_FILE_PATH`. The default.
+    File,
+    /// `redis`: one Redis hash per session at `SESSION_REDIS_URL`, expired by Redis
+    /// itself; needs a build with the `redis` feature.
+    Redis,
+}
+
+impl Engine {
+    /// Parses `file` or `redis` (also Django's `django.contrib.sessions.backends.file`).
+    ///
+    /// # Errors
+    /// Any other value, with a message naming the setting.
+    pub fn parse_setting(text: &str) -> Result<Engine, String> {
+        match text.rsplit('.').next().unwrap_or(text) {
+            "file" => Ok(Engine::File),
+            "redis" => Ok(Engine::Redis),
+            _ => Err(format!(
+                "SESSION_ENGINE must be file or redis, not {text:?}"
+            )),
+        }
+    }
 }
 
 /// `DATA_UPLOAD_MAX_MEMORY_SIZE` default: 64 KiB.
@@ -97,6 +131,8 @@ impl Default for Settings {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
             gc_interval: None,
+            engine: Engine::File,
+            redis_url: DEFAULT_REDIS_URL.into(),
         }
     }
 }
@@ -157,6 +193,13 @@ impl Settings {
                 "SESSION_COOKIE_AGE is too large: {} seconds",
                 self.cookie_age.as_secs()
             ));
+        }
+        if self.engine == Engine::Redis && !cfg!(feature = "redis") {
+            return bad(
+                "SESSION_ENGINE=redis needs filesession built with the redis feature: \
+                 cargo run --features redis"
+                    .into(),
+            );
         }
         if self.max_body == 0 {
             return bad("DATA_UPLOAD_MAX_MEMORY_SIZE must be at least 1 byte".into());

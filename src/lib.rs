@@ -102,7 +102,7 @@ mod store;
 mod supervisor;
 
 pub use app::demo_router;
-pub use config::{DEFAULT_MAX_BODY, SameSite, SettingError, Settings};
+pub use config::{DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError, Settings};
 pub use http::{Limits, Method, Request, Response};
 pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
@@ -120,6 +120,8 @@ pub use store::file::{
     DEFAULT_LEFTOVER_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileStore, REFRESH_SLACK,
 };
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 pub use store::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use filesession::{
-    App, Locking, SameSite, Server, SessionMiddleware, Settings, Supervisor, Sweep, WORKER_READY,
-    demo_router, file_store, open_file_store,
+    App, Engine, Locking, SameSite, Server, SessionMiddleware, Settings, Supervisor, Sweep,
+    WORKER_READY, demo_router, file_store, open_file_store,
 };
 
 /// Django's session framework in Rust: every session a JSON file under SESSION_FILE_PATH.
@@ -161,6 +161,17 @@ struct SettingsArgs {
     )]
     session_gc_interval: u64,
 
+    /// Where sessions live: file (one JSON file each) or redis (needs --features redis).
+    #[arg(long, global = true, env = "SESSION_ENGINE", alias = "SESSION_ENGINE",
+          value_name = "SESSION_ENGINE", default_value = "file",
+          value_parser = Engine::parse_setting)]
+    session_engine: Engine,
+
+    /// The Redis of SESSION_ENGINE=redis.
+    #[arg(long, global = true, env = "SESSION_REDIS_URL", alias = "SESSION_REDIS_URL",
+          value_name = "SESSION_REDIS_URL", default_value = filesession::DEFAULT_REDIS_URL)]
+    session_redis_url: String,
+
     /// Worker processes serving the port, each a single-threaded loop; a dead one is
     /// replaced at once. 1 = this process serves alone.
     #[arg(long, global = true, env = "SESSION_WORKERS", alias = "SESSION_WORKERS",
@@ -209,6 +220,8 @@ impl SettingsArgs {
             max_body: self.data_upload_max_memory_size,
             gc_interval: (self.session_gc_interval > 0)
                 .then(|| Duration::from_secs(self.session_gc_interval)),
+            engine: self.session_engine,
+            redis_url: self.session_redis_url,
         }
     }
 }
@@ -280,7 +293,10 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(e),
     };
-    let sessions = settings.file_path.display().to_string();
+    let sessions = match settings.engine {
+        Engine::File => format!("{}/", settings.file_path.display()),
+        Engine::Redis => format!("Redis at {}", settings.redis_url),
+    };
     let locking = match settings.locking {
         Locking::Merge => "merge",
         Locking::Request => "request",
@@ -297,7 +313,7 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "filesession {}: sessions in {sessions}/ ({locking} locking)\n\
+        "filesession {}: sessions in {sessions} ({locking} locking)\n\
          Starting development server at http://{bound}/\n\
          Quit the server with CONTROL-C.",
         env!("CARGO_PKG_VERSION")
@@ -361,6 +377,15 @@ fn settings_env(s: &Settings) -> Vec<(&'static str, String)> {
             "SESSION_GC_INTERVAL",
             s.gc_interval.map_or(0, |d| d.as_secs()).to_string(),
         ),
+        (
+            "SESSION_ENGINE",
+            match s.engine {
+                Engine::File => "file",
+                Engine::Redis => "redis",
+            }
+            .to_string(),
+        ),
+        ("SESSION_REDIS_URL", s.redis_url.clone()),
         ("SESSION_WORKERS", "1".to_string()),
         (WORKER_ENV, std::process::id().to_string()),
     ];
@@ -453,6 +478,10 @@ fn worker(addrport: &str, settings: Settings) -> ExitCode {
 }
 
 fn clearsessions(settings: &Settings) -> ExitCode {
+    if settings.engine == Engine::Redis {
+        println!("Redis expires sessions by itself (each session's TTL): nothing to clear.");
+        return ExitCode::SUCCESS;
+    }
     let store = match open_file_store(settings) {
         Ok(store) => store,
         Err(e) => return fail(e),

@@ -248,6 +248,10 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
             500,
             format!("Could not {action}: {source}. Nothing was saved."),
         ),
+        StoreError::Unavailable(_) => (
+            503,
+            "The session store is unavailable; nothing was saved. Try again shortly.".to_string(),
+        ),
         _ => (
             500,
             "The session store failed; nothing was saved. The server log has the details."

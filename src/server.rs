@@ -499,12 +499,25 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Opens the file store the settings describe, ready to share between threads.
+/// Opens the store the settings describe (`SESSION_ENGINE`), ready to share between
+/// threads.
 ///
 /// # Errors
 /// The sessions directory cannot be created or written.
 pub fn file_store(settings: &Settings) -> Result<Arc<dyn SessionStore>, crate::StoreError> {
-    Ok(Arc::new(open_file_store(settings)?))
+    match settings.engine {
+        crate::config::Engine::File => Ok(Arc::new(open_file_store(settings)?)),
+        #[cfg(feature = "redis")]
+        crate::config::Engine::Redis => Ok(Arc::new(
+            crate::store::redis::RedisStore::open(&settings.redis_url)?
+                .with_locking(settings.locking)
+                .with_lock_timeout(settings.lock_timeout),
+        )),
+        #[cfg(not(feature = "redis"))]
+        crate::config::Engine::Redis => Err(crate::StoreError::Unavailable(
+            "SESSION_ENGINE=redis needs filesession built with the redis feature".into(),
+        )),
+    }
 }
 
 /// Opens the file store the settings describe.

@@ -879,3 +879,21 @@ fn clearsessions_fails_with_a_message_and_a_nonzero_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("session directory"));
 }
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn the_redis_engine_needs_the_redis_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"))
+        .args(["runserver", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("SESSION_ENGINE", "redis")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SESSION_ENGINE=redis") && err.contains("--features redis"),
+        "{err}"
+    );
+}

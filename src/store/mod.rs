@@ -15,6 +15,8 @@ pub(crate) mod file;
 mod file_format;
 mod lock;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 /// The data of one session as stored: the dictionary, the expiry rule and the absolute time
 /// the session ends.

@@ -1,0 +1,670 @@
+//! RedisStore: one Redis hash per session, changes applied by Lua scripts.
+//!
+//! Layout: the hash `<prefix><key>` holds one field per session key with the JSON text of
+//! its value, and the field `__expiry` with the JSON of the [`Expiry`] rule. A session key
+//! starting with `_` (Django's `_auth_user_id`, ...) is stored as `_:<key>`, so that no
+//! session key can collide with `__expiry`. The absolute expiry is the hash's Redis TTL
+//! (`PEXPIREAT`): Redis removes ended sessions by itself.
+//!
+//! Every write is one Lua script (run with `EVAL`), hence atomic: a save applies only what
+//! its request changed on top of the newest copy, and never recreates a deleted session.
+//!
+//! Known race, accepted: when a save does not set the expiry rule itself, the rule used to
+//! compute the new absolute expiry is read (`HGET __expiry`) just before the script runs.
+//! A concurrent `set_expiry` landing between the two may leave the key with the TTL of the
+//! old rule until the next save; the rule stored is always the newest one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Connection, RedisError, RedisResult};
+use serde_json::{Map, Value};
+
+use super::{
+    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
+};
+use crate::expiry::Expiry;
+use crate::key::SessionKey;
+use crate::store::file::DEFAULT_LOCK_TIMEOUT;
+
+/// The hash field holding the expiry rule.
+const EXPIRY_FIELD: &str = "__expiry";
+/// Prefix of the stored name of a session key that starts with `_`.
+const ESCAPE: &str = "_:";
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request lock outlives the lock timeout, in case its holder dies.
+const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
+/// Pause between attempts to take a request lock.
+const LOCK_POLL: Duration = Duration::from_millis(3);
+/// Attempts at a fresh key before giving up (a collision of 122 random bits never happens).
+const KEY_ATTEMPTS: usize = 16;
+
+/// `{PTTL, HGETALL}` of KEYS[1], or nil if it does not exist.
+const LOAD_SCRIPT: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return false end
+return {ttl, redis.call('HGETALL', KEYS[1])}
+";
+
+/// ARGV: expires_at ms, then field/value pairs. 1 if created, 0 if the key exists.
+const CREATE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Shared by save (KEYS = {key}) and cycle (KEYS = {old, new}): applies the changes on the
+/// last key. ARGV: cleared (0/1), expires_at ms, expiry rule JSON, set rule (0/1),
+/// n removals, the removals, then field/value pairs. Returns {status, HGETALL}: status 0 the
+/// session is gone, 1 the new key is taken, 2 done.
+const APPLY_SCRIPT: &str = r"
+local key = KEYS[#KEYS]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+if #KEYS == 2 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {1, {}} end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
+if ARGV[1] == '1' then
+  local rule = redis.call('HGET', key, '__expiry')
+  redis.call('DEL', key)
+  if rule then redis.call('HSET', key, '__expiry', rule) end
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', key, '__expiry', ARGV[3])
+else
+  redis.call('HSETNX', key, '__expiry', ARGV[3])
+end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do redis.call('HDEL', key, ARGV[i]) end
+for i = 6 + n, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+local fields = redis.call('HGETALL', key)
+redis.call('PEXPIREAT', key, ARGV[2])
+return {2, fields}
+";
+
+/// Takes the lock KEYS[1] with token ARGV[1] for ARGV[2] ms: 1 if taken (or already ours, so
+/// that a retry after a lost reply does not wait on itself), 0 if someone else holds it.
+const LOCK_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return 1 end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Deletes KEYS[1] only if it holds ARGV[1].
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// The connection, shared with the locks (which release themselves on drop).
+struct Shared {
+    client: redis::Client,
+    /// The URL without its password, for messages.
+    url: String,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl Shared {
+    fn slot(&self) -> MutexGuard<'_, Option<Connection>> {
+        match self.conn.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on the connection, connecting if needed. A connection that fails with an I/O
+    /// error is dropped; if it was an old one (Redis restarted, idle timeout), `f` is retried
+    /// once on a new one: `f` must be safe to run twice.
+    fn run<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run_with(what, true, f)
+    }
+
+    /// [`run`](Shared::run) without the retry, for what must not run twice (a cycle: the
+    /// first run may have moved the session already).
+    fn run_once<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run_with(what, false, f)
+    }
+
+    fn run_with<T>(
+        &self,
+        what: &str,
+        retry: bool,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.slot();
+        let reused = slot.is_some();
+        let result = match slot.as_mut() {
+            Some(conn) => f(conn),
+            None => self.connect().and_then(|mut conn| {
+                let r = f(&mut conn);
+                *slot = Some(conn);
+                r
+            }),
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) if broken(&e) => {
+                *slot = None;
+                if !reused || !retry {
+                    return Err(self.unavailable(what, &e));
+                }
+                let mut conn = self.connect().map_err(|e| self.unavailable(what, &e))?;
+                let r = f(&mut conn);
+                match r {
+                    Ok(v) => {
+                        *slot = Some(conn);
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        if !broken(&e) {
+                            *slot = Some(conn);
+                        }
+                        Err(self.unavailable(what, &e))
+                    }
+                }
+            }
+            Err(e) => Err(self.unavailable(what, &e)),
+        }
+    }
+
+    fn unavailable(&self, what: &str, e: &RedisError) -> StoreError {
+        StoreError::Unavailable(format!("Redis at {}: cannot {what}: {e}", self.url))
+    }
+}
+
+/// Whether the error leaves the connection unusable.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
+/// A request lock: the Redis key `<prefix>lock:<key>` holding `token`. Released on drop,
+/// only if it still holds our token.
+struct RedisLock {
+    shared: Arc<Shared>,
+    session: SessionKey,
+    lock_key: String,
+    token: String,
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        let result = self.shared.run("release a session lock", |conn| {
+            redis::cmd("EVAL")
+                .arg(UNLOCK_SCRIPT)
+                .arg(1)
+                .arg(&self.lock_key)
+                .arg(&self.token)
+                .query::<i64>(conn)
+        });
+        if let Err(e) = result {
+            log::warn!("session {}: {e}; the lock expires by itself", self.session);
+        }
+    }
+}
+
+/// Sessions in Redis (feature `redis`): one hash per session, whose TTL is the session's
+/// expiry, so Redis removes ended sessions by itself. Saves apply only their request's
+/// changes, atomically (Lua scripts), and never resurrect a deleted session; in
+/// [`Locking::Request`] mode a Redis lock key (with a lease) is held from load to save.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use filesession::{RedisStore, Session, SessionConfig};
+///
+/// let store = Arc::new(RedisStore::open("redis://127.0.0.1:6379/0")?);
+/// let mut session = Session::new(store, None, SessionConfig::default());
+/// session.insert("visits", 1);
+/// session.save()?;
+/// # Ok::<(), filesession::StoreError>(())
+/// ```
+pub struct RedisStore {
+    shared: Arc<Shared>,
+    prefix: String,
+    locking: Locking,
+    lock_timeout: Duration,
+    clear_logged: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.shared.url)
+            .field("prefix", &self.prefix)
+            .field("locking", &self.locking)
+            .field("lock_timeout", &self.lock_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+/// Milliseconds since the epoch, for `PEXPIREAT` (0 for times before it: expired).
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The hash field of a session key.
+fn field_of(name: &str) -> String {
+    if name.starts_with('_') {
+        format!("{ESCAPE}{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The session key of a hash field; `None` for metadata fields.
+fn name_of(field: &str) -> Option<&str> {
+    if let Some(name) = field.strip_prefix(ESCAPE) {
+        Some(name)
+    } else if field.starts_with('_') {
+        None
+    } else {
+        Some(field)
+    }
+}
+
+fn expiry_json(expiry: &Expiry) -> String {
+    serde_json::to_string(expiry).unwrap_or_else(|_| "\"default\"".to_owned())
+}
+
+/// The data and rule of a hash's fields (`HGETALL` order: field, value, ...); `None` if a
+/// field is not JSON (a corrupt session).
+fn decode(fields: &[String]) -> Option<(Map<String, Value>, Expiry)> {
+    let mut data = Map::new();
+    let mut expiry = Expiry::Default;
+    for pair in fields.chunks(2) {
+        let [field, value] = pair else { return None };
+        if field == EXPIRY_FIELD {
+            expiry = serde_json::from_str(value).ok()?;
+        } else if let Some(name) = name_of(field) {
+            data.insert(name.to_owned(), serde_json::from_str(value).ok()?);
+        }
+    }
+    Some((data, expiry))
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://[:password@]host[:port][/db]`) and checks it
+    /// answers `PING`. Merge locking, the default lock timeout, prefix `filesession:`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] if the URL is invalid or Redis does not answer.
+    pub fn open(url: &str) -> Result<RedisStore, StoreError> {
+        let shown = redacted(url);
+        let unreachable = |e: RedisError| {
+            StoreError::Unavailable(format!("Redis at {shown} is unreachable: {e}"))
+        };
+        let client = redis::Client::open(url).map_err(unreachable)?;
+        let shared = Shared {
+            client,
+            url: shown.clone(),
+            conn: Mutex::new(None),
+        };
+        let mut conn = shared.connect().map_err(unreachable)?;
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .map_err(unreachable)?;
+        *shared.slot() = Some(conn);
+        Ok(RedisStore {
+            shared: Arc::new(shared),
+            prefix: "filesession:".to_owned(),
+            locking: Locking::Merge,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            clear_logged: AtomicBool::new(false),
+        })
+    }
+
+    /// Sets the locking mode (`SESSION_LOCKING`).
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.locking = locking;
+        self
+    }
+
+    /// How long to wait for a session's lock in request mode before
+    /// [`StoreError::LockTimeout`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The prefix of every Redis key this store uses (default `filesession:`).
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    fn redis_key(&self, key: &SessionKey) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn lock_key(&self, key: &SessionKey) -> String {
+        format!("{}lock:{key}", self.prefix)
+    }
+
+    /// Takes the request lock of `key` within the lock timeout.
+    fn lock(&self, key: &SessionKey) -> Result<RedisLock, StoreError> {
+        let lock_key = self.lock_key(key);
+        let token = uuid::Uuid::new_v4().to_string();
+        let lease =
+            u64::try_from((self.lock_timeout + LOCK_LEASE_EXTRA).as_millis()).unwrap_or(u64::MAX);
+        let start = Instant::now();
+        loop {
+            let taken = self.shared.run("take a session lock", |conn| {
+                redis::cmd("EVAL")
+                    .arg(LOCK_SCRIPT)
+                    .arg(1)
+                    .arg(&lock_key)
+                    .arg(&token)
+                    .arg(lease)
+                    .query::<i64>(conn)
+            })?;
+            if taken == 1 {
+                return Ok(RedisLock {
+                    shared: Arc::clone(&self.shared),
+                    session: *key,
+                    lock_key,
+                    token,
+                });
+            }
+            let waited = start.elapsed();
+            if waited >= self.lock_timeout {
+                return Err(StoreError::LockTimeout { key: *key, waited });
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    /// In request mode, the lock for a write: the one given back if it is this session's,
+    /// else a fresh one. In merge mode none (the scripts are atomic).
+    fn lock_for_write(
+        &self,
+        key: &SessionKey,
+        held: Option<SessionLock>,
+    ) -> Result<Option<RedisLock>, StoreError> {
+        if let Some(lock) = held.and_then(|l| l.into_inner::<RedisLock>().ok())
+            && lock.session == *key
+        {
+            return Ok(Some(lock));
+        }
+        match self.locking {
+            Locking::Merge => Ok(None),
+            Locking::Request => self.lock(key).map(Some),
+        }
+    }
+
+    /// The live session under `key`; `None` if missing or corrupt.
+    fn read(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
+        let redis_key = self.redis_key(key);
+        let found = self.shared.run("load a session", |conn| {
+            redis::cmd("EVAL")
+                .arg(LOAD_SCRIPT)
+                .arg(1)
+                .arg(&redis_key)
+                .query::<Option<(i64, Vec<String>)>>(conn)
+        })?;
+        let Some((ttl, fields)) = found else {
+            return Ok(None);
+        };
+        let Some((data, expiry)) = decode(&fields) else {
+            log::warn!("Redis key {redis_key} does not hold a usable session; treated as none");
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        // No TTL (-1) means someone removed it by hand: the rule says when it ends.
+        let expires_at = match u64::try_from(ttl) {
+            Ok(ms) => now + Duration::from_millis(ms),
+            Err(_) => expiry.date(now, Duration::ZERO),
+        };
+        Ok(Some(Record {
+            data,
+            expiry,
+            expires_at,
+        }))
+    }
+
+    /// Runs the apply script on `keys` (one key: save; two: cycle old → new).
+    /// `Ok(None)`: the new key was taken.
+    fn apply(
+        &self,
+        old: &SessionKey,
+        new: Option<&SessionKey>,
+        changes: &ChangeSet,
+    ) -> Result<Option<Record>, StoreError> {
+        let old_key = self.redis_key(old);
+        let rule = match changes.expiry {
+            Some(rule) => rule,
+            None => {
+                let stored = self.shared.run("read a session's expiry", |conn| {
+                    redis::cmd("HGET")
+                        .arg(&old_key)
+                        .arg(EXPIRY_FIELD)
+                        .query::<Option<String>>(conn)
+                })?;
+                stored
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default()
+            }
+        };
+        let now = SystemTime::now();
+        let expires_at = rule.date(now, changes.cookie_age);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPLY_SCRIPT).arg(1 + usize::from(new.is_some()));
+        cmd.arg(&old_key);
+        if let Some(new) = new {
+            cmd.arg(self.redis_key(new));
+        }
+        cmd.arg(if changes.cleared { "1" } else { "0" })
+            .arg(epoch_ms(expires_at))
+            .arg(expiry_json(&rule))
+            .arg(if changes.expiry.is_some() { "1" } else { "0" })
+            .arg(changes.removals.len());
+        for name in &changes.removals {
+            cmd.arg(field_of(name));
+        }
+        for (name, value) in &changes.writes {
+            cmd.arg(field_of(name)).arg(value.to_string());
+        }
+        let query = |conn: &mut Connection| cmd.query::<(i64, Vec<String>)>(conn);
+        // A save is safe to run twice; a cycle is not (its first run may have moved the key).
+        let (status, fields) = match new {
+            None => self.shared.run("save a session", query)?,
+            Some(_) => self.shared.run_once("move a session to a new key", query)?,
+        };
+        match status {
+            0 => Err(StoreError::Deleted(*old)),
+            1 => Ok(None),
+            _ => {
+                let (data, expiry) = decode(&fields).unwrap_or_else(|| {
+                    log::warn!("Redis key {old_key} holds unreadable fields; they are ignored");
+                    (Map::new(), rule)
+                });
+                Ok(Some(Record {
+                    data,
+                    expiry,
+                    expires_at,
+                }))
+            }
+        }
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
+        let lock = match self.locking {
+            Locking::Merge => None,
+            Locking::Request => Some(SessionLock::new(self.lock(key)?)),
+        };
+        Ok(self.read(key)?.map(|record| Loaded { record, lock }))
+    }
+
+    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        if self.locking == Locking::Merge {
+            return Ok(None);
+        }
+        let lock = self.lock(key)?;
+        let exists = self.exists(key)?;
+        Ok(exists.then(|| SessionLock::new(lock)))
+    }
+
+    fn load_locked(
+        &self,
+        key: &SessionKey,
+        lock: SessionLock,
+    ) -> Result<Option<Loaded>, StoreError> {
+        match lock.into_inner::<RedisLock>() {
+            Ok(lock) if lock.session == *key => Ok(self.read(key)?.map(|record| Loaded {
+                record,
+                lock: Some(SessionLock::new(lock)),
+            })),
+            Ok(other) => {
+                drop(other);
+                self.load(key)
+            }
+            Err(other) => {
+                drop(other);
+                self.load(key)
+            }
+        }
+    }
+
+    fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
+        let mut args = vec![
+            epoch_ms(record.expires_at).to_string(),
+            EXPIRY_FIELD.to_owned(),
+            expiry_json(&record.expiry),
+        ];
+        for (name, value) in &record.data {
+            args.push(field_of(name));
+            args.push(value.to_string());
+        }
+        for _ in 0..KEY_ATTEMPTS {
+            let key = SessionKey::generate();
+            let redis_key = self.redis_key(&key);
+            let created = self.shared.run("create a session", |conn| {
+                redis::cmd("EVAL")
+                    .arg(CREATE_SCRIPT)
+                    .arg(1)
+                    .arg(&redis_key)
+                    .arg(&args)
+                    .query::<i64>(conn)
+            })?;
+            if created == 1 {
+                return Ok(key);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "Redis at {}: no free session key after {KEY_ATTEMPTS} attempts",
+            self.shared.url
+        )))
+    }
+
+    fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<Record, StoreError> {
+        let _lock = self.lock_for_write(key, lock)?;
+        match self.apply(key, None, changes)? {
+            Some(record) => Ok(record),
+            None => unreachable!("a save has no new key to collide with"),
+        }
+    }
+
+    fn cycle(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<(SessionKey, Record), StoreError> {
+        let _lock = self.lock_for_write(key, lock)?;
+        for _ in 0..KEY_ATTEMPTS {
+            let new_key = SessionKey::generate();
+            if let Some(record) = self.apply(key, Some(&new_key), changes)? {
+                return Ok((new_key, record));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "Redis at {}: no free session key after {KEY_ATTEMPTS} attempts",
+            self.shared.url
+        )))
+    }
+
+    fn delete(&self, key: &SessionKey, lock: Option<SessionLock>) -> Result<(), StoreError> {
+        let _lock = self.lock_for_write(key, lock)?;
+        let redis_key = self.redis_key(key);
+        self.shared.run("delete a session", |conn| {
+            redis::cmd("DEL").arg(&redis_key).query::<i64>(conn)
+        })?;
+        Ok(())
+    }
+
+    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        let redis_key = self.redis_key(key);
+        self.shared.run("look a session up", |conn| {
+            redis::cmd("EXISTS").arg(&redis_key).query::<bool>(conn)
+        })
+    }
+
+    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
+        if !self.clear_logged.swap(true, Ordering::Relaxed) {
+            log::info!("Redis expires sessions itself; nothing to clear");
+        }
+        Ok(ClearReport::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_never_collide_with_metadata() {
+        for name in ["__expiry", "_expiry", "_auth_user_id", "_:x", "plain", ""] {
+            let field = field_of(name);
+            assert_ne!(field, EXPIRY_FIELD);
+            assert_eq!(name_of(&field), Some(name));
+        }
+        assert_eq!(name_of(EXPIRY_FIELD), None);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert!(!redacted("redis://:hunter2@localhost:6379/0").contains("hunter2"));
+        assert_eq!(redacted("redis://localhost/0"), "redis://localhost/0");
+    }
+}

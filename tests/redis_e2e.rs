@@ -1,0 +1,218 @@
+//! Many machines, simulated: servers with different sessions directories sharing one Redis
+//! (`SESSION_ENGINE=redis`), and Redis stopped and restarted under them. Needs
+//! `--features redis` and `redis-server` on the PATH; `.ci/run` runs it with
+//! `FILESESSION_REDIS_TEST=require`, which turns a missing Redis into a failure.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, agent, cookie_value, set_cookies};
+use serde_json::{Value, json};
+
+/// A redis-server of this test's own, on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis { child, port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_or_skip() -> Option<Redis> {
+    let redis = Redis::start();
+    if redis.is_none() {
+        let required = std::env::var("FILESESSION_REDIS_TEST").as_deref() == Ok("require");
+        assert!(
+            !required,
+            "FILESESSION_REDIS_TEST=require but redis-server could not start"
+        );
+        eprintln!(
+            "SKIPPED redis end-to-end: redis-server is not installed (apt-get install redis-server)"
+        );
+    }
+    redis
+}
+
+fn server_on(redis: &Redis) -> TestServer {
+    TestServer::start(&[
+        ("SESSION_ENGINE", "redis"),
+        ("SESSION_REDIS_URL", &redis.url()),
+    ])
+}
+
+fn json_of(mut r: ureq::http::Response<ureq::Body>) -> Value {
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+#[test]
+fn a_session_travels_between_servers_that_share_redis() {
+    let Some(redis) = redis_or_skip() else { return };
+    let a = server_on(&redis);
+    let b = server_on(&redis);
+    let r = agent().get(a.url("/setsession/")).call().unwrap();
+    let key = cookie_value(&set_cookies(&r)[0]);
+    let cookie = format!("sessionid={key}");
+    // Read and changed through the other server.
+    let mut r = agent()
+        .get(b.url("/getsession/"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(r.body_mut().read_to_string().unwrap(), "abc abc@gmail.com");
+    let r = agent()
+        .post(b.url("/api/session"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/json")
+        .send(r#"{"via": "b"}"#)
+        .unwrap();
+    assert_eq!(json_of(r)["data"]["via"], json!("b"));
+    let r = agent()
+        .get(a.url("/api/session"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(json_of(r)["data"]["via"], json!("b"));
+    assert!(
+        a.session_files().is_empty() && b.session_files().is_empty(),
+        "no files: Redis"
+    );
+
+    // Concurrent distinct-key writes through both are all kept.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let url = if t % 2 == 0 {
+                a.url("/api/session")
+            } else {
+                b.url("/api/session")
+            };
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let r = agent()
+                        .post(&url)
+                        .header("Cookie", &cookie)
+                        .header("Content-Type", "application/json")
+                        .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = agent()
+        .get(b.url("/api/session"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    let data = json_of(r)["data"].clone();
+    for t in 0..4 {
+        for i in 0..25 {
+            assert_eq!(data[format!("t{t}_{i}")], json!(i), "t{t}_{i} lost");
+        }
+    }
+
+    // A logout through one server is a logout everywhere.
+    let r = agent()
+        .post(a.url("/api/session/flush"))
+        .header("Cookie", &cookie)
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = agent()
+        .get(b.url("/getsession/"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[test]
+fn redis_down_answers_503_and_service_resumes_when_it_is_back() {
+    let Some(redis) = redis_or_skip() else { return };
+    let port = redis.port;
+    let server = server_on(&redis);
+    let r = agent().get(server.url("/setsession/")).call().unwrap();
+    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    drop(redis); // Redis stops
+    for path in ["/setsession/", "/getsession/"] {
+        let r = agent()
+            .get(server.url(path))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 503, "{path} with Redis down");
+        assert!(set_cookies(&r).is_empty());
+    }
+    // Redis is back (empty: its data was not persisted), and so is the service.
+    let _redis = Redis::start_on(port).expect("restart redis");
+    let started = Instant::now();
+    loop {
+        let r = agent().get(server.url("/setsession/")).call().unwrap();
+        if r.status() == 200 {
+            assert_eq!(set_cookies(&r).len(), 1);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no recovery: {}",
+            r.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn clearsessions_says_redis_has_nothing_to_clear() {
+    let out = Command::new(env!("CARGO_BIN_EXE_filesession"))
+        .arg("clearsessions")
+        .env("SESSION_ENGINE", "redis")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clear"));
+}

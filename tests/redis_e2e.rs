@@ -178,6 +178,20 @@ fn redis_down_answers_503_and_service_resumes_when_it_is_back() {
     let server = server_on(&redis);
     let r = agent().get(server.url("/setsession/")).call().unwrap();
     let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    // Load the whole time; every answer is 200 or 503, never a 500 or a hang.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), server.url("/setsession/"));
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let status = agent().get(&url).call().unwrap().status().as_u16();
+                *seen.entry(status).or_insert(0u32) += 1;
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
     drop(redis); // Redis stops
     for path in ["/setsession/", "/getsession/"] {
         let r = agent()
@@ -204,6 +218,15 @@ fn redis_down_answers_503_and_service_resumes_when_it_is_back() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = load.join().unwrap();
+    assert!(seen.keys().all(|s| *s == 200 || *s == 503), "{seen:?}");
+    assert!(
+        seen.get(&200).is_some_and(|n| *n > 10) && seen.contains_key(&503),
+        "{seen:?}"
+    );
+    eprintln!("redis down and back under load: statuses {seen:?}");
 }
 
 #[test]

@@ -47,6 +47,22 @@ fn workers_share_the_port_and_a_killed_one_is_replaced_within_a_second() {
         );
     }
 
+    // Load from a client thread the whole time: a new connection per request.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url, cookie) = (stop.clone(), server.url("/getsession/"), cookie.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match agent().get(&url).header("Cookie", &cookie).call() {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
     kill(first[0], "-KILL");
     let killed = Instant::now();
     let replaced = loop {
@@ -64,6 +80,15 @@ fn workers_share_the_port_and_a_killed_one_is_replaced_within_a_second() {
         replaced < Duration::from_secs(1),
         "replaced after {replaced:?}"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    // Only requests caught on the killed worker's own connections can fail.
+    assert!(ok > 50, "the load went on: {ok} served");
+    assert!(
+        failed <= 8,
+        "{failed} requests failed under load ({ok} served)"
+    );
     // Clients notice nothing: every new request is served.
     for _ in 0..20 {
         assert_eq!(
@@ -78,7 +103,8 @@ fn workers_share_the_port_and_a_killed_one_is_replaced_within_a_second() {
         "the supervisor logs the death: {log}"
     );
     eprintln!(
-        "workers: a SIGKILLed worker was replaced in {replaced:?}; 20 requests after it all 200"
+        "workers: a worker SIGKILLed under load was replaced in {replaced:?}; \
+         the load got {ok} answers and {failed} failures; 20 requests after it all 200"
     );
 }
 

@@ -32,10 +32,10 @@ use crate::store::file::DEFAULT_LOCK_TIMEOUT;
 const EXPIRY_FIELD: &str = "__expiry";
 /// Prefix of the stored name of a session key that starts with `_`.
 const ESCAPE: &str = "_:";
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one command may take.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take. Short: a server has one handler thread to keep moving.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one command may take before Redis counts as unavailable (503).
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request lock outlives the lock timeout, in case its holder dies.
 const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
 /// Pause between attempts to take a request lock.

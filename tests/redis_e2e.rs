@@ -239,3 +239,47 @@ fn clearsessions_says_redis_has_nothing_to_clear() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clear"));
 }
+
+#[test]
+fn request_locking_keeps_a_counter_exact_across_servers() {
+    let Some(redis) = redis_or_skip() else { return };
+    let url = redis.url();
+    let env = [
+        ("SESSION_ENGINE", "redis"),
+        ("SESSION_REDIS_URL", url.as_str()),
+        ("SESSION_LOCKING", "request"),
+    ];
+    let a = TestServer::start(&env);
+    let b = TestServer::start(&env);
+    let r = agent().get(a.url("/setsession/")).call().unwrap();
+    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let url = if t % 2 == 0 {
+                a.url("/api/session/incr/n")
+            } else {
+                b.url("/api/session/incr/n")
+            };
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let r = agent()
+                        .post(&url)
+                        .header("Cookie", &cookie)
+                        .send_empty()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = agent()
+        .get(b.url("/api/session"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(json_of(r)["data"]["n"], json!(100));
+}

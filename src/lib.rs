@@ -108,7 +108,7 @@ pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
 pub use server::{
     App, CLEANUP_SLICE, CLEANUP_SPACING, Server, StopHandle, file_store, open_file_store,
-    shared_socket,
+    raise_open_files_limit, shared_socket,
 };
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};

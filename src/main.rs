@@ -10,7 +10,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use filesession::{
     App, Engine, Locking, SameSite, Server, SessionMiddleware, Settings, Supervisor, Sweep,
-    WORKER_READY, demo_router, file_store, open_file_store,
+    WORKER_READY, demo_router, file_store, open_file_store, raise_open_files_limit,
 };
 
 /// Django's session framework in Rust: every session a JSON file under SESSION_FILE_PATH.
@@ -272,6 +272,9 @@ fn main() -> ExitCode {
         addrport: "127.0.0.1:8000".into(),
     }) {
         Command::Runserver { addrport } => {
+            if let Err(e) = raise_open_files_limit() {
+                log::warn!("cannot raise the limit of open files to its hard limit: {e}");
+            }
             if std::env::var_os(WORKER_ENV).is_some() {
                 worker(&addrport, settings)
             } else if workers > 1 {
@@ -281,6 +284,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Clearsessions => clearsessions(&settings),
+    }
+}
+
+/// "up to N open files", the soft `RLIMIT_NOFILE` in force, for the banner.
+fn open_files_text() -> String {
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(n) => format!("up to {n} open files"),
+        None => "no limit on open files".to_string(),
     }
 }
 
@@ -313,10 +324,11 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "filesession {}: sessions in {sessions} ({locking} locking)\n\
+        "filesession {}: sessions in {sessions} ({locking} locking); {}\n\
          Starting development server at http://{bound}/\n\
          Quit the server with CONTROL-C.",
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        open_files_text()
     );
     let _ = out.flush();
     drop(out);
@@ -422,13 +434,14 @@ fn supervise(addrport: &str, settings: Settings, workers: u16) -> ExitCode {
         Err(e) => return fail(format!("cannot start the workers on {addr}: {e}")),
     };
     println!(
-        "filesession {}: sessions in {}/ ({} workers: {:?})\n\
+        "filesession {}: sessions in {}/ ({} workers: {:?}); {}\n\
          Starting development server at http://{}/\n\
          Quit the server with CONTROL-C.",
         env!("CARGO_PKG_VERSION"),
         settings.file_path.display(),
         workers,
         supervisor.worker_pids(),
+        open_files_text(),
         supervisor.addr()
     );
     let _ = std::io::stdout().flush();

@@ -240,6 +240,10 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
             413,
             format!("The session would take {size} bytes, over the limit of {limit} bytes."),
         ),
+        StoreError::Io { action, source, .. } if is_out_of_descriptors(source) => (
+            503,
+            format!("Could not {action}: the server is out of file descriptors. Try again."),
+        ),
         StoreError::Io { action, source, .. } if is_out_of_space(source) => (
             507,
             format!("Could not {action}: the session store is out of space ({source})."),
@@ -247,6 +251,12 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
         StoreError::Io { action, source, .. } => (
             500,
             format!("Could not {action}: {source}. Nothing was saved."),
+        ),
+        StoreError::DirectoryGone(_) => (
+            500,
+            "The session directory was removed while the server was running; nothing was \
+             saved. Restart the server to create it again."
+                .to_string(),
         ),
         StoreError::Unavailable(_) => (
             503,
@@ -263,6 +273,16 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
         response.add_header("Retry-After", "1");
     }
     response
+}
+
+/// `EMFILE` (this process) or `ENFILE` (the system): out of file descriptors, a condition
+/// that passes, so the client is told to retry.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+    )
 }
 
 fn is_out_of_space(e: &io::Error) -> bool {

@@ -320,6 +320,10 @@ fn accept_loop(
 ) {
     let limits = Arc::new(limits);
     let app = Arc::new(app);
+    let mut accept_errors = AcceptErrors {
+        last_logged: None,
+        unlogged: 0,
+    };
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -328,7 +332,7 @@ fn accept_loop(
             Ok(stream) => stream,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning; never give up.
-                log::warn!("accept failed: {e}");
+                accept_errors.failed(&e);
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -481,6 +485,61 @@ pub fn shared_socket(addr: SocketAddr, listen: bool) -> io::Result<TcpListener> 
         rustix::net::listen(&fd, 1024)?;
     }
     Ok(TcpListener::from(fd))
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, as
+/// nginx and most servers do at start, and returns the limit now in force (`None`:
+/// unlimited). Each connection holds file descriptors and each session load opens a file,
+/// so the common soft limit of 1024 is reached by a few hundred idle sockets.
+///
+/// # Errors
+/// `setrlimit` refused; the old limit stays in force.
+pub fn raise_open_files_limit() -> io::Result<Option<u64>> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current)
+}
+
+/// Logs a failed `accept` at most once per [`ACCEPT_LOG_EVERY`], with how many failures
+/// were not logged, so that a server out of file descriptors does not flood its log.
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// The least time between two "accept failed" log lines.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        if self.unlogged > 0 {
+            log::warn!(
+                "accept failed: {e} ({} more failures in the last second not logged)",
+                self.unlogged
+            );
+        } else {
+            log::warn!("accept failed: {e}");
+        }
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+    }
 }
 
 /// One counted open connection; dropping it frees the place.

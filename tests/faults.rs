@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -519,7 +519,7 @@ fn a_read_only_sessions_directory_answers_5xx_and_reads_still_work() {
 }
 
 #[test]
-fn a_deleted_sessions_directory_answers_5xx_until_recreated() {
+fn a_deleted_sessions_directory_answers_500_saying_restart_and_is_never_followed() {
     let started = Instant::now();
     let mut server = TestServer::start(&[]);
     let dir = server.sessions();
@@ -529,10 +529,11 @@ fn a_deleted_sessions_directory_answers_5xx_until_recreated() {
     let mut statuses = Vec::new();
     let r = get_as(&server.url("/setsession/"), None);
     statuses.push(r.status().as_u16());
-    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(r.status(), 500);
     assert!(set_cookies(&r).is_empty());
     let new_message = body(r);
-    assert!(new_message.contains("Nothing was saved"), "{new_message}");
+    assert!(new_message.contains("Restart the server"), "{new_message}");
+    assert!(new_message.contains("nothing was saved"), "{new_message}");
     let r = post_json_as(
         &agent(),
         &server.url("/api/session"),
@@ -540,42 +541,47 @@ fn a_deleted_sessions_directory_answers_5xx_until_recreated() {
         r#"{"x": 1}"#,
     );
     statuses.push(r.status().as_u16());
-    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(r.status(), 500);
     assert!(set_cookies(&r).is_empty(), "{:?}", set_cookies(&r));
     let v: Value = serde_json::from_str(&body(r)).unwrap();
     let existing_message = v["error"].as_str().unwrap().to_owned();
     assert!(
-        existing_message.contains("Nothing was saved"),
+        existing_message.contains("Restart the server"),
         "{existing_message}"
     );
+    // A read is an error too, not "no session": the cookie is not deleted.
     let r = get_as(&server.url("/getsession/"), Some(&a));
     statuses.push(r.status().as_u16());
-    assert_eq!(r.status(), 404, "the session went with its directory");
+    assert_eq!(r.status(), 500);
+    assert!(set_cookies(&r).is_empty(), "{:?}", set_cookies(&r));
     assert!(server.is_alive());
     assert!(
         !dir.exists(),
         "a failed write does not recreate the directory"
     );
 
+    // A directory made again at the path is not adopted behind the operator's back.
     fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-    let b = setsession(&server);
-    assert_eq!(read_session(&dir, &b)["data"]["sname"], json!("abc"));
-    let r = post_json_as(
-        &agent(),
-        &server.url("/api/session"),
-        Some(&b),
-        r#"{"x": 1}"#,
-    );
-    assert_eq!(r.status(), 200);
-    assert_eq!(read_session(&dir, &b)["data"]["x"], json!(1));
+    let r = get_as(&server.url("/setsession/"), None);
     assert_eq!(
-        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-        0o700
+        r.status(),
+        500,
+        "the server never follows the path to a new directory"
     );
+    assert!(
+        fs::read_dir(&dir).unwrap().next().is_none(),
+        "nothing written there"
+    );
+
+    // A restart opens it.
+    let restarted = TestServer::start(&[("SESSION_FILE_PATH", dir.to_str().unwrap())]);
+    let b = setsession(&restarted);
+    assert_eq!(read_session(&dir, &b)["data"]["sname"], json!("abc"));
     eprintln!(
         "faults/deleted-dir: statuses while gone (new write, old-cookie write, read): \
          {statuses:?}; messages: {new_message:?} / {existing_message:?}; server alive; \
-         after mkdir: 200; {:.1} s",
+         a directory made again at the path: still 500, nothing written; after a restart: \
+         200; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -1,5 +1,14 @@
 //! FileStore: one JSON file per session, advisory locks, atomic replacement.
 //!
+//! # The directory, by handle
+//!
+//! The sessions directory is opened once, when the store opens (`O_DIRECTORY`, not
+//! following a symlink), and every file operation is relative to that handle (`openat`,
+//! `renameat2`, `linkat`, `unlinkat`, `statat`). A directory renamed, swapped for another or
+//! for a symlink while the store is open is never followed: the store goes on using the
+//! directory it opened. If that directory is removed, every operation answers
+//! [`StoreError::DirectoryGone`] (the server answers 500 telling to restart it).
+//!
 //! # The write protocol
 //!
 //! A session file is never modified in place. Every write goes to a fresh temp file
@@ -29,18 +38,35 @@
 //! with [`StoreError::Deleted`] rather than resurrect it. Holding a lock on the current inode,
 //! it re-reads the newest copy, applies its [`ChangeSet`], writes and swaps. Deletes take the
 //! same lock. Readers take no lock: whole-file replacement already keeps them consistent.
+//!
+//! # Reads are fresh
+//!
+//! A load opens the file at the moment it is called, so it sees every save, delete and cycle
+//! that completed before it (real-time order, checked by `tests/history.rs`). No open file is
+//! ever kept from one moment to a later read: [`SessionStore::acquire`] in `merge` mode only
+//! waits until the lock is free and closes the file; in `request` mode the lock it hands on
+//! keeps every other writer out until the load, so the file it holds is the current one.
+//!
+//! # Errors are not "no session"
+//!
+//! A load finds "no session" only for a missing, expired, corrupt or oversized file, or an
+//! entry that is not a regular file. Any other failure (`EMFILE`, `EACCES`, `EIO`, a removed
+//! directory) is an error, so that the middleware answers 5xx and keeps the user's cookie.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags, linkat, openat, renameat_with};
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fstat, fsync, linkat, openat,
+    renameat, renameat_with, statat, unlinkat,
+};
 use rustix::io::Errno;
 
 use super::file_format::{self, DecodeError};
@@ -88,7 +114,10 @@ const CORRUPT_LOG_MEMORY: usize = 10_000;
 /// ```
 #[derive(Debug)]
 pub struct FileStore {
+    /// The directory's path as given, for messages only: files are reached through `dirfd`.
     dir: PathBuf,
+    /// The sessions directory, opened once; every file operation is relative to it.
+    dirfd: OwnedFd,
     locking: Locking,
     lock_timeout: Duration,
     fsync: bool,
@@ -101,11 +130,11 @@ pub struct FileStore {
     corrupt_logged: Mutex<HashSet<PathBuf>>,
 }
 
-/// A session file locked exclusively, checked to be the file now at its path.
+/// A session file locked exclusively, checked to be the file now at its name.
 #[derive(Debug)]
 struct LockedFile {
     entry: Entry,
-    path: PathBuf,
+    name: String,
 }
 
 /// An open session file and what its `fstat` said when it was opened. A session file is
@@ -118,46 +147,54 @@ struct Entry {
     dev: u64,
 }
 
-/// What is at a session's path.
+/// What is at a session's name.
 enum Opened {
     Missing,
     File(Entry),
 }
 
-/// A session file opened by `acquire` in `merge` mode (unlocked), for the load to read.
-#[derive(Debug)]
-struct OpenedFile {
-    entry: Entry,
-    path: PathBuf,
-}
-
 impl FileStore {
-    /// Opens the store in `dir`, creating the directory (mode 0700) if it is missing, and
-    /// checks that files can be created in it.
+    /// Opens the store in `dir`, creating the directory (mode 0700) if it is missing, opens
+    /// it once for good (every later file operation is relative to that handle) and checks
+    /// that files can be created in it.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] naming the directory and the cause when it cannot be created
-    /// or written.
+    /// [`StoreError::Unavailable`] naming the directory and the cause when it cannot be
+    /// created, opened or written, or is a symbolic link (give its real path).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let unavailable = |what: &str, e: io::Error| {
             StoreError::Unavailable(format!("session directory {} {what}: {e}", dir.display()))
         };
-        fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| unavailable("cannot be created", e))?;
-        let meta = fs::metadata(&dir).map_err(|e| unavailable("cannot be read", e))?;
-        if !meta.is_dir() {
-            return Err(unavailable(
-                "is not a directory",
-                io::Error::from(io::ErrorKind::NotADirectory),
-            ));
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dirfd = match openat(CWD, &dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let symlink = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_symlink());
+                return Err(if symlink {
+                    unavailable(
+                        "is a symbolic link, which the store does not follow; \
+                         give the directory's real path",
+                        e.into(),
+                    )
+                } else if e == Errno::NOTDIR {
+                    unavailable("is not a directory", e.into())
+                } else {
+                    unavailable("cannot be opened", e.into())
+                });
+            }
+        };
+        let mode = fstat(&dirfd)
+            .map_err(|e| unavailable("cannot be read", e.into()))?
+            .st_mode;
+        if mode & 0o077 != 0 {
             // Session keys are bearer credentials: keep the listing private.
-            if let Err(e) = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)) {
+            if let Err(e) = fchmod(&dirfd, Mode::from_raw_mode(0o700)) {
                 log::warn!(
                     "session directory {} is readable by others and cannot be made 0700: {e}",
                     dir.display()
@@ -166,6 +203,7 @@ impl FileStore {
         }
         let store = FileStore {
             dir: dir.clone(),
+            dirfd,
             locking: Locking::Merge,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             fsync: false,
@@ -178,7 +216,8 @@ impl FileStore {
         let (probe, _) = store
             .write_temp(b"probe\n", None)
             .map_err(|e| unavailable("is not writable", e))?;
-        fs::remove_file(&probe).map_err(|e| unavailable("is not writable", e))?;
+        unlinkat(&store.dirfd, probe.as_str(), AtFlags::empty())
+            .map_err(|e| unavailable("is not writable", e.into()))?;
         Ok(store)
     }
 
@@ -215,7 +254,8 @@ impl FileStore {
         self
     }
 
-    /// The sessions directory.
+    /// The sessions directory, as given to [`open`](FileStore::open). The store itself uses
+    /// the directory it opened then, wherever it is now.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -230,15 +270,44 @@ impl FileStore {
         self.dir.join(key.file_name())
     }
 
-    /// Opens what is at `path` without following a symlink and without blocking on a FIFO,
+    /// The path of an entry of the directory, for messages.
+    fn shown(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `Err(DirectoryGone)` if the directory the store opened has been removed.
+    fn check_dir(&self) -> Result<(), StoreError> {
+        match fstat(&self.dirfd) {
+            Ok(st) if st.st_nlink == 0 => Err(StoreError::DirectoryGone(self.dir.clone())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::io(
+                "inspect session directory",
+                &self.dir,
+                e.into(),
+            )),
+        }
+    }
+
+    /// The error for a failed operation on an entry: [`StoreError::DirectoryGone`] when the
+    /// directory was removed, else an I/O error naming the entry.
+    fn fs_error(&self, action: &'static str, name: &str, e: io::Error) -> StoreError {
+        // A removed directory refuses with ENOENT, or EPERM for O_TMPFILE: ask it.
+        if let Err(gone @ StoreError::DirectoryGone(_)) = self.check_dir() {
+            return gone;
+        }
+        StoreError::io(action, self.shown(name), e)
+    }
+
+    /// Opens the entry `name` without following a symlink and without blocking on a FIFO,
     /// and refuses anything but a regular file.
-    fn open_entry(&self, path: &Path) -> Result<Opened, StoreError> {
-        let flags = (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32;
-        match OpenOptions::new().read(true).custom_flags(flags).open(path) {
-            Ok(file) => {
+    fn open_entry(&self, name: &str) -> Result<Opened, StoreError> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        match openat(&self.dirfd, name, flags, Mode::empty()) {
+            Ok(fd) => {
+                let file = File::from(fd);
                 let meta = file
                     .metadata()
-                    .map_err(|e| StoreError::io("inspect session file", path, e))?;
+                    .map_err(|e| StoreError::io("inspect session file", self.shown(name), e))?;
                 if meta.is_file() {
                     Ok(Opened::File(Entry {
                         file,
@@ -247,55 +316,56 @@ impl FileStore {
                         dev: meta.dev(),
                     }))
                 } else {
-                    Err(StoreError::NotARegularFile(path.to_path_buf()))
+                    Err(StoreError::NotARegularFile(self.shown(name)))
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Opened::Missing),
-            Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
-                Err(StoreError::NotARegularFile(path.to_path_buf()))
+            Err(Errno::NOENT) => {
+                self.check_dir()?;
+                Ok(Opened::Missing)
             }
-            Err(e) => Err(StoreError::io("open session file", path, e)),
+            // ELOOP: a symlink; ENXIO: a socket. Neither is a session file.
+            Err(Errno::LOOP | Errno::NXIO) => Err(StoreError::NotARegularFile(self.shown(name))),
+            Err(e) => Err(StoreError::io(
+                "open session file",
+                self.shown(name),
+                e.into(),
+            )),
         }
     }
 
     /// Reads a whole session file, refusing more than the size limit.
-    fn read_record(&self, entry: &Entry, path: &Path) -> Result<Record, ReadError> {
+    fn read_record(&self, entry: &Entry, name: &str) -> Result<Record, ReadError> {
         if entry.len > self.max_file_size as u64 {
             return Err(ReadError::TooLarge);
         }
         // One pread of the length fstat gave: no seek, no read to find the end.
         let mut bytes = vec![0; entry.len as usize];
-        entry
-            .file
-            .read_exact_at(&mut bytes, 0)
-            .map_err(|e| ReadError::Store(StoreError::io("read session file", path, e)))?;
+        entry.file.read_exact_at(&mut bytes, 0).map_err(|e| {
+            ReadError::Store(StoreError::io("read session file", self.shown(name), e))
+        })?;
         file_format::decode(&bytes).map_err(ReadError::Corrupt)
     }
 
-    /// The live session in `file`: `None` (logged) when it is unreadable, corrupt, too large
-    /// or expired.
-    fn live_record(&self, entry: &Entry, path: &Path) -> Option<Record> {
-        match self.stored_record(entry, path) {
-            Ok(record) => record.filter(|r| !r.is_expired(SystemTime::now())),
-            Err(e) => {
-                self.log_bad_file(path, &e);
-                None
-            }
-        }
+    /// The live session in `entry`: `Ok(None)` (logged) when it is corrupt, too large or
+    /// expired; `Err` when it cannot be read.
+    fn live_record(&self, entry: &Entry, name: &str) -> Result<Option<Record>, StoreError> {
+        Ok(self
+            .stored_record(entry, name)?
+            .filter(|r| !r.is_expired(SystemTime::now())))
     }
 
     /// The record in a session file; `Ok(None)` (logged) when the file does not hold one
     /// (corrupt, too large); `Err` when it cannot be read at all.
-    fn stored_record(&self, entry: &Entry, path: &Path) -> Result<Option<Record>, StoreError> {
-        match self.read_record(entry, path) {
+    fn stored_record(&self, entry: &Entry, name: &str) -> Result<Option<Record>, StoreError> {
+        match self.read_record(entry, name) {
             Ok(record) => Ok(Some(record)),
             Err(ReadError::Store(e)) => Err(e),
             Err(ReadError::TooLarge) => {
-                self.log_bad_file(path, &"over the size limit");
+                self.log_bad_file(name, &"over the size limit");
                 Ok(None)
             }
             Err(ReadError::Corrupt(why)) => {
-                self.log_bad_file(path, &why);
+                self.log_bad_file(name, &why);
                 Ok(None)
             }
         }
@@ -306,12 +376,12 @@ impl FileStore {
         &self,
         key: &SessionKey,
         entry: &Entry,
-        path: &Path,
+        name: &str,
         start: Instant,
         deadline: Instant,
     ) -> Result<(), StoreError> {
         let locked = lock_exclusive_until(&entry.file, deadline)
-            .map_err(|e| StoreError::io("lock session file", path, e))?;
+            .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
         if locked {
             Ok(())
         } else {
@@ -323,16 +393,18 @@ impl FileStore {
     }
 
     /// The live session under a held lock, which stays held with it.
-    fn loaded_locked(&self, held: LockedFile) -> Option<Loaded> {
-        let record = self.live_record(&held.entry, &held.path)?;
-        Some(Loaded {
+    fn loaded_locked(&self, held: LockedFile) -> Result<Option<Loaded>, StoreError> {
+        let Some(record) = self.live_record(&held.entry, &held.name)? else {
+            return Ok(None);
+        };
+        Ok(Some(Loaded {
             record,
             lock: Some(SessionLock::new(held)),
-        })
+        }))
     }
 
-    /// Logs a file that does not hold a session, once per file.
-    fn log_bad_file(&self, path: &Path, why: &dyn std::fmt::Display) {
+    /// Logs an entry that does not hold a session, once per entry.
+    fn log_bad_file(&self, name: &str, why: &dyn std::fmt::Display) {
         let mut seen = match self.corrupt_logged.lock() {
             Ok(seen) => seen,
             Err(poisoned) => poisoned.into_inner(),
@@ -340,7 +412,8 @@ impl FileStore {
         if seen.len() >= CORRUPT_LOG_MEMORY {
             seen.clear();
         }
-        if seen.insert(path.to_path_buf()) {
+        let path = self.shown(name);
+        if seen.insert(path.clone()) {
             log::warn!(
                 "{} is not a usable session file ({why}); treated as no session, \
                  left for clearsessions",
@@ -349,25 +422,25 @@ impl FileStore {
         }
     }
 
-    /// Opens and locks the file now at `path`, checking that the inode locked is still the
-    /// one at the path. `Ok(None)`: there is no session file (deleted meanwhile).
+    /// Opens and locks the file now named `name`, checking that the inode locked is still
+    /// the one with that name. `Ok(None)`: there is no session file (deleted meanwhile).
     fn lock_current(
         &self,
         key: &SessionKey,
-        path: &Path,
+        name: &str,
         wait: Duration,
     ) -> Result<Option<LockedFile>, StoreError> {
         let start = Instant::now();
         let deadline = later(start, wait);
         loop {
-            let entry = match self.open_entry(path)? {
+            let entry = match self.open_entry(name)? {
                 Opened::Missing => return Ok(None),
                 Opened::File(entry) => entry,
             };
-            self.lock_by(key, &entry, path, start, deadline)?;
+            self.lock_by(key, &entry, name, start, deadline)?;
             let held = LockedFile {
                 entry,
-                path: path.to_path_buf(),
+                name: name.to_owned(),
             };
             match self.is_current(&held)? {
                 Some(true) => return Ok(Some(held)),
@@ -377,14 +450,21 @@ impl FileStore {
         }
     }
 
-    /// Whether the locked inode is still the file at its path; `None` if the path is gone.
+    /// Whether the locked inode is still the file with its name; `None` if the name is gone.
     fn is_current(&self, held: &LockedFile) -> Result<Option<bool>, StoreError> {
-        match fs::symlink_metadata(&held.path) {
+        match statat(&self.dirfd, held.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(now) => Ok(Some(
-                now.ino() == held.entry.ino && now.dev() == held.entry.dev,
+                now.st_ino == held.entry.ino && now.st_dev == held.entry.dev,
             )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io("inspect session file", &held.path, e)),
+            Err(Errno::NOENT) => {
+                self.check_dir()?;
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::io(
+                "inspect session file",
+                self.shown(&held.name),
+                e.into(),
+            )),
         }
     }
 
@@ -395,9 +475,9 @@ impl FileStore {
         key: &SessionKey,
         held: Option<SessionLock>,
     ) -> Result<Option<LockedFile>, StoreError> {
-        let path = self.path_of(key);
+        let name = key.file_name();
         if let Some(held) = held.and_then(|l| l.into_inner::<LockedFile>().ok())
-            && held.path == path
+            && held.name == name
         {
             match self.is_current(&held)? {
                 Some(true) => return Ok(Some(held)),
@@ -405,7 +485,7 @@ impl FileStore {
                 Some(false) => {} // replaced behind our back: lock afresh
             }
         }
-        self.lock_current(key, &path, self.lock_timeout)
+        self.lock_current(key, &name, self.lock_timeout)
     }
 
     /// The newest stored copy under a held lock with `changes` applied. A file that became
@@ -413,7 +493,7 @@ impl FileStore {
     /// `Merged::Unchanged` when the changes would only move the expiry a little.
     fn merged(&self, held: &LockedFile, changes: &ChangeSet) -> Result<Merged, StoreError> {
         let now = SystemTime::now();
-        Ok(match self.stored_record(&held.entry, &held.path)? {
+        Ok(match self.stored_record(&held.entry, &held.name)? {
             Some(stored)
                 if !changes.alters(&stored)
                     && expiry_moved_little(
@@ -454,28 +534,31 @@ impl FileStore {
         Ok(bytes)
     }
 
-    /// Writes `bytes` to a new temp file (0600) in the directory: `.<uuid>.tmp`.
+    /// Writes `bytes` to a new temp file (0600) in the directory, `.<uuid>.tmp`, and returns
+    /// its name.
     fn write_temp(
         &self,
         bytes: &[u8],
         expires_at: Option<SystemTime>,
-    ) -> io::Result<(PathBuf, File)> {
-        let temp = self.dir.join(format!(".{}.tmp", SessionKey::generate()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .open(&temp)?;
+    ) -> io::Result<(String, File)> {
+        let name = format!(".{}.tmp", SessionKey::generate());
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut file = File::from(openat(
+            &self.dirfd,
+            name.as_str(),
+            flags,
+            Mode::from_raw_mode(0o600),
+        )?);
         let written = file
             .write_all(bytes)
             .and_then(|()| stamp_expiry(&file, expires_at))
             .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
         match written {
-            Ok(()) => Ok((temp, file)),
+            Ok(()) => Ok((name, file)),
             Err(e) => {
                 drop(file);
-                let _ = fs::remove_file(&temp);
+                let _ = unlinkat(&self.dirfd, name.as_str(), AtFlags::empty());
                 Err(e)
             }
         }
@@ -483,42 +566,47 @@ impl FileStore {
 
     fn write_temp_for(
         &self,
-        path: &Path,
+        name: &str,
         bytes: &[u8],
         expires_at: SystemTime,
-    ) -> Result<PathBuf, StoreError> {
+    ) -> Result<String, StoreError> {
         self.write_temp(bytes, Some(expires_at))
             .map(|(temp, _)| temp)
-            .map_err(|e| StoreError::io("write session file", path, e))
+            .map_err(|e| self.fs_error("write session file", name, e))
+    }
+
+    /// Removes an entry of the directory.
+    fn unlink(&self, name: &str) -> io::Result<()> {
+        unlinkat(&self.dirfd, name, AtFlags::empty()).map_err(io::Error::from)
     }
 
     /// Makes a completed write durable: fsync the directory (with `fsync` on).
     fn sync_dir(&self) -> Result<(), StoreError> {
         if self.fsync {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::io("sync session directory", &self.dir, e))?;
+            fsync(&self.dirfd)
+                .map_err(|e| StoreError::io("sync session directory", &self.dir, e.into()))?;
         }
         Ok(())
     }
 
-    /// Atomically replaces the file at `path` (held locked) with the temp file.
-    fn replace(&self, temp: &Path, path: &Path) -> Result<(), StoreError> {
+    /// Atomically replaces the file named `name` (held locked) with the temp file.
+    fn replace(&self, temp: &str, name: &str) -> Result<(), StoreError> {
+        let dir = &self.dirfd;
         let result = if self.renameat2.load(Ordering::Relaxed) {
-            match renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE) {
-                Ok(()) => fs::remove_file(temp),
+            match renameat_with(dir, temp, dir, name, RenameFlags::EXCHANGE) {
+                Ok(()) => self.unlink(temp),
                 Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
                     self.renameat2.store(false, Ordering::Relaxed);
-                    fs::rename(temp, path)
+                    renameat(dir, temp, dir, name).map_err(io::Error::from)
                 }
                 Err(e) => Err(e.into()),
             }
         } else {
-            fs::rename(temp, path)
+            renameat(dir, temp, dir, name).map_err(io::Error::from)
         };
         result.map_err(|e| {
-            let _ = fs::remove_file(temp);
-            StoreError::io("replace session file", path, e)
+            let _ = self.unlink(temp);
+            self.fs_error("replace session file", name, e)
         })?;
         self.sync_dir()
     }
@@ -535,14 +623,14 @@ impl FileStore {
             e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL || e == Errno::NOSYS
         };
         let fd = match openat(
-            CWD,
-            &self.dir,
+            &self.dirfd,
+            ".",
             OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => fd,
             Err(e) if unsupported(e) => return Ok(None),
-            Err(e) => return Err(StoreError::io("create session file", &self.dir, e.into())),
+            Err(e) => return Err(self.fs_error("create session file", ".", e.into())),
         };
         let mut file = File::from(fd);
         file.write_all(bytes)
@@ -552,12 +640,16 @@ impl FileStore {
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         for _ in 0..16 {
             let key = SessionKey::generate();
-            let path = self.path_of(&key);
+            let name = key.file_name();
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for everyone.
-            let linked = match linkat(&file, "", CWD, &path, AtFlags::EMPTY_PATH) {
-                Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
-                    linkat(CWD, proc_path.as_str(), CWD, &path, AtFlags::SYMLINK_FOLLOW)
-                }
+            let linked = match linkat(&file, "", &self.dirfd, name.as_str(), AtFlags::EMPTY_PATH) {
+                Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => linkat(
+                    CWD,
+                    proc_path.as_str(),
+                    &self.dirfd,
+                    name.as_str(),
+                    AtFlags::SYMLINK_FOLLOW,
+                ),
                 other => other,
             };
             match linked {
@@ -566,8 +658,12 @@ impl FileStore {
                     return Ok(Some(key));
                 }
                 Err(Errno::EXIST) => continue,
-                Err(e) if unsupported(e) || e == Errno::NOENT => return Ok(None),
-                Err(e) => return Err(StoreError::io("create session file", path, e.into())),
+                Err(Errno::NOENT) => {
+                    self.check_dir()?;
+                    return Ok(None);
+                }
+                Err(e) if unsupported(e) => return Ok(None),
+                Err(e) => return Err(self.fs_error("create session file", &name, e.into())),
             }
         }
         Err(StoreError::Unavailable(
@@ -575,10 +671,11 @@ impl FileStore {
         ))
     }
 
-    /// Gives the temp file the name `path` unless something has it. `Ok(false)`: taken.
-    fn link_new(&self, temp: &Path, path: &Path) -> io::Result<bool> {
+    /// Gives the temp file the name `name` unless something has it. `Ok(false)`: taken.
+    fn link_new(&self, temp: &str, name: &str) -> io::Result<bool> {
+        let dir = &self.dirfd;
         if self.renameat2.load(Ordering::Relaxed) {
-            match renameat_with(CWD, temp, CWD, path, RenameFlags::NOREPLACE) {
+            match renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE) {
                 Ok(()) => return Ok(true),
                 Err(Errno::EXIST) => return Ok(false),
                 Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
@@ -587,27 +684,35 @@ impl FileStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        match fs::hard_link(temp, path) {
-            Ok(()) => fs::remove_file(temp).map(|()| true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
+        match linkat(dir, temp, dir, name, AtFlags::empty()) {
+            Ok(()) => self.unlink(temp).map(|()| true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The modification time of an entry, not following a symlink.
+    fn mtime_of(&self, name: &str) -> Option<SystemTime> {
+        let st = statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let secs = u64::try_from(st.st_mtime).ok()?;
+        let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
     }
 
     /// Classifies one directory entry for `clear_expired`.
     fn clear_entry(
         &self,
-        entry: &fs::DirEntry,
+        name: &str,
+        file_type: FileType,
         now: SystemTime,
         wait: Duration,
         report: &mut ClearReport,
     ) {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            report.skipped += 1;
-            return;
+        let is_file = match file_type {
+            FileType::Unknown => statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+            other => other == FileType::RegularFile,
         };
-        let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
         if let Some(key) = name.strip_suffix(".json").and_then(SessionKey::parse) {
             if !is_file {
                 report.skipped += 1;
@@ -615,11 +720,7 @@ impl FileStore {
             }
             // The store stamps each file's mtime with its expiry: a file whose mtime is still
             // ahead is live, known without opening it (a million files in seconds).
-            let live = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|mtime| mtime > now);
-            if live {
+            if self.mtime_of(name).is_some_and(|mtime| mtime > now) {
                 report.kept += 1;
                 return;
             }
@@ -634,12 +735,10 @@ impl FileStore {
                 }
             }
         } else if is_temp_name(name) && is_file {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|mtime| now.duration_since(mtime).unwrap_or_default() >= self.leftover_age)
-                .unwrap_or(false);
-            if old && fs::remove_file(entry.path()).is_ok() {
+            let old = self.mtime_of(name).is_some_and(|mtime| {
+                now.duration_since(mtime).unwrap_or_default() >= self.leftover_age
+            });
+            if old && self.unlink(name).is_ok() {
                 report.leftovers += 1;
             } else {
                 report.skipped += 1;
@@ -657,27 +756,28 @@ impl FileStore {
         now: SystemTime,
         wait: Duration,
     ) -> Result<Cleared, StoreError> {
-        let path = self.path_of(key);
-        let entry = match self.open_entry(&path)? {
+        let name = key.file_name();
+        let entry = match self.open_entry(&name)? {
             Opened::Missing => return Ok(Cleared::Gone),
             Opened::File(entry) => entry,
         };
-        if let Ok(record) = self.read_record(&entry, &path)
+        if let Ok(record) = self.read_record(&entry, &name)
             && !record.is_expired(now)
         {
             return Ok(Cleared::Kept);
         }
         drop(entry);
-        let Some(held) = self.lock_current(key, &path, wait)? else {
+        let Some(held) = self.lock_current(key, &name, wait)? else {
             return Ok(Cleared::Gone);
         };
-        let verdict = match self.read_record(&held.entry, &held.path) {
+        let verdict = match self.read_record(&held.entry, &held.name) {
             Ok(record) if record.is_expired(SystemTime::now()) => Cleared::Expired,
             Ok(_) => return Ok(Cleared::Kept),
             Err(ReadError::Store(e)) => return Err(e),
             Err(ReadError::TooLarge | ReadError::Corrupt(_)) => Cleared::Corrupt,
         };
-        fs::remove_file(&path).map_err(|e| StoreError::io("remove session file", &path, e))?;
+        self.unlink(&name)
+            .map_err(|e| self.fs_error("remove session file", &name, e))?;
         Ok(verdict)
     }
 }
@@ -743,51 +843,54 @@ fn is_temp_name(name: &str) -> bool {
 
 impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
-        let path = self.path_of(key);
-        match self.locking {
-            Locking::Merge => match self.open_entry(&path) {
-                Ok(Opened::File(entry)) => Ok(self
-                    .live_record(&entry, &path)
-                    .map(|record| Loaded { record, lock: None })),
-                Ok(Opened::Missing) => Ok(None),
-                Err(e) => {
-                    self.log_bad_file(&path, &e);
-                    Ok(None)
+        let name = key.file_name();
+        let found = match self.locking {
+            Locking::Merge => match self.open_entry(&name) {
+                Ok(Opened::File(entry)) => {
+                    return Ok(self
+                        .live_record(&entry, &name)?
+                        .map(|record| Loaded { record, lock: None }));
                 }
+                Ok(Opened::Missing) => return Ok(None),
+                Err(e) => Err(e),
             },
-            Locking::Request => match self.lock_current(key, &path, self.lock_timeout) {
-                Ok(Some(held)) => Ok(self.loaded_locked(held)),
-                Ok(None) => Ok(None),
-                Err(e @ StoreError::LockTimeout { .. }) => Err(e),
-                Err(e) => {
-                    self.log_bad_file(&path, &e);
-                    Ok(None)
-                }
+            Locking::Request => match self.lock_current(key, &name, self.lock_timeout) {
+                Ok(Some(held)) => return self.loaded_locked(held),
+                Ok(None) => return Ok(None),
+                Err(e) => Err(e),
             },
+        };
+        match found {
+            // Not a session file: no session, as a corrupt one. Anything else is an error.
+            Err(e @ StoreError::NotARegularFile(_)) => {
+                self.log_bad_file(&name, &e);
+                Ok(None)
+            }
+            other => other,
         }
     }
 
     fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
-        let path = self.path_of(key);
+        let name = key.file_name();
         if self.locking == Locking::Request {
-            return match self.lock_current(key, &path, self.lock_timeout) {
+            return match self.lock_current(key, &name, self.lock_timeout) {
                 Ok(Some(held)) => Ok(Some(SessionLock::new(held))),
-                Ok(None) => Ok(None),
-                Err(e @ StoreError::LockTimeout { .. }) => Err(e),
-                // Not a regular file, unreadable: the load will find no session.
-                Err(_) => Ok(None),
+                Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
+                Err(e) => Err(e),
             };
         }
-        // merge: wait until no one holds the lock, let go at once, and keep the file open
-        // for the load (a copy microseconds old is what a merge-mode load may see anyway).
-        let entry = match self.open_entry(&path) {
+        // merge: wait until no one holds the lock, and let go at once. The file is closed:
+        // the load opens it again when the handler runs, so it sees every change made by then.
+        let entry = match self.open_entry(&name) {
             Ok(Opened::File(entry)) => entry,
-            Ok(Opened::Missing) | Err(_) => return Ok(None),
+            Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let start = Instant::now();
-        self.lock_by(key, &entry, &path, start, later(start, self.lock_timeout))?;
-        unlock(&entry.file).map_err(|e| StoreError::io("unlock session file", &path, e))?;
-        Ok(Some(SessionLock::new(OpenedFile { entry, path })))
+        self.lock_by(key, &entry, &name, start, later(start, self.lock_timeout))?;
+        unlock(&entry.file)
+            .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
+        Ok(None)
     }
 
     fn load_locked(
@@ -795,21 +898,11 @@ impl SessionStore for FileStore {
         key: &SessionKey,
         lock: SessionLock,
     ) -> Result<Option<Loaded>, StoreError> {
-        let path = self.path_of(key);
-        let lock = match lock.into_inner::<OpenedFile>() {
-            Ok(opened) if opened.path == path => {
-                return Ok(self
-                    .live_record(&opened.entry, &path)
-                    .map(|record| Loaded { record, lock: None }));
-            }
-            Ok(_) => return self.load(key),
-            Err(lock) => lock,
-        };
         if let Ok(held) = lock.into_inner::<LockedFile>()
-            && held.path == path
+            && held.name == key.file_name()
             && matches!(self.is_current(&held), Ok(Some(true)))
         {
-            return Ok(self.loaded_locked(held));
+            return self.loaded_locked(held);
         }
         self.load(key)
     }
@@ -823,24 +916,24 @@ impl SessionStore for FileStore {
                 Err(e) => return Err(e),
             }
         }
-        let temp = self.write_temp_for(&self.dir, &bytes, record.expires_at)?;
+        let temp = self.write_temp_for(".", &bytes, record.expires_at)?;
         // A collision of 122 random bits does not happen; the loop is for correctness only.
         for _ in 0..16 {
             let key = SessionKey::generate();
-            let path = self.path_of(&key);
-            match self.link_new(&temp, &path) {
+            let name = key.file_name();
+            match self.link_new(&temp, &name) {
                 Ok(true) => {
                     self.sync_dir()?;
                     return Ok(key);
                 }
                 Ok(false) => continue,
                 Err(e) => {
-                    let _ = fs::remove_file(&temp);
-                    return Err(StoreError::io("create session file", path, e));
+                    let _ = self.unlink(&temp);
+                    return Err(self.fs_error("create session file", &name, e));
                 }
             }
         }
-        let _ = fs::remove_file(&temp);
+        let _ = self.unlink(&temp);
         Err(StoreError::Unavailable(
             "16 fresh random keys were all taken; the random source is broken".into(),
         ))
@@ -860,8 +953,8 @@ impl SessionStore for FileStore {
             Merged::Changed(record) => record,
         };
         let bytes = self.encode(Some(key), &record)?;
-        let temp = self.write_temp_for(&held.path, &bytes, record.expires_at)?;
-        self.replace(&temp, &held.path)?;
+        let temp = self.write_temp_for(&held.name, &bytes, record.expires_at)?;
+        self.replace(&temp, &held.name)?;
         Ok(record)
     }
 
@@ -878,8 +971,8 @@ impl SessionStore for FileStore {
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
-        fs::remove_file(&held.path)
-            .map_err(|e| StoreError::io("remove session file", &held.path, e))?;
+        self.unlink(&held.name)
+            .map_err(|e| self.fs_error("remove session file", &held.name, e))?;
         self.sync_dir()?;
         Ok((new_key, record))
     }
@@ -888,19 +981,23 @@ impl SessionStore for FileStore {
         let Some(held) = self.lock_for_write(key, lock)? else {
             return Ok(());
         };
-        match fs::remove_file(&held.path) {
+        match self.unlink(&held.name) {
             Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("remove session file", &held.path, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_dir(),
+            Err(e) => Err(self.fs_error("remove session file", &held.name, e)),
         }
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        let path = self.path_of(key);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) => Ok(meta.is_file()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::io("inspect session file", path, e)),
+        let name = key.file_name();
+        match statat(&self.dirfd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+            Err(Errno::NOENT) => self.check_dir().map(|()| false),
+            Err(e) => Err(StoreError::io(
+                "inspect session file",
+                self.shown(&name),
+                e.into(),
+            )),
         }
     }
 
@@ -947,17 +1044,14 @@ impl FileStore {
     ) -> Result<bool, StoreError> {
         let deadline = later(Instant::now(), budget);
         if sweep.cursor.is_none() {
-            let entries = fs::read_dir(&self.dir)
-                .map_err(|e| StoreError::io("list session directory", &self.dir, e))?;
+            self.check_dir()?;
+            let entries = Dir::read_from(&self.dirfd)
+                .map_err(|e| StoreError::io("list session directory", &self.dir, e.into()))?;
             sweep.begin(Box::new(entries));
         }
         let now = sweep.now;
         loop {
-            let Some(entries) = sweep
-                .cursor
-                .as_mut()
-                .and_then(|c| c.downcast_mut::<fs::ReadDir>())
-            else {
+            let Some(entries) = sweep.cursor.as_mut().and_then(|c| c.downcast_mut::<Dir>()) else {
                 sweep.cursor = None;
                 return Ok(true);
             };
@@ -968,10 +1062,23 @@ impl FileStore {
                 }
                 Some(Err(e)) => {
                     sweep.cursor = None;
-                    return Err(StoreError::io("list session directory", &self.dir, e));
+                    return Err(StoreError::io(
+                        "list session directory",
+                        &self.dir,
+                        e.into(),
+                    ));
                 }
                 Some(Ok(entry)) => {
-                    self.clear_entry(&entry, now, wait, &mut sweep.report);
+                    let name = entry.file_name().to_bytes();
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    match std::str::from_utf8(name) {
+                        Ok(name) => {
+                            self.clear_entry(name, entry.file_type(), now, wait, &mut sweep.report)
+                        }
+                        Err(_) => sweep.report.skipped += 1,
+                    }
                     sweep.scanned += 1;
                 }
             }
@@ -987,6 +1094,8 @@ mod tests {
     use super::*;
     use crate::expiry::Expiry;
     use serde_json::{Map, json};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn store() -> (tempfile::TempDir, FileStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1096,6 +1205,118 @@ mod tests {
         assert!(matches!(err, StoreError::Deleted(k) if k == key), "{err}");
         assert!(!store.exists(&key).unwrap());
         assert!(files_in(store.dir()).is_empty());
+    }
+
+    #[test]
+    fn open_refuses_a_directory_given_as_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = FileStore::open(&link).unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_removed_directory_is_an_error_never_no_session_and_never_recreated() {
+        let (_tmp, store) = store();
+        let key = store
+            .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let path = store.dir().to_path_buf();
+        fs::remove_dir_all(&path).unwrap();
+        let gone = |e: &StoreError| matches!(e, StoreError::DirectoryGone(p) if *p == path);
+        let err = store.load(&key).unwrap_err();
+        assert!(gone(&err), "{err}");
+        assert!(err.to_string().contains("restart"), "{err}");
+        let err = store
+            .save(&key, &changes(&[("b", json!(2))]), None)
+            .unwrap_err();
+        assert!(gone(&err), "{err}");
+        let err = store
+            .create(&changes(&[("c", json!(3))]).to_new_record(SystemTime::now()))
+            .unwrap_err();
+        assert!(gone(&err), "{err}");
+        assert!(gone(&store.exists(&key).unwrap_err()));
+        assert!(gone(&store.clear_expired().unwrap_err()));
+        // A directory made again at the path is somebody else's: never adopted.
+        fs::create_dir(&path).unwrap();
+        let err = store
+            .create(&changes(&[("c", json!(3))]).to_new_record(SystemTime::now()))
+            .unwrap_err();
+        assert!(gone(&err), "{err}");
+        assert!(files_in(&path).is_empty());
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_never_followed() {
+        let (tmp, store) = store();
+        let key = store
+            .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let path = store.dir().to_path_buf();
+        let moved = tmp.path().join("moved");
+        fs::rename(&path, &moved).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        // The attacker's copy of the session, with other data, under the same name.
+        let planted = changes(&[("a", json!("planted"))]).to_new_record(SystemTime::now());
+        fs::write(
+            elsewhere.join(key.file_name()),
+            file_format::encode(&planted),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+
+        let loaded = store.load(&key).unwrap().unwrap().record;
+        assert_eq!(
+            loaded.data.get("a"),
+            Some(&json!(1)),
+            "read from the directory opened"
+        );
+        store
+            .save(&key, &changes(&[("b", json!(2))]), None)
+            .unwrap();
+        let new = store
+            .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let mut expected = vec![key.file_name(), new.file_name()];
+        expected.sort();
+        assert_eq!(
+            files_in(&moved),
+            expected,
+            "writes go where the store opened"
+        );
+        assert_eq!(files_in(&elsewhere), vec![key.file_name()]);
+        assert_eq!(
+            fs::read(elsewhere.join(key.file_name())).unwrap(),
+            file_format::encode(&planted),
+            "the symlink's target is never written"
+        );
+        store.delete(&key, None).unwrap();
+        assert_eq!(files_in(&moved), vec![new.file_name()]);
+        assert_eq!(files_in(&elsewhere), vec![key.file_name()]);
+    }
+
+    #[test]
+    fn a_merge_mode_acquire_hands_on_no_copy_so_the_load_sees_later_saves() {
+        let (_tmp, store) = store();
+        let key = store
+            .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let lock = store.acquire(&key).unwrap();
+        assert!(lock.is_none(), "merge mode keeps nothing open");
+        store
+            .save(&key, &changes(&[("n", json!(2))]), None)
+            .unwrap();
+        let loaded = store.load(&key).unwrap().unwrap().record;
+        assert_eq!(loaded.data.get("n"), Some(&json!(2)));
+        // And after a delete (a logout), nothing.
+        assert!(store.acquire(&key).unwrap().is_none());
+        store.delete(&key, None).unwrap();
+        assert!(store.load(&key).unwrap().is_none());
     }
 
     #[test]

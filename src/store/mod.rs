@@ -309,6 +309,10 @@ pub enum StoreError {
     /// An entry named like this session is not a regular file (a symlink, a directory, a
     /// FIFO). It is never followed, read or replaced.
     NotARegularFile(PathBuf),
+    /// The sessions directory the store opened was removed while the store was in use.
+    /// The store never follows a new directory made at the same path (it could be anyone's);
+    /// restart the process to open it again.
+    DirectoryGone(PathBuf),
     /// The store could not be used at all (its directory is missing and cannot be created,
     /// or is not writable).
     Unavailable(String),
@@ -354,6 +358,12 @@ impl fmt::Display for StoreError {
                 "{} is not a regular file (symlink, directory or device); refusing to use it",
                 path.display()
             ),
+            StoreError::DirectoryGone(path) => write!(
+                f,
+                "the session directory {} was removed while the server was running; \
+                 restart the server to open it again",
+                path.display()
+            ),
             StoreError::Unavailable(why) => write!(f, "session store unavailable: {why}"),
         }
     }
@@ -374,22 +384,28 @@ impl std::error::Error for StoreError {
 /// Every method may be called from several threads and processes at once; a store makes
 /// `save` apply a [`ChangeSet`] atomically on top of the newest copy.
 pub trait SessionStore: Send + Sync {
-    /// Loads a session. `Ok(None)` when it is missing, expired, unreadable or corrupt: "no
-    /// session". Never creates anything.
+    /// Loads a session, as it is at the moment of the call: every save, delete and cycle
+    /// that returned before the call is seen. `Ok(None)` ("no session") only when it is
+    /// missing, expired or corrupt, or the entry is not a session (not a regular file).
+    /// Never creates anything.
     ///
     /// # Errors
-    /// Only what must not be mistaken for "no session": in `request` locking mode, a lock
-    /// that could not be taken ([`StoreError::LockTimeout`]).
+    /// Everything else, which must not be mistaken for "no session" (the middleware would
+    /// delete the user's cookie): I/O failures such as `EMFILE` or `EACCES`
+    /// ([`StoreError::Io`]), a removed directory ([`StoreError::DirectoryGone`]), a store
+    /// that does not answer ([`StoreError::Unavailable`]), and in `request` locking mode a
+    /// lock that could not be taken ([`StoreError::LockTimeout`]).
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError>;
 
     /// Waits, within the lock timeout, until the session's lock is free, so that a request
     /// can wait off the handler thread. In `request` locking mode the lock is returned, held,
     /// for [`load_locked`](SessionStore::load_locked); otherwise it is released at once and
-    /// `Ok(None)` returned. `Ok(None)` too when there is no such session. The default does
+    /// `Ok(None)` returned. `Ok(None)` too when there is no such session. Never returns a
+    /// copy of the data: what the handler reads is loaded when it runs. The default does
     /// nothing.
     ///
     /// # Errors
-    /// [`StoreError::LockTimeout`].
+    /// [`StoreError::LockTimeout`], and the failures of [`load`](SessionStore::load).
     fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
         let _ = key;
         Ok(None)

@@ -17,6 +17,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// Everything the server printed on stderr so far (the access log).
     pub stderr: Arc<Mutex<String>>,
+    /// What it printed on stdout before its address: the banner.
+    pub banner: String,
 }
 
 impl TestServer {
@@ -28,7 +30,25 @@ impl TestServer {
 
     /// Starts the server with its sessions in `dir/sessions`.
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestServer {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_filesession"));
+        Self::start_wrapped(dir, env, &[])
+    }
+
+    /// Starts the server through a wrapper command (`prlimit --nofile=64:64 --`,
+    /// `setpriv --reuid=...`), with its sessions in `dir/sessions`.
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> TestServer {
+        let binary = env!("CARGO_BIN_EXE_filesession");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("runserver")
             .arg("127.0.0.1:0")
             .current_dir(dir.path())
@@ -43,12 +63,15 @@ impl TestServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut addr = None;
+        let mut banner = String::new();
         for line in lines.by_ref() {
             let line = line.expect("read stdout");
             if let Some(rest) = line.strip_prefix("Starting development server at http://") {
                 addr = Some(rest.trim_end_matches('/').parse().expect("address"));
                 break;
             }
+            banner.push_str(&line);
+            banner.push('\n');
         }
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -76,6 +99,7 @@ impl TestServer {
             addr,
             dir,
             stderr: stderr_text,
+            banner,
         }
     }
 

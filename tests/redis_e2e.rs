@@ -193,14 +193,19 @@ fn redis_down_answers_503_and_service_resumes_when_it_is_back() {
     };
     std::thread::sleep(Duration::from_millis(200));
     drop(redis); // Redis stops
-    for path in ["/setsession/", "/getsession/"] {
+    // A load that fails is an error, never "no session": 503, and the cookie is kept.
+    for path in ["/setsession/", "/getsession/", "/api/session"] {
         let r = agent()
             .get(server.url(path))
             .header("Cookie", &cookie)
             .call()
             .unwrap();
         assert_eq!(r.status(), 503, "{path} with Redis down");
-        assert!(set_cookies(&r).is_empty());
+        assert!(set_cookies(&r).is_empty(), "{path}: {:?}", set_cookies(&r));
+        assert_eq!(
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
     }
     // Redis is back (empty: its data was not persisted), and so is the service.
     let _redis = Redis::start_on(port).expect("restart redis");

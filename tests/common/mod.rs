@@ -103,6 +103,17 @@ impl TestServer {
         }
     }
 
+    /// Starts another server whose sessions are in `sessions` (an existing directory, e.g.
+    /// another server's [`sessions`](TestServer::sessions)): two processes sharing one store.
+    /// Its own working directory is a new temp dir.
+    pub fn start_sharing(sessions: &Path, env: &[(&str, &str)]) -> TestServer {
+        let path = sessions.to_str().expect("a UTF-8 sessions path").to_owned();
+        let mut env = env.to_vec();
+        env.retain(|(k, _)| *k != "SESSION_FILE_PATH");
+        env.push(("SESSION_FILE_PATH", &path));
+        Self::start_in(tempfile::tempdir().expect("temp dir"), &env)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -189,4 +200,178 @@ pub fn cookie_value(set_cookie: &str) -> String {
 
 pub fn exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// One HTTP/1.1 request in literal bytes, kept alive: `Host`, an optional
+/// `Cookie: sessionid=<key>`, and for a body `Content-Type: application/json` and
+/// `Content-Length`.
+pub fn raw_request(
+    method: &str,
+    path: &str,
+    session_key: Option<&str>,
+    json: Option<&str>,
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    if let Some(key) = session_key {
+        head.push_str(&format!("Cookie: sessionid={key}\r\n"));
+    }
+    match json {
+        Some(body) => {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        }
+        None if method == "POST" => head.push_str("Content-Length: 0\r\n\r\n"),
+        None => head.push_str("\r\n"),
+    }
+    head.into_bytes()
+}
+
+/// A response read off a raw socket: status, header lines, Content-Length body.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status_line: String,
+    pub status: u16,
+    /// Header lines as sent, without the CRLF.
+    pub header_lines: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first header of this name (case-insensitive), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_lines.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// Every header of this name, in order.
+    pub fn headers<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.header_lines.iter().filter_map(move |line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the response shown if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status_line, self.body_text()))
+    }
+
+    /// The key a `Set-Cookie: sessionid=<key>` sets (`Some("")` for a deletion cookie).
+    pub fn session_cookie(&self) -> Option<String> {
+        self.headers("set-cookie")
+            .find(|c| c.starts_with("sessionid="))
+            .map(cookie_value)
+    }
+
+    /// Status line, headers and body, for failure messages.
+    pub fn show(&self) -> String {
+        format!(
+            "{}\n{}\n\n{}",
+            self.status_line,
+            self.header_lines.join("\n"),
+            self.body_text()
+        )
+    }
+}
+
+/// Reads one whole response (status line, headers, Content-Length body). The socket's read
+/// timeout bounds each read.
+pub fn read_raw_response<R: BufRead>(reader: &mut R) -> std::io::Result<RawResponse> {
+    use std::io::{Error, ErrorKind};
+    let read_line = |reader: &mut R| -> std::io::Result<String> {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "connection closed before a whole response head",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&line)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned())
+    };
+    let status_line = read_line(reader)?;
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("not an HTTP status line: {status_line:?}"),
+            )
+        })?;
+    let mut header_lines = Vec::new();
+    loop {
+        let line = read_line(reader)?;
+        if line.is_empty() {
+            break;
+        }
+        header_lines.push(line);
+    }
+    let mut response = RawResponse {
+        status_line,
+        status,
+        header_lines,
+        body: Vec::new(),
+    };
+    let length: usize = match response.header("content-length") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::InvalidData, format!("Content-Length {v:?}")))?,
+        None => 0,
+    };
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    response.body = body;
+    Ok(response)
+}
+
+/// A kept-alive connection to one server over raw TCP.
+pub struct RawConnection {
+    writer: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl RawConnection {
+    pub fn open(addr: SocketAddr) -> RawConnection {
+        let stream = std::net::TcpStream::connect(addr).expect("connect to the server");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("write timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone the socket"));
+        RawConnection {
+            writer: stream,
+            reader,
+        }
+    }
+
+    /// Writes all `requests` in ONE write (pipelined), then reads as many responses.
+    pub fn pipeline(&mut self, requests: &[Vec<u8>]) -> std::io::Result<Vec<RawResponse>> {
+        use std::io::Write;
+        self.writer.write_all(&requests.concat())?;
+        (0..requests.len())
+            .map(|_| read_raw_response(&mut self.reader))
+            .collect()
+    }
+
+    /// One request, then its response.
+    pub fn exchange(&mut self, request: &[u8]) -> std::io::Result<RawResponse> {
+        use std::io::Write;
+        self.writer.write_all(request)?;
+        read_raw_response(&mut self.reader)
+    }
 }

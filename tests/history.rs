@@ -1,0 +1,987 @@
+//! Linearizability of the session API under concurrent clients, checked with stateright's
+//! `LinearizabilityTester` over recorded histories.
+//!
+//! [`CLIENTS`] threads share one "current session key" slot. Each operation reads the slot,
+//! records its invocation in one global event list BEFORE sending, sends the request with
+//! `Cookie: sessionid=<key>` and records its return AFTER the whole answer is read: the event
+//! list is the real-time order. Operations: read every name (`GET /api/session`), write one
+//! name with a unique value (`POST /api/session`), delete one name
+//! (`DELETE /api/session/{name}`), log out (`POST /api/session/flush`) and cycle the key
+//! (`POST /api/session/cycle`). After a cycle returns, its client puts the new key into the
+//! slot; after a logout, its client creates a new session (outside the checked histories) and
+//! puts that key there. Clients that took the old key meanwhile work on a dead session, and
+//! that is checked too.
+//!
+//! The objects checked are small: one register per (session key sent, name), a register
+//! that can die ([`DyingRegister`]). Logouts and cycles belong to every name's register of
+//! their key; reads too. A cycle's new key starts as the values its answer showed (nobody
+//! learns the new key before the cycle returns).
+//!
+//! Four configurations, each over [`OPS`] operations: `merge` and `request` locking, with one
+//! process or two processes sharing one sessions directory (clients alternate servers).
+//! In `merge` locking across two processes a read-modify-write is not atomic by design: a
+//! DELETE decides its 200 at load and removes at save, so there, and only there, a 200 to a
+//! DELETE counts as a blind write of "absent". Everywhere else the model is strict.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use common::{RawConnection, RawResponse, TestServer, raw_request};
+use serde_json::{Value, json};
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+
+/// Client threads sharing the slot.
+const CLIENTS: usize = 8;
+/// Operations per configuration (all of them checked).
+const OPS: usize = 10_000;
+/// The names written, deleted and read.
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+// ---------------------------------------------------------------------------------------
+// The model: a register that can die
+// ---------------------------------------------------------------------------------------
+
+/// An operation on one (key, name) register.
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    /// `GET /api/session` (a read of every name).
+    Read,
+    /// `POST /api/session` with `{name: value}`.
+    Write(String),
+    /// `DELETE /api/session/{name}`.
+    Delete,
+    /// `POST /api/session/flush` (belongs to every name of the key).
+    Flush,
+    /// `POST /api/session/cycle` (belongs to every name of the key).
+    Cycle,
+}
+
+/// What an operation answered, as seen by one register.
+#[derive(Clone, Debug, PartialEq)]
+enum Ret {
+    /// 200 to a read: whether it answered under the key sent (a live session), and the value.
+    Read { found: bool, value: Option<String> },
+    /// 200 to a write, under the key sent.
+    Written,
+    /// 200 to a write under another key: the load found no session, a new one was created.
+    Fresh,
+    /// 400: the save found the session deleted meanwhile (a write, delete or cycle).
+    Interrupted,
+    /// 200 to a delete.
+    Existed,
+    /// 404 to a delete.
+    Absent,
+    /// 200 to a flush.
+    Flushed,
+    /// 200 to a cycle with a new key; this name's value in its data.
+    Cycled(Option<String>),
+    /// 200 to a cycle without a key: there was no session to cycle.
+    NoSession,
+    /// 503: the lock was held too long; nothing was written.
+    Busy,
+}
+
+/// A register's state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Life {
+    Live(Option<String>),
+    Dead,
+}
+
+/// "A register that can die": a session key's value under one name.
+#[derive(Clone, Debug)]
+struct DyingRegister {
+    life: Life,
+    /// A 200 to a delete is a blind write of "absent" (merge locking, two processes).
+    blind_delete: bool,
+}
+
+impl SequentialSpec for DyingRegister {
+    type Op = Op;
+    type Ret = Ret;
+
+    /// The one answer a sequential session gives (used by the tester only for operations
+    /// that never returned; every operation here returns).
+    fn invoke(&mut self, op: &Op) -> Ret {
+        match (op, &mut self.life) {
+            (Op::Read, Life::Live(value)) => Ret::Read {
+                found: true,
+                value: value.clone(),
+            },
+            (Op::Read, Life::Dead) => Ret::Read {
+                found: false,
+                value: None,
+            },
+            (Op::Write(v), Life::Live(value)) => {
+                *value = Some(v.clone());
+                Ret::Written
+            }
+            (Op::Write(_), Life::Dead) => Ret::Fresh,
+            (Op::Delete, Life::Live(value)) => match value.take() {
+                Some(_) => Ret::Existed,
+                None => Ret::Absent,
+            },
+            (Op::Delete, Life::Dead) => Ret::Absent,
+            (Op::Flush, _) => {
+                self.life = Life::Dead;
+                Ret::Flushed
+            }
+            (Op::Cycle, Life::Live(value)) => {
+                let value = value.clone();
+                self.life = Life::Dead;
+                Ret::Cycled(value)
+            }
+            (Op::Cycle, Life::Dead) => Ret::NoSession,
+        }
+    }
+
+    fn is_valid_step(&mut self, op: &Op, ret: &Ret) -> bool {
+        let blind_delete = self.blind_delete;
+        match (op, ret, &mut self.life) {
+            (_, Ret::Busy, _) => true,
+            (Op::Read, Ret::Read { found, value }, Life::Live(v)) => *found && value == v,
+            (Op::Read, Ret::Read { found, value }, Life::Dead) => !*found && value.is_none(),
+            (Op::Write(new), Ret::Written, Life::Live(v)) => {
+                *v = Some(new.clone());
+                true
+            }
+            (Op::Write(_), Ret::Fresh, Life::Dead) => true,
+            (Op::Write(_) | Op::Delete | Op::Cycle, Ret::Interrupted, Life::Dead) => true,
+            (Op::Delete, Ret::Existed, Life::Live(v)) if v.is_some() || blind_delete => {
+                *v = None;
+                true
+            }
+            (Op::Delete, Ret::Absent, Life::Live(None) | Life::Dead) => true,
+            (Op::Flush, Ret::Flushed, _) => {
+                self.life = Life::Dead;
+                true
+            }
+            (Op::Cycle, Ret::Cycled(value), Life::Live(v)) if value == v => {
+                self.life = Life::Dead;
+                true
+            }
+            (Op::Cycle, Ret::NoSession, Life::Dead) => true,
+            _ => false,
+        }
+    }
+}
+
+#[test]
+fn the_model_accepts_and_rejects_what_it_should() {
+    let live = |v: Option<&str>, blind_delete| DyingRegister {
+        life: Life::Live(v.map(str::to_owned)),
+        blind_delete,
+    };
+    let read = |v: Option<&str>| Ret::Read {
+        found: true,
+        value: v.map(str::to_owned),
+    };
+    let dead_read = Ret::Read {
+        found: false,
+        value: None,
+    };
+    let w = |v: &str| Op::Write(v.to_owned());
+    assert!(live(None, false).is_valid_history([
+        (w("x"), Ret::Written),
+        (Op::Read, read(Some("x"))),
+        (Op::Delete, Ret::Existed),
+        (Op::Delete, Ret::Absent),
+        (Op::Read, read(None)),
+        (Op::Cycle, Ret::Cycled(None)),
+        (Op::Read, dead_read.clone()),
+        (w("y"), Ret::Fresh),
+        (Op::Delete, Ret::Interrupted),
+        (Op::Cycle, Ret::NoSession),
+        (Op::Flush, Ret::Flushed),
+        (w("z"), Ret::Busy),
+    ]));
+    // A logged out session read as still there; a key alive after its cycle; a one-time
+    // value deleted twice; a write lost; a write to a live session that says "fresh".
+    assert!(
+        !live(Some("x"), false)
+            .is_valid_history([(Op::Flush, Ret::Flushed), (Op::Read, read(Some("x"))),])
+    );
+    assert!(!live(Some("x"), false).is_valid_history([
+        (Op::Cycle, Ret::Cycled(Some("x".into()))),
+        (Op::Read, read(Some("x"))),
+    ]));
+    assert!(
+        !live(Some("x"), false)
+            .is_valid_history([(Op::Delete, Ret::Existed), (Op::Delete, Ret::Existed),])
+    );
+    assert!(!live(None, false).is_valid_history([(w("x"), Ret::Written), (Op::Read, read(None))]));
+    assert!(!live(None, false).is_valid_history([(w("x"), Ret::Fresh)]));
+    assert!(!live(None, false).is_valid_history([(w("x"), Ret::Interrupted)]));
+    // Blind deletes (merge locking, two processes): a second 200 is allowed; a 200 on a
+    // dead session, or a 404 while the value is there, still is not.
+    assert!(
+        live(Some("x"), true)
+            .is_valid_history([(Op::Delete, Ret::Existed), (Op::Delete, Ret::Existed),])
+    );
+    assert!(!live(Some("x"), true).is_valid_history([(Op::Delete, Ret::Absent)]));
+    assert!(
+        !live(Some("x"), true)
+            .is_valid_history([(Op::Flush, Ret::Flushed), (Op::Delete, Ret::Existed),])
+    );
+
+    // The tester itself: a read strictly after a logout that still sees the value.
+    let mut tester = LinearizabilityTester::new(live(Some("x"), false));
+    tester
+        .on_invoke(0, Op::Flush)
+        .unwrap()
+        .on_return(0, Ret::Flushed)
+        .unwrap()
+        .on_invoke(1, Op::Read)
+        .unwrap()
+        .on_return(1, read(Some("x")))
+        .unwrap();
+    assert!(!tester.is_consistent());
+    // ... but concurrent with the logout it may be ordered first.
+    let mut tester = LinearizabilityTester::new(live(Some("x"), false));
+    tester
+        .on_invoke(0, Op::Flush)
+        .unwrap()
+        .on_invoke(1, Op::Read)
+        .unwrap()
+        .on_return(0, Ret::Flushed)
+        .unwrap()
+        .on_return(1, read(Some("x")))
+        .unwrap();
+    assert!(tester.is_consistent());
+}
+
+// ---------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------
+
+/// One operation as a client invoked it.
+#[derive(Clone, Debug)]
+enum Call {
+    Read,
+    Write(usize, String),
+    Delete(usize),
+    Flush,
+    Cycle,
+}
+
+impl Call {
+    /// The names whose registers this call belongs to, with the register operation.
+    fn ops(&self) -> Vec<(usize, Op)> {
+        match self {
+            Call::Read => (0..NAMES.len()).map(|n| (n, Op::Read)).collect(),
+            Call::Write(n, v) => vec![(*n, Op::Write(v.clone()))],
+            Call::Delete(n) => vec![(*n, Op::Delete)],
+            Call::Flush => (0..NAMES.len()).map(|n| (n, Op::Flush)).collect(),
+            Call::Cycle => (0..NAMES.len()).map(|n| (n, Op::Cycle)).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    /// A key came to be known with these values (a cycle's answer, or a new session).
+    Born {
+        key: String,
+        values: [Option<String>; 3],
+    },
+    /// Recorded before the request is sent.
+    Invoke {
+        thread: usize,
+        key: String,
+        call: Call,
+    },
+    /// Recorded after the whole answer is read: the answer for each name of the call.
+    Return {
+        thread: usize,
+        rets: Vec<(usize, Ret)>,
+    },
+}
+
+/// What the clients share.
+struct Shared {
+    slot: Mutex<String>,
+    events: Mutex<Vec<Event>>,
+    issued: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn record(&self, event: Event) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+/// xorshift64*: enough randomness for the operation mix, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % n
+    }
+}
+
+/// The value of every name in an answer's `data`.
+fn values_of(body: &Value) -> Result<[Option<String>; 3], String> {
+    let mut values: [Option<String>; 3] = Default::default();
+    for (i, name) in NAMES.iter().enumerate() {
+        values[i] = match &body["data"][name] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => return Err(format!("{name} holds {other}: {body}")),
+        };
+    }
+    Ok(values)
+}
+
+fn unexpected(call: &Call, key: &str, r: &RawResponse) -> String {
+    format!(
+        "unexpected answer to {call:?} with key {key}:\n{}",
+        r.show()
+    )
+}
+
+/// The register answers of a call's response; `Err` for an answer the API never gives.
+fn interpret(call: &Call, key: &str, r: &RawResponse) -> Result<Vec<(usize, Ret)>, String> {
+    let bad = || unexpected(call, key, r);
+    if r.status == 503 {
+        if r.header("retry-after").is_none() || r.session_cookie().is_some() {
+            return Err(bad());
+        }
+        return Ok(call
+            .ops()
+            .into_iter()
+            .map(|(n, _)| (n, Ret::Busy))
+            .collect());
+    }
+    if r.status == 400 {
+        if matches!(call, Call::Read | Call::Flush) || r.session_cookie().is_some() {
+            return Err(bad());
+        }
+        return Ok(call
+            .ops()
+            .into_iter()
+            .map(|(n, _)| (n, Ret::Interrupted))
+            .collect());
+    }
+    if r.status == 404 {
+        return match call {
+            Call::Delete(n) if r.session_cookie().is_none_or(|k| k.is_empty()) => {
+                Ok(vec![(*n, Ret::Absent)])
+            }
+            _ => Err(bad()),
+        };
+    }
+    if r.status != 200 {
+        return Err(bad());
+    }
+    let body = r.json();
+    let answered_key = body["session_key"].as_str().map(str::to_owned);
+    let values = values_of(&body)?;
+    match call {
+        Call::Read => {
+            let found = match answered_key.as_deref() {
+                None => false,
+                Some(k) if k == key => true,
+                Some(_) => return Err(bad()),
+            };
+            if !found && body["data"] != json!({}) {
+                return Err(bad());
+            }
+            Ok(values
+                .into_iter()
+                .enumerate()
+                .map(|(n, value)| (n, Ret::Read { found, value }))
+                .collect())
+        }
+        Call::Write(n, v) => {
+            let Some(answered) = answered_key else {
+                return Err(bad());
+            };
+            if values[*n].as_ref() != Some(v) || r.session_cookie().as_ref() != Some(&answered) {
+                return Err(bad());
+            }
+            let ret = if answered == key {
+                Ret::Written
+            } else {
+                Ret::Fresh
+            };
+            Ok(vec![(*n, ret)])
+        }
+        Call::Delete(n) => {
+            if answered_key.as_deref() != Some(key) || values[*n].is_some() {
+                return Err(bad());
+            }
+            Ok(vec![(*n, Ret::Existed)])
+        }
+        Call::Flush => {
+            if answered_key.is_some() || body["data"] != json!({}) {
+                return Err(bad());
+            }
+            Ok(call
+                .ops()
+                .into_iter()
+                .map(|(n, _)| (n, Ret::Flushed))
+                .collect())
+        }
+        Call::Cycle => match answered_key {
+            None if body["data"] == json!({}) => Ok(call
+                .ops()
+                .into_iter()
+                .map(|(n, _)| (n, Ret::NoSession))
+                .collect()),
+            Some(new) if new != key && r.session_cookie().as_ref() == Some(&new) => Ok(values
+                .into_iter()
+                .enumerate()
+                .map(|(n, value)| (n, Ret::Cycled(value)))
+                .collect()),
+            _ => Err(bad()),
+        },
+    }
+}
+
+/// `POST /api/session` without a cookie: a new session (no checked name set); its key.
+fn new_session(conn: &mut RawConnection, tag: &str) -> Result<String, String> {
+    let r = conn
+        .exchange(&raw_request(
+            "POST",
+            "/api/session",
+            None,
+            Some(&json!({ "born": tag }).to_string()),
+        ))
+        .map_err(|e| format!("creating a session: {e}"))?;
+    match r.json()["session_key"].as_str() {
+        Some(key) if r.status == 200 => Ok(key.to_owned()),
+        _ => Err(format!("creating a session answered:\n{}", r.show())),
+    }
+}
+
+/// One client: operations until [`OPS`] are issued (or another client failed).
+fn client(
+    shared: &Shared,
+    servers: &[&TestServer],
+    thread: usize,
+    seed: u64,
+) -> Result<(), String> {
+    let mut conns: Vec<RawConnection> = servers
+        .iter()
+        .map(|s| RawConnection::open(s.addr))
+        .collect();
+    let mut rng = Rng(seed | 1);
+    let mut step = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) {
+        if shared.issued.fetch_add(1, Ordering::Relaxed) >= OPS {
+            break;
+        }
+        step += 1;
+        let conn = &mut conns[(thread + step) % servers.len()];
+        let name = rng.below(NAMES.len() as u64) as usize;
+        let call = match rng.below(100) {
+            0..40 => Call::Read,
+            40..75 => Call::Write(name, format!("t{thread}-{step}")),
+            75..90 => Call::Delete(name),
+            90..95 => Call::Cycle,
+            _ => Call::Flush,
+        };
+        let key = shared.slot.lock().unwrap().clone();
+        let request = match &call {
+            Call::Read => raw_request("GET", "/api/session", Some(&key), None),
+            Call::Write(n, v) => raw_request(
+                "POST",
+                "/api/session",
+                Some(&key),
+                Some(&json!({ NAMES[*n]: v }).to_string()),
+            ),
+            Call::Delete(n) => raw_request(
+                "DELETE",
+                &format!("/api/session/{}", NAMES[*n]),
+                Some(&key),
+                None,
+            ),
+            Call::Flush => raw_request("POST", "/api/session/flush", Some(&key), None),
+            Call::Cycle => raw_request("POST", "/api/session/cycle", Some(&key), None),
+        };
+        shared.record(Event::Invoke {
+            thread,
+            key: key.clone(),
+            call: call.clone(),
+        });
+        let response = conn
+            .exchange(&request)
+            .map_err(|e| format!("{call:?} with key {key}: {e}"))?;
+        let rets = interpret(&call, &key, &response)?;
+        let busy = rets.iter().any(|(_, r)| *r == Ret::Busy);
+        shared.record(Event::Return { thread, rets });
+        match call {
+            Call::Cycle if !busy => {
+                let body = response.json();
+                if let Some(new) = body["session_key"].as_str() {
+                    shared.record(Event::Born {
+                        key: new.to_owned(),
+                        values: values_of(&body)?,
+                    });
+                    *shared.slot.lock().unwrap() = new.to_owned();
+                }
+            }
+            Call::Flush if !busy => {
+                let new = new_session(conn, &format!("t{thread}-{step}"))?;
+                shared.record(Event::Born {
+                    key: new.clone(),
+                    values: Default::default(),
+                });
+                *shared.slot.lock().unwrap() = new;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Checking
+// ---------------------------------------------------------------------------------------
+
+/// One step of a register's recorded history.
+enum Step {
+    Invoke { at: usize, client: usize, op: Op },
+    Return { at: usize, client: usize, ret: Ret },
+}
+
+/// One operation of a register's history: when it was invoked and returned (indexes in the
+/// global event list), what it was and what it answered.
+struct Done {
+    invoked: usize,
+    returned: usize,
+    op: Op,
+    ret: Ret,
+}
+
+/// One register's history as recorded.
+struct Object {
+    key: String,
+    name: usize,
+    init: Life,
+    steps: Vec<Step>,
+}
+
+/// What stateright's tester said about one register.
+enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// Too long to let stateright's exhaustive search prove it broken in reasonable time.
+    NotConfirmed,
+}
+
+impl Object {
+    /// The operations, in invocation order.
+    fn operations(&self) -> Vec<Done> {
+        let mut done: Vec<Done> = Vec::new();
+        let mut open: HashMap<usize, usize> = HashMap::new();
+        for step in &self.steps {
+            match step {
+                Step::Invoke { at, client, op } => {
+                    open.insert(*client, done.len());
+                    done.push(Done {
+                        invoked: *at,
+                        returned: usize::MAX,
+                        op: op.clone(),
+                        ret: Ret::Busy,
+                    });
+                }
+                Step::Return { at, client, ret } => {
+                    let i = open.remove(client).expect("a return after its invoke");
+                    done[i].returned = *at;
+                    done[i].ret = ret.clone();
+                }
+            }
+        }
+        done
+    }
+
+    fn len(&self) -> usize {
+        self.steps.len() / 2
+    }
+
+    /// Stateright's `LinearizabilityTester` over this history, each operation with its own
+    /// tester thread id from `ids` (indexed like [`operations`](Object::operations)). A
+    /// client's operations are strictly sequential, so giving each its own id loses none of
+    /// the order the tester enforces (real-time order contains program order). The ids only
+    /// steer the order in which the tester's depth-first search tries operations: it tries
+    /// lower ids first.
+    fn stateright_says(&self, ids: &[usize], blind_delete: bool) -> bool {
+        let mut tester = LinearizabilityTester::new(DyingRegister {
+            life: self.init.clone(),
+            blind_delete,
+        });
+        let mut open: HashMap<usize, usize> = HashMap::new();
+        let mut k = 0;
+        for step in &self.steps {
+            match step {
+                Step::Invoke { client, op, .. } => {
+                    open.insert(*client, ids[k]);
+                    tester
+                        .on_invoke(ids[k], op.clone())
+                        .expect("one operation in flight per id");
+                    k += 1;
+                }
+                Step::Return { client, ret, .. } => {
+                    let id = open.remove(client).expect("a return after its invoke");
+                    tester
+                        .on_return(id, ret.clone())
+                        .expect("a return after its invoke");
+                }
+            }
+        }
+        tester.is_consistent()
+    }
+
+    /// Checks the history with stateright's tester.
+    ///
+    /// The tester's search has no memory of states it has tried, so on a history that needs
+    /// some backtracking it can take minutes even for 30 operations. So a memoizing search
+    /// ([`find_linearization`]) looks for a linearization first, and the tester is given the
+    /// operations' ids in that order: then its first path is that linearization, which it
+    /// checks step by step against the model and the real-time order (ids cannot make it
+    /// accept a history that is not linearizable). When no linearization exists the tester
+    /// confirms it on histories short enough for its exhaustive search.
+    fn verdict(&self, blind_delete: bool) -> Verdict {
+        let ops = self.operations();
+        match find_linearization(&self.init, &ops, blind_delete) {
+            Some(order) => {
+                let mut ids = vec![0; ops.len()];
+                for (position, &op) in order.iter().enumerate() {
+                    ids[op] = position;
+                }
+                assert!(
+                    self.stateright_says(&ids, blind_delete),
+                    "stateright rejects the linearization {order:?} of\n{}",
+                    self.show()
+                );
+                Verdict::Linearizable
+            }
+            None if ops.len() <= CONFIRM_AT_MOST => {
+                // Ids in return order: close to the order a server applies requests in.
+                let mut by_return: Vec<usize> = (0..ops.len()).collect();
+                by_return.sort_by_key(|&i| ops[i].returned);
+                let mut ids = vec![0; ops.len()];
+                for (rank, &op) in by_return.iter().enumerate() {
+                    ids[op] = rank;
+                }
+                assert!(
+                    !self.stateright_says(&ids, blind_delete),
+                    "stateright finds a linearization the search did not, of\n{}",
+                    self.show()
+                );
+                Verdict::NotLinearizable
+            }
+            None => Verdict::NotConfirmed,
+        }
+    }
+
+    fn show(&self) -> String {
+        let mut text = String::new();
+        for step in &self.steps {
+            let _ = match step {
+                Step::Invoke { at, client, op } => {
+                    writeln!(text, "    #{at:<6} t{client}  invoke  {op:?}")
+                }
+                Step::Return { at, client, ret } => {
+                    writeln!(text, "    #{at:<6} t{client}  return  {ret:?}")
+                }
+            };
+        }
+        text
+    }
+}
+
+/// The longest broken history stateright's exhaustive search is asked to confirm broken.
+const CONFIRM_AT_MOST: usize = 24;
+
+/// A linearization of `ops` from `init` (the operations' indexes in order), or `None`.
+///
+/// Wing & Gong's search with Lowe's memoization (as in Porcupine): walk the calls and
+/// returns in real-time order; linearize a pending call when the model allows its answer,
+/// and backtrack at the return of an operation not yet linearized; never revisit a
+/// (set of linearized operations, register state) pair.
+fn find_linearization(init: &Life, ops: &[Done], blind_delete: bool) -> Option<Vec<usize>> {
+    // The calls and returns in real-time order, as a doubly linked list with a head sentinel
+    // at index 0: entry 1 + 2i is operation i's call, 2 + 2i its return.
+    let n = ops.len();
+    let mut times: Vec<(usize, usize)> = Vec::with_capacity(2 * n);
+    for (i, op) in ops.iter().enumerate() {
+        times.push((op.invoked, 1 + 2 * i));
+        times.push((op.returned, 2 + 2 * i));
+    }
+    times.sort_unstable();
+    let end = 2 * n + 1;
+    let mut next = vec![end; 2 * n + 2];
+    let mut prev = vec![0; 2 * n + 2];
+    let mut last = 0;
+    for &(_, entry) in &times {
+        next[last] = entry;
+        prev[entry] = last;
+        last = entry;
+    }
+    next[last] = end;
+    prev[end] = last;
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, e: usize| {
+        let (p, q) = (prev[e], next[e]);
+        next[p] = q;
+        prev[q] = p;
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, e: usize| {
+        let (p, q) = (prev[e], next[e]);
+        next[p] = e;
+        prev[q] = e;
+    };
+
+    let words = n.div_ceil(64).max(1);
+    let mut linearized = vec![0u64; words];
+    let mut seen: std::collections::HashSet<(Vec<u64>, Life)> = std::collections::HashSet::new();
+    let mut state = DyingRegister {
+        life: init.clone(),
+        blind_delete,
+    };
+    let mut stack: Vec<(usize, Life)> = Vec::new();
+    let mut entry = next[0];
+    while next[0] != end {
+        if entry % 2 == 1 {
+            let i = (entry - 1) / 2;
+            let mut after = state.clone();
+            if after.is_valid_step(&ops[i].op, &ops[i].ret) {
+                linearized[i / 64] |= 1 << (i % 64);
+                if seen.insert((linearized.clone(), after.life.clone())) {
+                    stack.push((i, std::mem::replace(&mut state.life, after.life)));
+                    unlink(&mut next, &mut prev, entry);
+                    unlink(&mut next, &mut prev, entry + 1);
+                    entry = next[0];
+                    continue;
+                }
+                linearized[i / 64] &= !(1 << (i % 64));
+            }
+            entry = next[entry];
+        } else {
+            // The return of an operation not linearized yet: undo the last choice.
+            let (i, life) = stack.pop()?;
+            state.life = life;
+            linearized[i / 64] &= !(1 << (i % 64));
+            let call = 1 + 2 * i;
+            relink(&mut next, &mut prev, call + 1);
+            relink(&mut next, &mut prev, call);
+            entry = next[call];
+        }
+    }
+    Some(stack.into_iter().map(|(i, _)| i).collect())
+}
+
+struct Checked {
+    ops: usize,
+    objects: usize,
+    /// The most operations one register had.
+    largest: usize,
+    /// Registers whose history is not linearizable, shortest first.
+    broken: Vec<(Verdict, Object)>,
+}
+
+/// Splits the history into registers and checks each.
+fn check(events: &[Event], blind_delete: bool) -> Checked {
+    let mut born: HashMap<&str, &[Option<String>; 3]> = HashMap::new();
+    let mut objects: HashMap<(String, usize), Object> = HashMap::new();
+    let mut in_flight: HashMap<usize, (String, Vec<usize>)> = HashMap::new();
+    let mut ops = 0;
+    for (at, event) in events.iter().enumerate() {
+        match event {
+            Event::Born { key, values } => {
+                born.insert(key, values);
+            }
+            Event::Invoke { thread, key, call } => {
+                ops += 1;
+                let mut names = Vec::new();
+                for (name, op) in call.ops() {
+                    let object = objects.entry((key.clone(), name)).or_insert_with(|| {
+                        let values = born
+                            .get(key.as_str())
+                            .unwrap_or_else(|| panic!("key {key} used before it was known"));
+                        Object {
+                            key: key.clone(),
+                            name,
+                            init: Life::Live(values[name].clone()),
+                            steps: Vec::new(),
+                        }
+                    });
+                    object.steps.push(Step::Invoke {
+                        at,
+                        client: *thread,
+                        op,
+                    });
+                    names.push(name);
+                }
+                in_flight.insert(*thread, (key.clone(), names));
+            }
+            Event::Return { thread, rets } => {
+                let (key, names) = in_flight.remove(thread).expect("a return after its invoke");
+                let returned: Vec<usize> = rets.iter().map(|(n, _)| *n).collect();
+                assert_eq!(names, returned, "the answer covers the names invoked");
+                for (name, ret) in rets {
+                    let object = objects.get_mut(&(key.clone(), *name)).expect("invoked");
+                    object.steps.push(Step::Return {
+                        at,
+                        client: *thread,
+                        ret: ret.clone(),
+                    });
+                }
+            }
+        }
+    }
+    assert!(in_flight.is_empty(), "every operation returned");
+    let count = objects.len();
+    let largest = objects.values().map(Object::len).max().unwrap_or(0);
+    let mut broken: Vec<(Verdict, Object)> = objects
+        .into_values()
+        .filter_map(|o| match o.verdict(blind_delete) {
+            Verdict::Linearizable => None,
+            verdict => Some((verdict, o)),
+        })
+        .collect();
+    broken.sort_by_key(|(_, o)| (o.len(), o.steps.len(), first_at(o)));
+    Checked {
+        ops,
+        objects: count,
+        largest,
+        broken,
+    }
+}
+
+fn first_at(o: &Object) -> usize {
+    match o.steps.first() {
+        Some(Step::Invoke { at, .. } | Step::Return { at, .. }) => *at,
+        None => 0,
+    }
+}
+
+/// Runs [`CLIENTS`] clients against `servers` (alternating), then checks every register.
+fn run(what: &str, servers: &[&TestServer], blind_delete: bool) {
+    let started = Instant::now();
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut first = RawConnection::open(servers[0].addr);
+    let key = new_session(&mut first, "start").expect("the first session");
+    let shared = Shared {
+        slot: Mutex::new(key.clone()),
+        events: Mutex::new(vec![Event::Born {
+            key,
+            values: Default::default(),
+        }]),
+        issued: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+    };
+    let errors: Vec<String> = thread::scope(|s| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|t| {
+                let shared = &shared;
+                let seed = seed.wrapping_add((t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                s.spawn(move || {
+                    let result = client(shared, servers, t, seed);
+                    if result.is_err() {
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().err())
+            .collect()
+    });
+    let ran = started.elapsed();
+    assert!(
+        errors.is_empty(),
+        "{what}: a client failed:\n{}",
+        errors.join("\n")
+    );
+    let events = shared.events.into_inner().unwrap();
+    let checked = check(&events, blind_delete);
+    let took = started.elapsed();
+    println!(
+        "{what}: {} ops, {} objects (the largest {} ops), {:.1} s ({:.1} s running, \
+         {:.1} s checking), {}, seed {seed}",
+        checked.ops,
+        checked.objects,
+        checked.largest,
+        took.as_secs_f64(),
+        ran.as_secs_f64(),
+        (took - ran).as_secs_f64(),
+        if checked.broken.is_empty() {
+            "all linearizable".to_owned()
+        } else {
+            format!("{} NOT linearizable", checked.broken.len())
+        },
+    );
+    if let Some((verdict, shortest)) = checked.broken.first() {
+        let confirmed = match verdict {
+            Verdict::NotConfirmed => " (too long for stateright to confirm)",
+            _ => " (confirmed by stateright's LinearizabilityTester)",
+        };
+        panic!(
+            "{what}: {} of {} registers have a history that is not linearizable.\n\
+             The shortest{confirmed}: session {} name {:?}, starting as {:?}; \
+             events in real-time order (#<event>, t<N> = client N):\n{}",
+            checked.broken.len(),
+            checked.objects,
+            shortest.key,
+            NAMES[shortest.name],
+            shortest.init,
+            shortest.show()
+        );
+    }
+    assert!(
+        checked.ops >= OPS,
+        "{what}: only {} operations checked",
+        checked.ops
+    );
+}
+
+fn start(mode: &str) -> TestServer {
+    TestServer::start(&[("SESSION_LOCKING", mode)])
+}
+
+fn start_second(first: &TestServer, mode: &str) -> TestServer {
+    TestServer::start_sharing(&first.sessions(), &[("SESSION_LOCKING", mode)])
+}
+
+#[test]
+fn merge_locking_in_one_process_is_linearizable() {
+    let server = start("merge");
+    run("merge locking, one process", &[&server], false);
+}
+
+#[test]
+fn request_locking_in_one_process_is_linearizable() {
+    let server = start("request");
+    run("request locking, one process", &[&server], false);
+}
+
+#[test]
+fn merge_locking_across_two_processes_is_linearizable_with_blind_deletes() {
+    let a = start("merge");
+    let b = start_second(&a, "merge");
+    run("merge locking, two processes", &[&a, &b], true);
+}
+
+#[test]
+fn request_locking_across_two_processes_is_linearizable() {
+    let a = start("request");
+    let b = start_second(&a, "request");
+    run("request locking, two processes", &[&a, &b], false);
+}

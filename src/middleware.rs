@@ -70,9 +70,10 @@ impl SessionMiddleware {
     }
 
     /// Waits, off the handler thread, until the session the request names is not locked by
-    /// another request or process (bounded by `SESSION_LOCK_TIMEOUT`). In `request` locking
-    /// mode the lock stays held and goes to [`Session::with_lock`]. `Err` is the 503 to
-    /// answer when the lock stayed taken.
+    /// another request or process (bounded by `SESSION_LOCK_TIMEOUT`). What the store hands
+    /// on goes to [`Session::with_lock`]: in `request` locking mode the held lock, in `merge`
+    /// mode the open file, which the load uses only if it is still current. `Err` is the
+    /// answer to give at once: 503 when the lock stayed taken, 5xx when the store failed.
     pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
         let Some(key) = request
             .cookie(&self.settings.cookie_name)

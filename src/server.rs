@@ -531,7 +531,7 @@ impl AcceptErrors {
         }
         if self.unlogged > 0 {
             log::warn!(
-                "accept failed: {e} ({} more failures in the last second not logged)",
+                "accept failed: {e} ({} more failures since the last such line)",
                 self.unlogged
             );
         } else {

@@ -61,7 +61,8 @@ const READ_TICK: Duration = Duration::from_millis(250);
 /// A request handed to the handler thread, with the way back for its response.
 pub(crate) struct Job {
     pub request: Request,
-    /// The session's lock, when the preflight took it (`request` locking mode).
+    /// What the preflight handed on: the session's lock (`request` locking mode) or the
+    /// open file the load may use if it is still current (`merge` mode).
     pub lock: Option<SessionLock>,
     pub reply: Reply,
 }

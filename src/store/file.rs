@@ -41,10 +41,14 @@
 //!
 //! # Reads are fresh
 //!
-//! A load opens the file at the moment it is called, so it sees every save, delete and cycle
-//! that completed before it (real-time order, checked by `tests/history.rs`). No open file is
-//! ever kept from one moment to a later read: [`SessionStore::acquire`] in `merge` mode only
-//! waits until the lock is free and closes the file; in `request` mode the lock it hands on
+//! A load reads the file that has the session's name at the moment it is called, so it sees
+//! every save, delete and cycle that completed before it (real-time order, checked by
+//! `tests/history.rs`). No open file is
+//! read without checking, at the moment of the load, that it is still the file with that
+//! name: [`SessionStore::acquire`] in `merge` mode waits until the lock is free and hands its
+//! open file on as a candidate, which the load uses only if `statat` finds the same inode
+//! under the name then (a file is never modified in place, so the same inode is the same
+//! content), and otherwise opens the name afresh; in `request` mode the lock it hands on
 //! keeps every other writer out until the load, so the file it holds is the current one.
 //!
 //! # Errors are not "no session"
@@ -145,6 +149,14 @@ struct Entry {
     len: u64,
     ino: u64,
     dev: u64,
+}
+
+/// A session file opened (and found unlocked) by `acquire` in `merge` mode: the load reads
+/// it only after checking that it is still the file with its name.
+#[derive(Debug)]
+struct Candidate {
+    entry: Entry,
+    name: String,
 }
 
 /// What is at a session's name.
@@ -275,10 +287,25 @@ impl FileStore {
         self.dir.join(name)
     }
 
-    /// `Err(DirectoryGone)` if the directory the store opened has been removed.
+    /// `Err(DirectoryGone)` if the directory the store opened has been removed. Called on
+    /// error paths only (an entry not found, a create refused).
+    ///
+    /// A removed directory has no links left (`st_nlink == 0` on ext4, tmpfs, btrfs, xfs),
+    /// but overlayfs reports 1 for every merged directory, removed or not: there the kernel
+    /// is asked directly, since reading a removed directory fails with `ENOENT` on every
+    /// file system.
     fn check_dir(&self) -> Result<(), StoreError> {
+        let gone = || StoreError::DirectoryGone(self.dir.clone());
         match fstat(&self.dirfd) {
-            Ok(st) if st.st_nlink == 0 => Err(StoreError::DirectoryGone(self.dir.clone())),
+            Ok(st) if st.st_nlink == 0 => Err(gone()),
+            Ok(st) if st.st_nlink == 1 => match Dir::read_from(&self.dirfd) {
+                Err(Errno::NOENT) => Err(gone()),
+                Ok(mut entries) => match entries.next() {
+                    Some(Err(Errno::NOENT)) => Err(gone()),
+                    _ => Ok(()),
+                },
+                Err(_) => Ok(()),
+            },
             Ok(_) => Ok(()),
             Err(e) => Err(StoreError::io(
                 "inspect session directory",
@@ -450,6 +477,20 @@ impl FileStore {
         }
     }
 
+    /// Whether `entry` is, at this moment, the file named `name` (same inode). `Ok(false)`
+    /// if it was replaced or removed since it was opened.
+    fn is_same_file(&self, entry: &Entry, name: &str) -> Result<bool, StoreError> {
+        match statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(now) => Ok(now.st_ino == entry.ino && now.st_dev == entry.dev),
+            Err(Errno::NOENT) => self.check_dir().map(|()| false),
+            Err(e) => Err(StoreError::io(
+                "inspect session file",
+                self.shown(name),
+                e.into(),
+            )),
+        }
+    }
+
     /// Whether the locked inode is still the file with its name; `None` if the name is gone.
     fn is_current(&self, held: &LockedFile) -> Result<Option<bool>, StoreError> {
         match statat(&self.dirfd, held.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -594,7 +635,14 @@ impl FileStore {
         let dir = &self.dirfd;
         let result = if self.renameat2.load(Ordering::Relaxed) {
             match renameat_with(dir, temp, dir, name, RenameFlags::EXCHANGE) {
-                Ok(()) => self.unlink(temp),
+                Ok(()) => {
+                    // The new copy is in place: the save happened. The old copy left under
+                    // the temp name is removed by clearsessions if this fails.
+                    if let Err(e) = self.unlink(temp) {
+                        log::warn!("cannot remove the old copy of a session ({temp}): {e}");
+                    }
+                    Ok(())
+                }
                 Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
                     self.renameat2.store(false, Ordering::Relaxed);
                     renameat(dir, temp, dir, name).map_err(io::Error::from)
@@ -685,7 +733,13 @@ impl FileStore {
             }
         }
         match linkat(dir, temp, dir, name, AtFlags::empty()) {
-            Ok(()) => self.unlink(temp).map(|()| true),
+            Ok(()) => {
+                // The session exists: a temp name left behind is removed by clearsessions.
+                if let Err(e) = self.unlink(temp) {
+                    log::warn!("cannot remove the temp name of a new session ({temp}): {e}");
+                }
+                Ok(true)
+            }
             Err(Errno::EXIST) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -879,8 +933,10 @@ impl SessionStore for FileStore {
                 Err(e) => Err(e),
             };
         }
-        // merge: wait until no one holds the lock, and let go at once. The file is closed:
-        // the load opens it again when the handler runs, so it sees every change made by then.
+        // merge: wait until no one holds the lock, and let go at once. The open file goes to
+        // the load only as a candidate: the load uses it if it is still the file with that
+        // name when the handler runs (a file is never modified in place, so the same inode
+        // means the same content), and opens the name afresh otherwise.
         let entry = match self.open_entry(&name) {
             Ok(Opened::File(entry)) => entry,
             Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
@@ -890,7 +946,7 @@ impl SessionStore for FileStore {
         self.lock_by(key, &entry, &name, start, later(start, self.lock_timeout))?;
         unlock(&entry.file)
             .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
-        Ok(None)
+        Ok(Some(SessionLock::new(Candidate { entry, name })))
     }
 
     fn load_locked(
@@ -898,6 +954,19 @@ impl SessionStore for FileStore {
         key: &SessionKey,
         lock: SessionLock,
     ) -> Result<Option<Loaded>, StoreError> {
+        let lock = match lock.into_inner::<Candidate>() {
+            Ok(candidate) if candidate.name == key.file_name() => {
+                // Checked now, when the handler runs: the copy is current or not used.
+                if self.is_same_file(&candidate.entry, &candidate.name)? {
+                    return Ok(self
+                        .live_record(&candidate.entry, &candidate.name)?
+                        .map(|record| Loaded { record, lock: None }));
+                }
+                return self.load(key);
+            }
+            Ok(_) => return self.load(key),
+            Err(lock) => lock,
+        };
         if let Ok(held) = lock.into_inner::<LockedFile>()
             && held.name == key.file_name()
             && matches!(self.is_current(&held), Ok(Some(true)))
@@ -1301,22 +1370,30 @@ mod tests {
     }
 
     #[test]
-    fn a_merge_mode_acquire_hands_on_no_copy_so_the_load_sees_later_saves() {
+    fn a_merge_mode_load_sees_every_change_made_after_the_lock_preflight() {
         let (_tmp, store) = store();
         let key = store
             .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
             .unwrap();
-        let lock = store.acquire(&key).unwrap();
-        assert!(lock.is_none(), "merge mode keeps nothing open");
+        // Nothing changed between acquire and load: the candidate is used.
+        let lock = store.acquire(&key).unwrap().expect("a candidate");
+        let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
+        assert_eq!(loaded.data.get("n"), Some(&json!(1)));
+        // A save in between: the load sees it.
+        let lock = store.acquire(&key).unwrap().expect("a candidate");
         store
             .save(&key, &changes(&[("n", json!(2))]), None)
             .unwrap();
-        let loaded = store.load(&key).unwrap().unwrap().record;
+        let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
         assert_eq!(loaded.data.get("n"), Some(&json!(2)));
-        // And after a delete (a logout), nothing.
-        assert!(store.acquire(&key).unwrap().is_none());
-        store.delete(&key, None).unwrap();
-        assert!(store.load(&key).unwrap().is_none());
+        // A cycle in between: the old key is dead.
+        let lock = store.acquire(&key).unwrap().expect("a candidate");
+        let (new, _) = store.cycle(&key, &changes(&[]), None).unwrap();
+        assert!(store.load_locked(&key, lock).unwrap().is_none());
+        // A delete (a logout) in between: nothing.
+        let lock = store.acquire(&new).unwrap().expect("a candidate");
+        store.delete(&new, None).unwrap();
+        assert!(store.load_locked(&new, lock).unwrap().is_none());
     }
 
     #[test]

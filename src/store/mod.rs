@@ -399,10 +399,12 @@ pub trait SessionStore: Send + Sync {
 
     /// Waits, within the lock timeout, until the session's lock is free, so that a request
     /// can wait off the handler thread. In `request` locking mode the lock is returned, held,
-    /// for [`load_locked`](SessionStore::load_locked); otherwise it is released at once and
-    /// `Ok(None)` returned. `Ok(None)` too when there is no such session. Never returns a
-    /// copy of the data: what the handler reads is loaded when it runs. The default does
-    /// nothing.
+    /// for [`load_locked`](SessionStore::load_locked); otherwise it is released at once (a
+    /// store may still hand on something the load can use, such as the open file, or
+    /// `Ok(None)`). `Ok(None)` too when there is no such session. What it returns is
+    /// never read without checking, when [`load_locked`](SessionStore::load_locked) runs,
+    /// that it is still current: a load sees every change made after the acquire. The
+    /// default does nothing.
     ///
     /// # Errors
     /// [`StoreError::LockTimeout`], and the failures of [`load`](SessionStore::load).

@@ -97,12 +97,14 @@ pub struct StopHandle {
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
     listener: Option<Arc<TcpListener>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl StopHandle {
     /// Asks the server to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one(); // the hyper loop (a permit is kept if it is not waiting)
         // Wake the accept thread: shutting the listening socket down makes accept() return
         // at once (and works when several processes share the port, where a connection
         // to it might reach another process).
@@ -163,6 +165,7 @@ pub struct Server {
     app: App,
     limits: Limits,
     stop: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Server {
@@ -199,6 +202,7 @@ impl Server {
             app,
             limits,
             stop: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -226,19 +230,45 @@ impl Server {
             stop: self.stop.clone(),
             addr,
             listener: Some(self.listener.clone()),
+            wake: self.wake.clone(),
         }
     }
 
     /// Serves until stopped. The calling thread becomes the handler thread.
+    /// PROTOTYPE: hyper on a tokio current-thread runtime; `FILESESSION_HTTP=threads` runs
+    /// the former thread-per-connection layer ([`run_threads`](Server::run_threads)).
+    ///
+    /// # Errors
+    /// The runtime cannot be started.
+    pub fn run(self) -> io::Result<()> {
+        if std::env::var("FILESESSION_HTTP").is_ok_and(|v| v == "threads") {
+            return self.run_threads();
+        }
+        let cleanup = Cleanup::new(
+            self.app.middleware.store().clone(),
+            self.app.middleware.settings().gc_interval,
+        );
+        crate::http::hyper_io::run(
+            &self.listener,
+            self.app,
+            self.limits,
+            cleanup,
+            self.stop,
+            self.wake,
+        )
+    }
+
+    /// The former layer: an accept thread, a thread per connection, this thread handles.
     ///
     /// # Errors
     /// The accept thread cannot be started.
-    pub fn run(self) -> io::Result<()> {
+    pub fn run_threads(self) -> io::Result<()> {
         let Server {
             listener,
             app,
             limits,
             stop,
+            wake: _,
         } = self;
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -361,7 +391,7 @@ fn accept_loop(
 /// done in slices of at most [`CLEANUP_SLICE`] on the handler thread, so that no request
 /// waits more than that for it. Under load a slice runs at most every
 /// [`CLEANUP_SPACING`]; when idle, back to back.
-struct Cleanup {
+pub(crate) struct Cleanup {
     store: Arc<dyn SessionStore>,
     interval: Option<Duration>,
     next_pass: Instant,
@@ -377,7 +407,7 @@ pub const CLEANUP_SLICE: Duration = Duration::from_millis(2);
 pub const CLEANUP_SPACING: Duration = Duration::from_millis(20);
 
 impl Cleanup {
-    fn new(store: Arc<dyn SessionStore>, interval: Option<Duration>) -> Self {
+    pub(crate) fn new(store: Arc<dyn SessionStore>, interval: Option<Duration>) -> Self {
         let now = Instant::now();
         Cleanup {
             store,
@@ -391,7 +421,7 @@ impl Cleanup {
     }
 
     /// How long the handler thread may wait for a request before calling `idle`.
-    fn wait(&self) -> Duration {
+    pub(crate) fn wait(&self) -> Duration {
         if self.sweep.in_progress() {
             Duration::from_millis(1)
         } else {
@@ -404,7 +434,7 @@ impl Cleanup {
     }
 
     /// No request came: a slice if a pass is due or under way.
-    fn idle(&mut self) {
+    pub(crate) fn idle(&mut self) {
         let now = Instant::now();
         if self.due(now) {
             self.slice(now);
@@ -412,7 +442,7 @@ impl Cleanup {
     }
 
     /// After a request: a slice only if the last one is a while ago.
-    fn between_requests(&mut self) {
+    pub(crate) fn between_requests(&mut self) {
         let now = Instant::now();
         if self.due(now) && now.duration_since(self.last_slice) >= CLEANUP_SPACING {
             self.slice(now);
@@ -511,16 +541,16 @@ pub fn raise_open_files_limit() -> io::Result<Option<u64>> {
 
 /// Logs a failed `accept` at most once per [`ACCEPT_LOG_EVERY`], with how many failures
 /// were not logged, so that a server out of file descriptors does not flood its log.
-struct AcceptErrors {
-    last_logged: Option<Instant>,
-    unlogged: u64,
+pub(crate) struct AcceptErrors {
+    pub(crate) last_logged: Option<Instant>,
+    pub(crate) unlogged: u64,
 }
 
 /// The least time between two "accept failed" log lines.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl AcceptErrors {
-    fn failed(&mut self, e: &io::Error) {
+    pub(crate) fn failed(&mut self, e: &io::Error) {
         let now = Instant::now();
         if self
             .last_logged

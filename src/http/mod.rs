@@ -2,6 +2,7 @@
 //! with limits and deadlines, handed whole to the single handler thread.
 
 mod conn;
+pub(crate) mod hyper_io;
 mod request;
 mod response;
 

@@ -1,0 +1,294 @@
+//! PROTOTYPE (issue 11): the HTTP layer on hyper 1.x over a tokio current-thread runtime.
+//!
+//! All network I/O runs on the runtime's one thread, and so do middleware and handlers,
+//! inline, one request at a time (the runtime only ever polls one task at once). Only the
+//! session-lock preflight may leave that thread: by default it runs in `spawn_blocking`
+//! (no try-lock API yet, so it ALWAYS does); `FILESESSION_PREFLIGHT_INLINE=1` runs it
+//! inline instead, which is what "try the lock first" would cost when it is free.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Notify;
+
+use super::conn::{Limits, flush_access_log, log_access, refuse_overload, request_line};
+use super::request::{Method, Request};
+use super::response::Response;
+use crate::server::{AcceptErrors, App, Cleanup};
+
+/// Access-log lines are written at least this often (and whenever the server is idle).
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+struct Shared {
+    app: App,
+    limits: Limits,
+    cleanup: RefCell<Cleanup>,
+    last_request: Cell<Instant>,
+    inline_preflight: bool,
+}
+
+/// Serves `listener` until `stop` is set (and `wake` notified).
+pub(crate) fn run(
+    listener: &TcpListener,
+    app: App,
+    limits: Limits,
+    cleanup: Cleanup,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) -> io::Result<()> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let shared = Rc::new(Shared {
+        app,
+        limits,
+        cleanup: RefCell::new(cleanup),
+        last_request: Cell::new(Instant::now()),
+        inline_preflight: std::env::var_os("FILESESSION_PREFLIGHT_INLINE").is_some(),
+    });
+    local.block_on(&runtime, serve(listener, shared, stop, wake))
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Rc<Shared>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) -> io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Rc::new(Cell::new(0usize));
+    let mut accept_errors = AcceptErrors {
+        last_logged: None,
+        unlogged: 0,
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.idle_timeout) // ONE timer: idle + head (see report)
+        .max_headers(shared.limits.max_headers)
+        .max_header_size(shared.limits.max_head_bytes)
+        .max_buf_size((shared.limits.max_head_bytes + 8192).max(8192))
+        .keep_alive(true);
+
+    // Idle work: the access log and the store's cleanup, when no request came for a while.
+    {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                let wait = shared.cleanup.borrow().wait();
+                tokio::time::sleep(wait.min(LOG_FLUSH_EVERY)).await;
+                flush_access_log();
+                if shared.last_request.get().elapsed() >= wait {
+                    shared.cleanup.borrow_mut().idle();
+                }
+            }
+        });
+    }
+
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = wake.notified() => break,
+        };
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                accept_errors.failed(&e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if open.get() >= shared.limits.max_connections {
+            if let Ok(stream) = stream.into_std() {
+                refuse_overload(stream);
+            }
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        let slot = Slot(open.clone());
+        let conn_shared = shared.clone();
+        let service = service_fn(move |req| respond(conn_shared.clone(), req, remote));
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                log::debug!("connection from {remote}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(shared.limits.write_timeout, graceful.shutdown()).await;
+    flush_access_log();
+    Ok(())
+}
+
+struct Slot(Rc<Cell<usize>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+type HyperResponse = hyper::Response<Full<Bytes>>;
+
+async fn respond(
+    shared: Rc<Shared>,
+    req: hyper::Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<HyperResponse, Infallible> {
+    let (parts, body) = req.into_parts();
+    let version = u8::from(parts.version != hyper::Version::HTTP_10);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.to_string(), |p| p.as_str().to_owned());
+    let mut request = Request {
+        method: Method::parse(parts.method.as_str()),
+        method_token: parts.method.as_str().to_owned(),
+        target,
+        version,
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        body: Vec::new(),
+        remote: Some(remote),
+        params: std::collections::HashMap::new(),
+    };
+    let line = request_line(&request);
+    let path = request.path().to_owned();
+    let reject = |status: u16, message: &str| {
+        let response = Response::error(&path, status, message);
+        log_access(&line, status, response.body().len());
+        to_hyper(&response, version, true)
+    };
+
+    // Host (RFC 9112 §3.2): exactly one, valid; an absolute-form target's authority wins.
+    let hosts: Vec<&HeaderValue> = parts.headers.get_all(hyper::header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Ok(reject(400, "More than one Host header."));
+    }
+    if version == 1 && hosts.is_empty() {
+        return Ok(reject(400, "Missing Host header."));
+    }
+    if let Some(host) = hosts.first()
+        && host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+            .is_none()
+        && !host.is_empty()
+    {
+        return Ok(reject(400, "Invalid Host header."));
+    }
+
+    // Body: refused from Content-Length before reading; limited and timed while reading.
+    let max = shared.limits.max_body_bytes;
+    if let Some(length) = parts.headers.get(hyper::header::CONTENT_LENGTH) {
+        let length = length.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        if length.is_some_and(|l| l > max as u64) {
+            return Ok(reject(413, "Request body too large."));
+        }
+    }
+    let collected =
+        tokio::time::timeout(shared.limits.body_timeout, Limited::new(body, max).collect()).await;
+    match collected {
+        Err(_) => return Ok(reject(408, "Request body not received in time.")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Ok(reject(413, "Request body too large."));
+        }
+        Ok(Err(_)) => return Ok(reject(400, "Connection failed.")),
+        Ok(Ok(body)) => request.body = body.to_bytes().to_vec(),
+    }
+
+    // The lock preflight may wait for SESSION_LOCK_TIMEOUT: never on this thread.
+    let (request, lock) = if shared.inline_preflight {
+        let lock = shared.app.preflight(&request);
+        (request, lock)
+    } else {
+        let app = shared.app.clone();
+        match tokio::task::spawn_blocking(move || {
+            let lock = app.preflight(&request);
+            (request, lock)
+        })
+        .await
+        {
+            Ok(pair) => pair,
+            Err(_) => return Ok(reject(500, "Internal server error.")),
+        }
+    };
+    let lock = match lock {
+        Ok(lock) => lock,
+        Err(refused) => {
+            log_access(&line, refused.status(), refused.body().len());
+            return Ok(to_hyper(&refused, version, false));
+        }
+    };
+
+    let response = catch_unwind(AssertUnwindSafe(|| {
+        shared.app.handle_locked(request, lock)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("request for {path} panicked; answered 500");
+        Response::error(&path, 500, "Internal server error.")
+    });
+    log_access(&line, response.status(), response.body().len());
+    shared.last_request.set(Instant::now());
+    shared.cleanup.borrow_mut().between_requests();
+    Ok(to_hyper(&response, version, false))
+}
+
+fn to_hyper(response: &Response, version: u8, close: bool) -> HyperResponse {
+    let mut out = hyper::Response::new(Full::new(Bytes::copy_from_slice(response.body())));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(response.status()).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(hyper::header::SERVER, HeaderValue::from_static("filesession"));
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    for (name, value) in response.headers() {
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => log::warn!("response header {name:?} dropped: not a valid header"),
+        }
+    }
+    if close {
+        headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let _ = version; // hyper answers in the request's version and handles 1.0 keep-alive
+    out
+}

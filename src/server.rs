@@ -235,13 +235,16 @@ impl Server {
     }
 
     /// Serves until stopped. The calling thread becomes the handler thread.
-    /// PROTOTYPE: hyper on a tokio current-thread runtime; `FILESESSION_HTTP=threads` runs
-    /// the former thread-per-connection layer ([`run_threads`](Server::run_threads)).
+    ///
+    /// With `FILESESSION_HTTP=hyper` in the environment (experimental, issue 11 in
+    /// progress) the network I/O runs on hyper 1 over a tokio current-thread runtime whose
+    /// one thread also runs every handler; otherwise on this crate's own HTTP/1.1 layer
+    /// (an accept thread, a thread per connection).
     ///
     /// # Errors
-    /// The runtime cannot be started.
+    /// The accept thread or the runtime cannot be started.
     pub fn run(self) -> io::Result<()> {
-        if std::env::var("FILESESSION_HTTP").is_ok_and(|v| v == "threads") {
+        if std::env::var("FILESESSION_HTTP").as_deref() != Ok("hyper") {
             return self.run_threads();
         }
         let cleanup = Cleanup::new(
@@ -258,11 +261,9 @@ impl Server {
         )
     }
 
-    /// The former layer: an accept thread, a thread per connection, this thread handles.
-    ///
-    /// # Errors
-    /// The accept thread cannot be started.
-    pub fn run_threads(self) -> io::Result<()> {
+    /// This crate's own HTTP/1.1 layer: an accept thread, a thread per connection, this
+    /// thread handles.
+    fn run_threads(self) -> io::Result<()> {
         let Server {
             listener,
             app,

@@ -1,10 +1,18 @@
-//! PROTOTYPE (issue 11): the HTTP layer on hyper 1.x over a tokio current-thread runtime.
+//! EXPERIMENTAL (issue 11, in progress; `FILESESSION_HTTP=hyper`): the HTTP layer on
+//! hyper 1.x over a tokio current-thread runtime.
 //!
 //! All network I/O runs on the runtime's one thread, and so do middleware and handlers,
 //! inline, one request at a time (the runtime only ever polls one task at once). Only the
-//! session-lock preflight may leave that thread: by default it runs in `spawn_blocking`
-//! (no try-lock API yet, so it ALWAYS does); `FILESESSION_PREFLIGHT_INLINE=1` runs it
-//! inline instead, which is what "try the lock first" would cost when it is free.
+//! session-lock preflight leaves that thread: it runs in `spawn_blocking`, since it may wait
+//! up to `SESSION_LOCK_TIMEOUT` (there is no try-lock yet, so it always does, which costs
+//! about a third of W-read; trying the lock first is the next step).
+//!
+//! Known differences from the default layer, each allowed by the RFCs: a head not received
+//! in time closes the connection without a 408 (RFC 9112 §9.6), and one timer covers the
+//! idle keep-alive wait and the head; Content-Length with Transfer-Encoding is read by the
+//! chunked framing and the connection closed (RFC 9112 §6.3); chunked request bodies are
+//! accepted (RFC 9112 §6.1); hyper's own 400/431 answers skip the access log. Not yet: a
+//! per-address connection cap, a write deadline.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
@@ -38,7 +46,6 @@ struct Shared {
     limits: Limits,
     cleanup: RefCell<Cleanup>,
     last_request: Cell<Instant>,
-    inline_preflight: bool,
 }
 
 /// Serves `listener` until `stop` is set (and `wake` notified).
@@ -61,7 +68,6 @@ pub(crate) fn run(
         limits,
         cleanup: RefCell::new(cleanup),
         last_request: Cell::new(Instant::now()),
-        inline_preflight: std::env::var_os("FILESESSION_PREFLIGHT_INLINE").is_some(),
     });
     local.block_on(&runtime, serve(listener, shared, stop, wake))
 }
@@ -86,6 +92,7 @@ async fn serve(
         .max_headers(shared.limits.max_headers)
         .max_header_size(shared.limits.max_head_bytes)
         .max_buf_size((shared.limits.max_head_bytes + 8192).max(8192))
+        .half_close(true)
         .keep_alive(true);
 
     // Idle work: the access log and the store's cleanup, when no request came for a while.
@@ -214,8 +221,11 @@ async fn respond(
             return Ok(reject(413, "Request body too large."));
         }
     }
-    let collected =
-        tokio::time::timeout(shared.limits.body_timeout, Limited::new(body, max).collect()).await;
+    let collected = tokio::time::timeout(
+        shared.limits.body_timeout,
+        Limited::new(body, max).collect(),
+    )
+    .await;
     match collected {
         Err(_) => return Ok(reject(408, "Request body not received in time.")),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
@@ -226,20 +236,15 @@ async fn respond(
     }
 
     // The lock preflight may wait for SESSION_LOCK_TIMEOUT: never on this thread.
-    let (request, lock) = if shared.inline_preflight {
-        let lock = shared.app.preflight(&request);
+    let app = shared.app.clone();
+    let (request, lock) = match tokio::task::spawn_blocking(move || {
+        let lock = app.preflight(&request);
         (request, lock)
-    } else {
-        let app = shared.app.clone();
-        match tokio::task::spawn_blocking(move || {
-            let lock = app.preflight(&request);
-            (request, lock)
-        })
-        .await
-        {
-            Ok(pair) => pair,
-            Err(_) => return Ok(reject(500, "Internal server error.")),
-        }
+    })
+    .await
+    {
+        Ok(pair) => pair,
+        Err(_) => return Ok(reject(500, "Internal server error.")),
     };
     let lock = match lock {
         Ok(lock) => lock,
@@ -249,13 +254,11 @@ async fn respond(
         }
     };
 
-    let response = catch_unwind(AssertUnwindSafe(|| {
-        shared.app.handle_locked(request, lock)
-    }))
-    .unwrap_or_else(|_| {
-        log::error!("request for {path} panicked; answered 500");
-        Response::error(&path, 500, "Internal server error.")
-    });
+    let response = catch_unwind(AssertUnwindSafe(|| shared.app.handle_locked(request, lock)))
+        .unwrap_or_else(|_| {
+            log::error!("request for {path} panicked; answered 500");
+            Response::error(&path, 500, "Internal server error.")
+        });
     log_access(&line, response.status(), response.body().len());
     shared.last_request.set(Instant::now());
     shared.cleanup.borrow_mut().between_requests();
@@ -264,10 +267,13 @@ async fn respond(
 
 fn to_hyper(response: &Response, version: u8, close: bool) -> HyperResponse {
     let mut out = hyper::Response::new(Full::new(Bytes::copy_from_slice(response.body())));
-    *out.status_mut() =
-        hyper::StatusCode::from_u16(response.status()).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *out.status_mut() = hyper::StatusCode::from_u16(response.status())
+        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     let headers = out.headers_mut();
-    headers.insert(hyper::header::SERVER, HeaderValue::from_static("filesession"));
+    headers.insert(
+        hyper::header::SERVER,
+        HeaderValue::from_static("filesession"),
+    );
     headers.insert(
         hyper::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

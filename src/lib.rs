@@ -104,7 +104,7 @@ mod supervisor;
 pub use app::demo_router;
 pub use config::{DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError, Settings};
 pub use http::{Limits, Method, Request, Response};
-pub use middleware::{SESSION_INTERRUPTED, SessionMiddleware};
+pub use middleware::{Preflight, SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
 pub use server::{
     App, CLEANUP_SLICE, CLEANUP_SPACING, Server, StopHandle, file_store, open_file_store,

@@ -36,6 +36,17 @@ pub struct SessionMiddleware {
     settings: Arc<Settings>,
 }
 
+/// What a lock preflight that does not wait found ([`SessionMiddleware::try_preflight`]).
+#[derive(Debug)]
+pub enum Preflight {
+    /// Go on: what the store handed on for the load (a held lock, an open file), if anything.
+    Ready(Option<SessionLock>),
+    /// The session's lock is held by another request or process: wait for it elsewhere.
+    Busy,
+    /// Answer this at once (the store failed).
+    Refused(Response),
+}
+
 /// Django's message for a save that found the session deleted meanwhile.
 pub const SESSION_INTERRUPTED: &str = "The request's session was deleted before the request \
 completed. The user may have logged out in a concurrent request, for example.";
@@ -85,6 +96,24 @@ impl SessionMiddleware {
         self.store
             .acquire(&key)
             .map_err(|e| store_failure(request.path(), &e))
+    }
+
+    /// [`preflight`](SessionMiddleware::preflight) that never waits: the lock is tried once.
+    /// [`Preflight::Busy`] when it is held elsewhere: then call `preflight` on a thread that
+    /// may wait.
+    pub fn try_preflight(&self, request: &Request) -> Preflight {
+        let Some(key) = request
+            .cookie(&self.settings.cookie_name)
+            .as_deref()
+            .and_then(SessionKey::parse)
+        else {
+            return Preflight::Ready(None);
+        };
+        match self.store.acquire_within(&key, Duration::ZERO) {
+            Ok(lock) => Preflight::Ready(lock),
+            Err(StoreError::LockTimeout { .. }) => Preflight::Busy,
+            Err(e) => Preflight::Refused(store_failure(request.path(), &e)),
+        }
     }
 
     /// Applies Django's `process_response` to the handler's response: save when modified

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::http::{Job, Limits, Reply, Request, Response, serve_connection};
-use crate::middleware::SessionMiddleware;
+use crate::middleware::{Preflight, SessionMiddleware};
 use crate::router::{Routed, Router};
 use crate::store::{SessionLock, SessionStore, Sweep};
 
@@ -46,6 +46,18 @@ impl App {
         {
             Routed::Found(..) => self.middleware.preflight(request),
             _ => Ok(None),
+        }
+    }
+
+    /// [`preflight`](App::preflight) that never waits, for a thread that must not:
+    /// [`Preflight::Busy`] means call `preflight` on one that may.
+    pub fn try_preflight(&self, request: &Request) -> Preflight {
+        match self
+            .router
+            .resolve(request.method(), request.path(), request.query())
+        {
+            Routed::Found(..) => self.middleware.try_preflight(request),
+            _ => Preflight::Ready(None),
         }
     }
 

@@ -2,17 +2,16 @@
 //! hyper 1.x over a tokio current-thread runtime.
 //!
 //! All network I/O runs on the runtime's one thread, and so do middleware and handlers,
-//! inline, one request at a time (the runtime only ever polls one task at once). Only the
-//! session-lock preflight leaves that thread: it runs in `spawn_blocking`, since it may wait
-//! up to `SESSION_LOCK_TIMEOUT` (there is no try-lock yet, so it always does, which costs
-//! about a third of W-read; trying the lock first is the next step).
+//! inline, one request at a time (the runtime only ever polls one task at once). The
+//! session's lock is tried once on that thread; only a lock held by another process sends
+//! the wait (up to `SESSION_LOCK_TIMEOUT`) to `spawn_blocking`.
 //!
 //! Known differences from the default layer, each allowed by the RFCs: a head not received
 //! in time closes the connection without a 408 (RFC 9112 §9.6), and one timer covers the
 //! idle keep-alive wait and the head; Content-Length with Transfer-Encoding is read by the
 //! chunked framing and the connection closed (RFC 9112 §6.3); chunked request bodies are
 //! accepted (RFC 9112 §6.1); hyper's own 400/431 answers skip the access log. Not yet: a
-//! per-address connection cap, a write deadline.
+//! per-address connection cap with idle eviction, a write deadline.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
@@ -36,6 +35,7 @@ use tokio::sync::Notify;
 use super::conn::{Limits, flush_access_log, log_access, refuse_overload, request_line};
 use super::request::{Method, Request};
 use super::response::Response;
+use crate::middleware::Preflight;
 use crate::server::{AcceptErrors, App, Cleanup};
 
 /// Access-log lines are written at least this often (and whenever the server is idle).
@@ -236,15 +236,23 @@ async fn respond(
     }
 
     // The lock preflight may wait for SESSION_LOCK_TIMEOUT: never on this thread.
-    let app = shared.app.clone();
-    let (request, lock) = match tokio::task::spawn_blocking(move || {
-        let lock = app.preflight(&request);
-        (request, lock)
-    })
-    .await
-    {
-        Ok(pair) => pair,
-        Err(_) => return Ok(reject(500, "Internal server error.")),
+    // The lock is tried once here; only a lock held elsewhere sends the wait to a
+    // blocking thread, so the one thread never waits for another process.
+    let (request, lock) = match shared.app.try_preflight(&request) {
+        Preflight::Ready(lock) => (request, Ok(lock)),
+        Preflight::Refused(refused) => (request, Err(refused)),
+        Preflight::Busy => {
+            let app = shared.app.clone();
+            match tokio::task::spawn_blocking(move || {
+                let lock = app.preflight(&request);
+                (request, lock)
+            })
+            .await
+            {
+                Ok(pair) => pair,
+                Err(_) => return Ok(reject(500, "Internal server error.")),
+            }
+        }
     };
     let lock = match lock {
         Ok(lock) => lock,

@@ -925,9 +925,17 @@ impl SessionStore for FileStore {
     }
 
     fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        self.acquire_within(key, self.lock_timeout)
+    }
+
+    fn acquire_within(
+        &self,
+        key: &SessionKey,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
         let name = key.file_name();
         if self.locking == Locking::Request {
-            return match self.lock_current(key, &name, self.lock_timeout) {
+            return match self.lock_current(key, &name, wait) {
                 Ok(Some(held)) => Ok(Some(SessionLock::new(held))),
                 Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
                 Err(e) => Err(e),
@@ -943,7 +951,7 @@ impl SessionStore for FileStore {
             Err(e) => return Err(e),
         };
         let start = Instant::now();
-        self.lock_by(key, &entry, &name, start, later(start, self.lock_timeout))?;
+        self.lock_by(key, &entry, &name, start, later(start, wait))?;
         unlock(&entry.file)
             .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
         Ok(Some(SessionLock::new(Candidate { entry, name })))
@@ -1569,6 +1577,38 @@ mod tests {
         assert_eq!(sweep.scanned(), 60);
         assert_eq!(files_in(store.dir()).len(), 40);
         assert!(!sweep.in_progress());
+    }
+
+    #[test]
+    fn acquire_within_zero_tries_the_lock_once_in_both_modes() {
+        let (_tmp, store) = store();
+        let key = store
+            .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+        let holder = File::open(store.path_of(&key)).unwrap();
+        fs2::FileExt::lock_exclusive(&holder).unwrap();
+        let store = store.with_lock_timeout(Duration::from_secs(60));
+        for locking in [Locking::Merge, Locking::Request] {
+            let store = FileStore::open(store.dir())
+                .unwrap()
+                .with_locking(locking)
+                .with_lock_timeout(Duration::from_secs(60));
+            let err = store.acquire_within(&key, Duration::ZERO).unwrap_err();
+            assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+        }
+        drop(holder);
+        let request = FileStore::open(store.dir())
+            .unwrap()
+            .with_locking(Locking::Request);
+        let lock = request.acquire_within(&key, Duration::ZERO).unwrap();
+        assert!(lock.is_some(), "free: taken at once and handed on");
+        drop(lock);
+        assert!(
+            store
+                .acquire_within(&key, Duration::ZERO)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -413,6 +413,22 @@ pub trait SessionStore: Send + Sync {
         Ok(None)
     }
 
+    /// [`acquire`](SessionStore::acquire) waiting at most `wait` for the lock instead of the
+    /// store's lock timeout; `Duration::ZERO` tries once. A server calls it on a thread that
+    /// must not wait, and hands the wait to another thread only when the lock is held. The
+    /// default calls `acquire`.
+    ///
+    /// # Errors
+    /// As `acquire`; [`StoreError::LockTimeout`] when the lock stayed held for `wait`.
+    fn acquire_within(
+        &self,
+        key: &SessionKey,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let _ = wait;
+        self.acquire(key)
+    }
+
     /// [`load`](SessionStore::load) with a lock taken by [`acquire`](SessionStore::acquire).
     /// The default releases it and loads.
     ///

@@ -377,6 +377,11 @@ impl RedisStore {
 
     /// Takes the request lock of `key` within the lock timeout.
     fn lock(&self, key: &SessionKey) -> Result<RedisLock, StoreError> {
+        self.lock_within(key, self.lock_timeout)
+    }
+
+    /// [`lock`](RedisStore::lock) waiting at most `wait` (zero: one try).
+    fn lock_within(&self, key: &SessionKey, wait: Duration) -> Result<RedisLock, StoreError> {
         let lock_key = self.lock_key(key);
         let token = uuid::Uuid::new_v4().to_string();
         let lease =
@@ -401,10 +406,10 @@ impl RedisStore {
                 });
             }
             let waited = start.elapsed();
-            if waited >= self.lock_timeout {
+            if waited >= wait {
                 return Err(StoreError::LockTimeout { key: *key, waited });
             }
-            std::thread::sleep(LOCK_POLL);
+            std::thread::sleep(LOCK_POLL.min(wait - waited));
         }
     }
 
@@ -532,10 +537,18 @@ impl SessionStore for RedisStore {
     }
 
     fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        self.acquire_within(key, self.lock_timeout)
+    }
+
+    fn acquire_within(
+        &self,
+        key: &SessionKey,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
         if self.locking == Locking::Merge {
             return Ok(None);
         }
-        let lock = self.lock(key)?;
+        let lock = self.lock_within(key, wait)?;
         let exists = self.exists(key)?;
         Ok(exists.then(|| SessionLock::new(lock)))
     }

@@ -80,7 +80,7 @@ impl App {
                 Response::error(
                     &path,
                     405,
-                    &format!("Method {} not allowed here.", request.method().as_str()),
+                    &format!("Method {} not allowed here.", request.method_token()),
                 )
                 .with_header("Allow", &allow.join(", "))
             }

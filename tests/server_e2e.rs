@@ -897,3 +897,20 @@ fn the_redis_engine_needs_the_redis_feature() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unknown_method_is_405_naming_the_method_as_sent() {
+    let server = TestServer::start(&[]);
+    let mut conn = common::RawConnection::open(server.addr);
+    let r = conn
+        .exchange(b"BREW /api/session HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 405, "{}", r.show());
+    assert!(r.body_text().contains("Method BREW"), "{}", r.show());
+    assert!(!r.body_text().contains("OTHER"), "{}", r.show());
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("GET")),
+        "{}",
+        r.show()
+    );
+}

@@ -93,6 +93,12 @@ impl Request {
         self.method
     }
 
+    /// The method's token as the client sent it (`BREW` where [`method`](Request::method)
+    /// says [`Method::Other`]).
+    pub fn method_token(&self) -> &str {
+        &self.method_token
+    }
+
     /// The request target as sent: `/path?query`.
     pub fn target(&self) -> &str {
         &self.target

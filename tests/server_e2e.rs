@@ -914,3 +914,47 @@ fn an_unknown_method_is_405_naming_the_method_as_sent() {
         r.show()
     );
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_dropped_at_the_write_deadline() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[("DATA_UPLOAD_MAX_MEMORY_SIZE", "2000000")]);
+    let big = "x".repeat(900_000);
+    let r = post_json(
+        &agent(),
+        &server.url("/api/session"),
+        &format!(r#"{{"big": "{big}"}}"#),
+    );
+    assert_eq!(r.status(), 200);
+    let key = cookie_value(&the_cookie(&r));
+    // 30 answers of ~900 KB asked for at once and never read: far more than the socket
+    // buffers of both ends hold, so the server's writes stall.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let one = format!("GET /api/session HTTP/1.1\r\nHost: t\r\nCookie: sessionid={key}\r\n\r\n");
+    stream.write_all(one.repeat(30).as_bytes()).unwrap();
+    // Others are served meanwhile.
+    let r = get(&agent(), &server.url("/setsession/"));
+    assert_eq!(r.status(), 200);
+    // Past the 10 s write deadline the server has let go of the connection: draining it
+    // now gives fewer than the 30 answers, then its end.
+    std::thread::sleep(Duration::from_secs(12));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0; 1 << 16];
+    let mut total = 0usize;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection is still open after the write deadline: {e}"),
+        }
+    }
+    assert!(
+        total < 30 * 900_000,
+        "got all {total} bytes: the writes never stalled"
+    );
+    let r = get(&agent(), &server.url("/setsession/"));
+    assert_eq!(r.status(), 200, "the server goes on");
+}

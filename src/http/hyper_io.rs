@@ -10,17 +10,20 @@
 //! in time closes the connection without a 408 (RFC 9112 §9.6), and one timer covers the
 //! idle keep-alive wait and the head; Content-Length with Transfer-Encoding is read by the
 //! chunked framing and the connection closed (RFC 9112 §6.3); chunked request bodies are
-//! accepted (RFC 9112 §6.1); hyper's own 400/431 answers skip the access log. Not yet: a
-//! per-address connection cap with idle eviction, a write deadline.
+//! accepted (RFC 9112 §6.1); hyper's own 400/431 answers skip the access log. Writes have a
+//! deadline ([`WriteDeadline`]). Not yet: a per-address connection cap with idle eviction.
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -137,7 +140,8 @@ async fn serve(
         let slot = Slot(open.clone());
         let conn_shared = shared.clone();
         let service = service_fn(move |req| respond(conn_shared.clone(), req, remote));
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = WriteDeadline::new(TokioIo::new(stream), shared.limits.write_timeout);
+        let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::task::spawn_local(async move {
             let _slot = slot;
             if let Err(e) = conn.await {
@@ -149,6 +153,102 @@ async fn serve(
     let _ = tokio::time::timeout(shared.limits.write_timeout, graceful.shutdown()).await;
     flush_access_log();
     Ok(())
+}
+
+/// A connection whose writes must make progress within a deadline
+/// ([`Limits::write_timeout`]): a client that stops reading is dropped when it passes,
+/// instead of holding its connection and its answer for ever. hyper has no write timeout of
+/// its own; the clock starts when a write finds the socket full and stops at any progress.
+struct WriteDeadline {
+    io: TokioIo<tokio::net::TcpStream>,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(io: TokioIo<tokio::net::TcpStream>, timeout: Duration) -> Self {
+        WriteDeadline {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After a write found the socket full: `Ready(Err)` once the deadline has passed.
+    fn check<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its answer within the write deadline",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Progress (or an error) on a write: the clock stops.
+    fn progressed<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.check(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for WriteDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for WriteDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.progressed(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.progressed(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        hyper::rt::Write::is_write_vectored(&self.io)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.progressed(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 struct Slot(Rc<Cell<usize>>);

@@ -331,9 +331,16 @@ fn out_of_file_descriptors_answers_503_and_keeps_the_cookie() {
 #[test]
 fn an_unreadable_session_file_answers_500_and_keeps_the_cookie() {
     let dir = tempfile::tempdir().unwrap();
-    // Root reads any file: run the server as `nobody` so that mode 000 means EACCES.
+    // Root reads any file: run the server as `nobody` so that mode 000 means EACCES. The
+    // build's binary may sit where `nobody` cannot reach it (under /root): run a copy kept
+    // in the directory `nobody` is given.
     let root = rustix::process::geteuid().is_root();
+    let mut binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_filesession"));
     let wrapper: &[&str] = if root {
+        let copy = dir.path().join("filesession");
+        std::fs::copy(&binary, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        binary = copy;
         std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
         &[
             "setpriv",
@@ -345,7 +352,7 @@ fn an_unreadable_session_file_answers_500_and_keeps_the_cookie() {
     } else {
         &[]
     };
-    let server = TestServer::start_wrapped(dir, &[], wrapper);
+    let server = TestServer::start_binary(&binary, dir, &[], wrapper);
     let mut client = Client::connect(&server);
     let created = client.get("/setsession/", None);
     assert_eq!(created.status, 200, "{}", created.body);

@@ -40,7 +40,22 @@ impl TestServer {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> TestServer {
-        let binary = env!("CARGO_BIN_EXE_filesession");
+        Self::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_filesession")),
+            dir,
+            env,
+            wrapper,
+        )
+    }
+
+    /// [`start_wrapped`](TestServer::start_wrapped) with another copy of the binary (one
+    /// that a user other than the test's may execute).
+    pub fn start_binary(
+        binary: &Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> TestServer {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);

@@ -38,6 +38,11 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// The most open connections; more are answered 503 and closed. Default: 1024.
     pub max_connections: usize,
+    /// The most open connections from one client address (hyper layer): a new one beyond
+    /// it, or beyond `max_connections`, closes an idle connection of the address holding
+    /// the most (an idle one: not inside a handler, e.g. kept alive or still sending its
+    /// head), or is answered 503 if none is idle. Default: 256.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +56,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -11,13 +11,16 @@
 //! idle keep-alive wait and the head; Content-Length with Transfer-Encoding is read by the
 //! chunked framing and the connection closed (RFC 9112 §6.3); chunked request bodies are
 //! accepted (RFC 9112 §6.1); hyper's own 400/431 answers skip the access log. Writes have a
-//! deadline ([`WriteDeadline`]). Not yet: a per-address connection cap with idle eviction.
+//! deadline ([`WriteDeadline`]). Connections are capped globally and per client address;
+//! a new one beyond a cap closes an idle connection of the address holding the most
+//! ([`Registry`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -83,7 +86,7 @@ async fn serve(
 ) -> io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Rc::new(Cell::new(0usize));
+    let registry = Rc::new(RefCell::new(Registry::default()));
     let mut accept_errors = AcceptErrors {
         last_logged: None,
         unlogged: 0,
@@ -129,23 +132,42 @@ async fn serve(
                 continue;
             }
         };
-        if open.get() >= shared.limits.max_connections {
+        let ip = remote.ip();
+        let admitted = registry.borrow_mut().admit(ip, &shared.limits);
+        let Some(entry) = admitted else {
             if let Ok(stream) = stream.into_std() {
                 refuse_overload(stream);
             }
             continue;
-        }
+        };
         let _ = stream.set_nodelay(true);
-        open.set(open.get() + 1);
-        let slot = Slot(open.clone());
+        let slot = Slot {
+            registry: registry.clone(),
+            ip,
+            id: entry.id,
+        };
         let conn_shared = shared.clone();
-        let service = service_fn(move |req| respond(conn_shared.clone(), req, remote));
+        let service_entry = entry.clone();
+        let service = service_fn(move |req| {
+            respond(
+                conn_shared.clone(),
+                req,
+                remote,
+                Busy::new(service_entry.clone()),
+            )
+        });
         let io = WriteDeadline::new(TokioIo::new(stream), shared.limits.write_timeout);
         let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::task::spawn_local(async move {
             let _slot = slot;
-            if let Err(e) = conn.await {
-                log::debug!("connection from {remote}: {e}");
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        log::debug!("connection from {remote}: {e}");
+                    }
+                }
+                // Idle and its place needed: dropping the connection closes it.
+                () = entry.evict.notified() => {}
             }
         });
     }
@@ -251,11 +273,101 @@ impl hyper::rt::Write for WriteDeadline {
     }
 }
 
-struct Slot(Rc<Cell<usize>>);
+/// One open connection, as the caps see it.
+struct Conn {
+    id: u64,
+    /// Inside a handler (its request read, its answer not yet produced): never evicted.
+    busy: Cell<bool>,
+    /// Notified to close it (it is idle and its place is needed).
+    evict: Notify,
+}
+
+/// The open connections by client address: the global and per-address caps, and which
+/// connection to close when a new one needs its place (idle ones of the address holding the
+/// most, oldest first), so that one address cannot starve the others.
+#[derive(Default)]
+struct Registry {
+    by_addr: HashMap<IpAddr, Vec<Rc<Conn>>>,
+    total: usize,
+    next_id: u64,
+}
+
+impl Registry {
+    /// Makes room for a connection from `ip` within the caps, closing an idle connection if
+    /// needed; `None` when every connection in the way is busy (answer 503).
+    fn admit(&mut self, ip: IpAddr, limits: &Limits) -> Option<Rc<Conn>> {
+        let here = self.by_addr.get(&ip).map_or(0, Vec::len);
+        if here >= limits.max_connections_per_address.max(1) {
+            self.evict_idle_of(ip)?;
+        } else if self.total >= limits.max_connections.max(1) {
+            let busiest = self
+                .by_addr
+                .iter()
+                .filter(|(_, conns)| conns.iter().any(|c| !c.busy.get()))
+                .max_by_key(|(_, conns)| conns.len())
+                .map(|(addr, _)| *addr)?;
+            self.evict_idle_of(busiest)?;
+        }
+        self.next_id += 1;
+        let conn = Rc::new(Conn {
+            id: self.next_id,
+            busy: Cell::new(false),
+            evict: Notify::new(),
+        });
+        self.by_addr.entry(ip).or_default().push(conn.clone());
+        self.total += 1;
+        Some(conn)
+    }
+
+    /// Closes the oldest idle connection of `ip`; `None` if it has none.
+    fn evict_idle_of(&mut self, ip: IpAddr) -> Option<()> {
+        let conns = self.by_addr.get(&ip)?;
+        let victim = conns.iter().find(|c| !c.busy.get())?.clone();
+        victim.evict.notify_one();
+        self.remove(ip, victim.id);
+        Some(())
+    }
+
+    /// Forgets a connection (closed, or evicted); nothing if already forgotten.
+    fn remove(&mut self, ip: IpAddr, id: u64) {
+        if let Some(conns) = self.by_addr.get_mut(&ip)
+            && let Some(at) = conns.iter().position(|c| c.id == id)
+        {
+            conns.remove(at);
+            self.total -= 1;
+            if conns.is_empty() {
+                self.by_addr.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection's place in the registry, given back when its task ends.
+struct Slot {
+    registry: Rc<RefCell<Registry>>,
+    ip: IpAddr,
+    id: u64,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.registry.borrow_mut().remove(self.ip, self.id);
+    }
+}
+
+/// Marks a connection busy for as long as it lives (one request in a handler).
+struct Busy(Rc<Conn>);
+
+impl Busy {
+    fn new(conn: Rc<Conn>) -> Self {
+        conn.busy.set(true);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
     }
 }
 
@@ -265,6 +377,7 @@ async fn respond(
     shared: Rc<Shared>,
     req: hyper::Request<Incoming>,
     remote: SocketAddr,
+    _busy: Busy,
 ) -> Result<HyperResponse, Infallible> {
     let (parts, body) = req.into_parts();
     let version = u8::from(parts.version != hyper::Version::HTTP_10);

@@ -1,0 +1,136 @@
+//! The hyper layer's connection caps (issue 11): one client address cannot starve the
+//! others. Connections beyond the per-address cap (256) close that address's idle ones,
+//! oldest first. These tests start the server with `FILESESSION_HTTP=hyper` themselves, so
+//! they check that layer in every run.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{RawConnection, TestServer, raw_request};
+
+/// Lets this test process hold a few thousand sockets.
+fn raise_own_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+}
+
+/// A TCP connection to `server` from the local address `from`.
+fn connect_from(from: [u8; 4], server: SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    bind(&fd, &SocketAddr::from((from, 0))).expect("bind the client address");
+    connect(&fd, &server).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// Whether the server has closed `stream` (end of stream or reset), within `wait`.
+fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer (e.g. a 503); read on to its end
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn served(server: &TestServer) -> Duration {
+    let started = Instant::now();
+    let mut conn = RawConnection::open(server.addr);
+    let r = conn
+        .exchange(&raw_request("GET", "/setsession/", None, None))
+        .expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.show());
+    started.elapsed()
+}
+
+#[test]
+fn a_slowloris_from_one_address_does_not_starve_another() {
+    raise_own_limit();
+    let server = TestServer::start(&[("FILESESSION_HTTP", "hyper")]);
+    // 1 500 connections from 127.0.0.2, each sending the first byte of a head and no more.
+    let mut attackers: Vec<TcpStream> = (0..1500)
+        .map(|_| {
+            let mut s = connect_from([127, 0, 0, 2], server.addr);
+            s.write_all(b"G").expect("first byte");
+            s
+        })
+        .collect();
+    // Clients from 127.0.0.1 are served at once.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        waits.push(served(&server));
+    }
+    let slowest = waits.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a client from another address waited {slowest:?}"
+    );
+    // The server kept at most 256 of the attacker's connections: the rest were closed.
+    let closed = attackers
+        .iter_mut()
+        .map(|s| closed_by_server(s, Duration::from_millis(20)))
+        .filter(|closed| *closed)
+        .count();
+    assert!(
+        closed >= 1500 - 256,
+        "only {closed} of 1500 connections from one address were closed"
+    );
+    let mut server = server;
+    assert!(server.is_alive());
+    eprintln!(
+        "caps/slowloris: 1500 connections from 127.0.0.2 (1 byte each): {closed} closed by the \
+         server; 5 clients from 127.0.0.1 served, slowest in {slowest:?}"
+    );
+}
+
+#[test]
+fn idle_connections_beyond_the_cap_make_room_for_a_new_one_from_the_same_address() {
+    raise_own_limit();
+    let server = TestServer::start(&[("FILESESSION_HTTP", "hyper")]);
+    // 300 kept-alive connections from 127.0.0.1, each idle after one answer.
+    let mut idle: Vec<RawConnection> = (0..300)
+        .map(|_| {
+            let mut conn = RawConnection::open(server.addr);
+            let r = conn
+                .exchange(&raw_request("GET", "/getsession/", None, None))
+                .expect("an answer");
+            assert_eq!(r.status, 404);
+            conn
+        })
+        .collect();
+    // A new client from the same address is served: the oldest idle ones made room.
+    let wait = served(&server);
+    assert!(wait < Duration::from_secs(1), "waited {wait:?}");
+    // Beyond 256 from one address, the oldest idle ones were closed to make room.
+    let oldest = idle.first_mut().expect("connections");
+    assert!(
+        oldest
+            .exchange(&raw_request("GET", "/getsession/", None, None))
+            .is_err(),
+        "the oldest idle connection was closed to make room"
+    );
+    // The newest idle connections are still open and answer.
+    let newest = idle.last_mut().expect("connections");
+    let r = newest
+        .exchange(&raw_request("GET", "/getsession/", None, None))
+        .expect("the newest idle connection still answers");
+    assert_eq!(r.status, 404);
+    eprintln!(
+        "caps/idle: 300 idle connections from one address: the oldest closed, the newest \
+         still served, a new one served in {wait:?}"
+    );
+}

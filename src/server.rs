@@ -363,10 +363,7 @@ fn accept_loop(
 ) {
     let limits = Arc::new(limits);
     let app = Arc::new(app);
-    let mut accept_errors = AcceptErrors {
-        last_logged: None,
-        unlogged: 0,
-    };
+    let mut accept_errors = AcceptErrors::default();
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -554,9 +551,10 @@ pub fn raise_open_files_limit() -> io::Result<Option<u64>> {
 
 /// Logs a failed `accept` at most once per [`ACCEPT_LOG_EVERY`], with how many failures
 /// were not logged, so that a server out of file descriptors does not flood its log.
+#[derive(Default)]
 pub(crate) struct AcceptErrors {
-    pub(crate) last_logged: Option<Instant>,
-    pub(crate) unlogged: u64,
+    last_logged: Option<Instant>,
+    unlogged: u64,
 }
 
 /// The least time between two "accept failed" log lines.

@@ -87,10 +87,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let registry = Rc::new(RefCell::new(Registry::default()));
-    let mut accept_errors = AcceptErrors {
-        last_logged: None,
-        unlogged: 0,
-    };
+    let mut accept_errors = AcceptErrors::default();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -404,7 +401,7 @@ async fn respond(
     let reject = |status: u16, message: &str| {
         let response = Response::error(&path, status, message);
         log_access(&line, status, response.body().len());
-        to_hyper(&response, version, true)
+        to_hyper(&response, true)
     };
 
     // Host (RFC 9112 §3.2): exactly one, valid; an absolute-form target's authority wins.
@@ -471,7 +468,7 @@ async fn respond(
         Ok(lock) => lock,
         Err(refused) => {
             log_access(&line, refused.status(), refused.body().len());
-            return Ok(to_hyper(&refused, version, false));
+            return Ok(to_hyper(&refused, false));
         }
     };
 
@@ -483,10 +480,12 @@ async fn respond(
     log_access(&line, response.status(), response.body().len());
     shared.last_request.set(Instant::now());
     shared.cleanup.borrow_mut().between_requests();
-    Ok(to_hyper(&response, version, false))
+    Ok(to_hyper(&response, false))
 }
 
-fn to_hyper(response: &Response, version: u8, close: bool) -> HyperResponse {
+/// Our response as hyper's; hyper answers in the request's HTTP version and frames the
+/// body (Content-Length, none for HEAD).
+fn to_hyper(response: &Response, close: bool) -> HyperResponse {
     let mut out = hyper::Response::new(Full::new(Bytes::copy_from_slice(response.body())));
     *out.status_mut() = hyper::StatusCode::from_u16(response.status())
         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -516,6 +515,5 @@ fn to_hyper(response: &Response, version: u8, close: bool) -> HyperResponse {
     if close {
         headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let _ = version; // hyper answers in the request's version and handles 1.0 keep-alive
     out
 }

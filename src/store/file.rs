@@ -469,7 +469,7 @@ impl FileStore {
                 entry,
                 name: name.to_owned(),
             };
-            match self.is_current(&held)? {
+            match self.is_current(&held.entry, &held.name)? {
                 Some(true) => return Ok(Some(held)),
                 Some(false) => continue, // replaced while we waited: lock the new one
                 None => return Ok(None),
@@ -477,33 +477,19 @@ impl FileStore {
         }
     }
 
-    /// Whether `entry` is, at this moment, the file named `name` (same inode). `Ok(false)`
-    /// if it was replaced or removed since it was opened.
-    fn is_same_file(&self, entry: &Entry, name: &str) -> Result<bool, StoreError> {
+    /// Whether `entry` is, at this moment, the file named `name` (same inode; a session file
+    /// is never modified in place, so the same inode is the same content). `Some(false)`:
+    /// replaced since it was opened; `None`: the name is gone.
+    fn is_current(&self, entry: &Entry, name: &str) -> Result<Option<bool>, StoreError> {
         match statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(now) => Ok(now.st_ino == entry.ino && now.st_dev == entry.dev),
-            Err(Errno::NOENT) => self.check_dir().map(|()| false),
-            Err(e) => Err(StoreError::io(
-                "inspect session file",
-                self.shown(name),
-                e.into(),
-            )),
-        }
-    }
-
-    /// Whether the locked inode is still the file with its name; `None` if the name is gone.
-    fn is_current(&self, held: &LockedFile) -> Result<Option<bool>, StoreError> {
-        match statat(&self.dirfd, held.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(now) => Ok(Some(
-                now.st_ino == held.entry.ino && now.st_dev == held.entry.dev,
-            )),
+            Ok(now) => Ok(Some(now.st_ino == entry.ino && now.st_dev == entry.dev)),
             Err(Errno::NOENT) => {
                 self.check_dir()?;
                 Ok(None)
             }
             Err(e) => Err(StoreError::io(
                 "inspect session file",
-                self.shown(&held.name),
+                self.shown(name),
                 e.into(),
             )),
         }
@@ -520,7 +506,7 @@ impl FileStore {
         if let Some(held) = held.and_then(|l| l.into_inner::<LockedFile>().ok())
             && held.name == name
         {
-            match self.is_current(&held)? {
+            match self.is_current(&held.entry, &held.name)? {
                 Some(true) => return Ok(Some(held)),
                 None => return Ok(None),
                 Some(false) => {} // replaced behind our back: lock afresh
@@ -965,7 +951,7 @@ impl SessionStore for FileStore {
         let lock = match lock.into_inner::<Candidate>() {
             Ok(candidate) if candidate.name == key.file_name() => {
                 // Checked now, when the handler runs: the copy is current or not used.
-                if self.is_same_file(&candidate.entry, &candidate.name)? {
+                if self.is_current(&candidate.entry, &candidate.name)? == Some(true) {
                     return Ok(self
                         .live_record(&candidate.entry, &candidate.name)?
                         .map(|record| Loaded { record, lock: None }));
@@ -977,7 +963,7 @@ impl SessionStore for FileStore {
         };
         if let Ok(held) = lock.into_inner::<LockedFile>()
             && held.name == key.file_name()
-            && matches!(self.is_current(&held), Ok(Some(true)))
+            && matches!(self.is_current(&held.entry, &held.name), Ok(Some(true)))
         {
             return self.loaded_locked(held);
         }

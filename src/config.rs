@@ -110,8 +110,7 @@ impl Engine {
     }
 }
 
-/// `DATA_UPLOAD_MAX_MEMORY_SIZE` default: 64 KiB.
-pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+pub use crate::http::DEFAULT_MAX_BODY;
 
 impl Default for Settings {
     fn default() -> Self {

@@ -30,8 +30,8 @@
 //!
 //! ## A server
 //!
-//! [`Server`] runs Django's `runserver` model: one handler thread, requests handed to it whole
-//! by a defensive HTTP/1.1 layer. [`SessionMiddleware`] applies Django's cookie rules around
+//! [`Server`] runs Django's `runserver` model on hyper ([`http`]): one thread does all
+//! network I/O and runs every handler, one request at a time. [`SessionMiddleware`] applies Django's cookie rules around
 //! your handlers, plain functions routed by [`Router`]:
 //!
 //! ```no_run
@@ -92,7 +92,7 @@
 mod app;
 mod config;
 mod expiry;
-mod http;
+pub mod http;
 mod key;
 mod middleware;
 mod router;

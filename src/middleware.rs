@@ -146,7 +146,7 @@ impl SessionMiddleware {
                 // a flush whose delete failed: the session is still there
                 return store_failure(path, &error);
             }
-            response.render_after_save(&session);
+            render_after_save(&mut response, &session);
             response.add_header("Set-Cookie", &self.deletion_cookie());
             patch_vary(&mut response);
             return response;
@@ -171,7 +171,7 @@ impl SessionMiddleware {
                 vary = true;
             }
         }
-        response.render_after_save(&session);
+        render_after_save(&mut response, &session);
         if vary {
             patch_vary(&mut response);
         }
@@ -320,4 +320,26 @@ fn is_out_of_space(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     )
+}
+
+/// A body rendered once the session is saved, kept in the response's extensions by
+/// [`Response::json_after_save`].
+#[derive(Clone, Copy)]
+struct AfterSave(fn(&Session) -> serde_json::Value);
+
+impl Response {
+    /// A JSON response whose body is rendered after the session is saved, so that it shows
+    /// the saved session (a new key, its expiry). `status` decides the save as usual.
+    pub fn json_after_save(status: u16, render: fn(&Session) -> serde_json::Value) -> Self {
+        let mut response = Response::new(status).with_header("Content-Type", "application/json");
+        response.extensions_mut().insert(AfterSave(render));
+        response
+    }
+}
+
+/// Runs the renderer [`Response::json_after_save`] left, if any, against the saved session.
+fn render_after_save(response: &mut Response, session: &Session) {
+    if let Some(AfterSave(render)) = response.extensions_mut().remove::<AfterSave>() {
+        response.set_body(render(session).to_string().into_bytes());
+    }
 }

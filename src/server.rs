@@ -1,27 +1,20 @@
-//! The server: an accept thread, one thread per connection for all waiting on clients, and
-//! ONE handler thread that runs the handlers, one request at a time.
+//! The server: Django's `runserver` model on the HTTP layer ([`crate::http`]): ONE thread
+//! does all network I/O and runs every handler, one request at a time.
 
+use std::cell::RefCell;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::http::{Job, Limits, Reply, Request, Response, serve_connection};
+use crate::http::{Limits, Prepared, Request, Response, Service};
 use crate::middleware::{Preflight, SessionMiddleware};
 use crate::router::{Routed, Router};
 use crate::store::{SessionLock, SessionStore, Sweep};
-
-/// Stack size of a connection thread: it only parses and copies bytes.
-const CONNECTION_STACK: usize = 256 * 1024;
-/// Access-log lines are written at least this often (and whenever the server is idle).
-const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Requests waiting for the handler thread before connection threads wait to hand theirs.
-const QUEUE_DEPTH: usize = 256;
 
 /// The router and the session middleware: what the handler thread runs for each request.
 #[derive(Clone)]
@@ -36,9 +29,9 @@ impl App {
         App { router, middleware }
     }
 
-    /// Runs on the connection's thread before the request is queued for the handler thread:
-    /// waits there (bounded) for the session's lock, so a session locked elsewhere never
-    /// stalls the handler thread. `Err` is the answer to give at once (503).
+    /// Waits (bounded) for the session's lock, on a thread that may wait: the server calls
+    /// it off its one thread, only when [`try_preflight`](App::try_preflight) found the
+    /// lock held elsewhere. `Err` is the answer to give at once (503).
     pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
         match self
             .router
@@ -102,13 +95,11 @@ impl App {
     }
 }
 
-/// Stops a running [`Server`]: the request in hand is finished and written, then
-/// [`Server::run`] returns.
+/// Stops a running [`Server`]: it stops accepting, finishes the request in hand, writes
+/// every answer already produced, then [`Server::run`] returns.
 #[derive(Clone)]
 pub struct StopHandle {
     stop: Arc<AtomicBool>,
-    addr: SocketAddr,
-    listener: Option<Arc<TcpListener>>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -116,17 +107,8 @@ impl StopHandle {
     /// Asks the server to stop.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.wake.notify_one(); // the hyper loop (a permit is kept if it is not waiting)
-        // Wake the accept thread: shutting the listening socket down makes accept() return
-        // at once (and works when several processes share the port, where a connection
-        // to it might reach another process).
-        let woken = self
-            .listener
-            .as_ref()
-            .is_some_and(|l| rustix::net::shutdown(&**l, rustix::net::Shutdown::Read).is_ok());
-        if !woken {
-            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        }
+        // A permit is kept if the loop is not waiting at this instant.
+        self.wake.notify_one();
     }
 
     /// Stops the server on SIGINT (Ctrl-C) or SIGTERM.
@@ -173,7 +155,7 @@ impl StopHandle {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Server {
-    listener: Arc<TcpListener>,
+    listener: TcpListener,
     app: App,
     limits: Limits,
     stop: Arc<AtomicBool>,
@@ -210,7 +192,7 @@ impl Server {
             ..Limits::default()
         };
         Ok(Server {
-            listener: Arc::new(listener),
+            listener,
             app,
             limits,
             stop: Arc::new(AtomicBool::new(false)),
@@ -234,166 +216,65 @@ impl Server {
 
     /// A handle that stops the server from another thread or a signal.
     pub fn stop_handle(&self) -> StopHandle {
-        let addr = self
-            .listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         StopHandle {
             stop: self.stop.clone(),
-            addr,
-            listener: Some(self.listener.clone()),
             wake: self.wake.clone(),
         }
     }
 
-    /// Serves until stopped. The calling thread becomes the handler thread.
-    ///
-    /// With `FILESESSION_HTTP=hyper` in the environment (experimental, issue 11 in
-    /// progress) the network I/O runs on hyper 1 over a tokio current-thread runtime whose
-    /// one thread also runs every handler; otherwise on this crate's own HTTP/1.1 layer
-    /// (an accept thread, a thread per connection).
+    /// Serves until stopped; the calling thread becomes the server's one thread (network
+    /// I/O and handlers). Connections beyond [`Limits::max_connections`] (lowered to what
+    /// the open-files limit allows: [`crate::http::connection_cap`]) close idle ones first.
     ///
     /// # Errors
-    /// The accept thread or the runtime cannot be started.
+    /// The runtime cannot be started.
     pub fn run(self) -> io::Result<()> {
-        if std::env::var("FILESESSION_HTTP").as_deref() != Ok("hyper") {
-            return self.run_threads();
-        }
         let cleanup = Cleanup::new(
             self.app.middleware.store().clone(),
             self.app.middleware.settings().gc_interval,
         );
-        crate::http::hyper_io::run(
-            &self.listener,
-            self.app,
-            self.limits,
-            cleanup,
-            self.stop,
-            self.wake,
-        )
-    }
-
-    /// This crate's own HTTP/1.1 layer: an accept thread, a thread per connection, this
-    /// thread handles.
-    fn run_threads(self) -> io::Result<()> {
-        let Server {
-            listener,
-            app,
-            limits,
-            stop,
-            wake: _,
-        } = self;
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let acceptor = {
-            let gate = app.clone();
-            let stop = stop.clone();
-            let in_flight = in_flight.clone();
-            let limits = limits.clone();
-            thread::Builder::new()
-                .name("accept".into())
-                .spawn(move || {
-                    accept_loop(listener, jobs, limits, stop, in_flight, connections, gate)
-                })?
+        let pipeline = Pipeline {
+            app: self.app,
+            cleanup: RefCell::new(cleanup),
         };
-        let mut cleanup = Cleanup::new(
-            app.middleware.store().clone(),
-            app.middleware.settings().gc_interval,
-        );
-        let mut last_log_flush = Instant::now();
-        loop {
-            match queue.recv_timeout(cleanup.wait()) {
-                Ok(job) => {
-                    let line = crate::http::request_line(&job.request);
-                    let path = job.request.path().to_owned();
-                    let response = catch_unwind(AssertUnwindSafe(|| {
-                        app.handle_locked(job.request, job.lock)
-                    }))
-                    .unwrap_or_else(|_| {
-                        log::error!("request for {path} panicked; answered 500");
-                        Response::error(&path, 500, "Internal server error.")
-                    });
-                    crate::http::log_access(&line, response.status(), response.body().len());
-                    match job.reply {
-                        Reply::Direct(out, framing) => out.deliver(&response, framing),
-                        Reply::Wait(reply) => {
-                            in_flight.fetch_add(1, Ordering::SeqCst);
-                            if reply.send(response).is_err() {
-                                in_flight.fetch_sub(1, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    crate::http::flush_access_log();
-                    cleanup.idle();
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            cleanup.between_requests();
-            if last_log_flush.elapsed() >= LOG_FLUSH_EVERY {
-                crate::http::flush_access_log();
-                last_log_flush = Instant::now();
-            }
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-        }
-        // Let the connection threads write what was answered, then go.
-        drop(queue);
-        crate::http::flush_access_log();
-        let deadline = crate::expiry::later(Instant::now(), limits.write_timeout);
-        while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-        let _ = acceptor.join();
-        Ok(())
+        crate::http::serve(&self.listener, pipeline, self.limits, self.stop, self.wake)
     }
 }
 
-fn accept_loop(
-    listener: Arc<TcpListener>,
-    jobs: mpsc::SyncSender<Job>,
-    limits: Limits,
-    stop: Arc<AtomicBool>,
-    in_flight: Arc<AtomicUsize>,
-    connections: Arc<AtomicUsize>,
+/// The app and its cleanup, as the HTTP layer runs them.
+struct Pipeline {
     app: App,
-) {
-    let limits = Arc::new(limits);
-    let app = Arc::new(app);
-    let mut accept_errors = AcceptErrors::default();
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning; never give up.
-                accept_errors.failed(&e);
-                thread::sleep(Duration::from_millis(20));
-                continue;
+    cleanup: RefCell<Cleanup>,
+}
+
+impl Service for Pipeline {
+    type Ticket = Option<SessionLock>;
+
+    fn prepare(&self, request: &Request) -> Prepared<Self::Ticket> {
+        match self.app.try_preflight(request) {
+            Preflight::Ready(lock) => Prepared::Ready(lock),
+            Preflight::Refused(answer) => Prepared::Answer(answer),
+            Preflight::Busy => {
+                let app = self.app.clone();
+                Prepared::Wait(Box::new(move |request: &Request| app.preflight(request)))
             }
-        };
-        if connections.load(Ordering::SeqCst) >= limits.max_connections {
-            crate::http::refuse_overload(stream);
-            continue;
         }
-        let slot = ConnectionSlot::take(&connections);
-        let (jobs, limits, in_flight, app) =
-            (jobs.clone(), limits.clone(), in_flight.clone(), app.clone());
-        let spawned = thread::Builder::new()
-            .name("conn".into())
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || {
-                let _slot = slot; // freed when the thread ends, even by a panic
-                serve_connection(stream, &jobs, &limits, &in_flight, &|r| app.preflight(r));
-            });
-        if spawned.is_err() {
-            log::warn!("could not start a connection thread; connection dropped");
-        }
+    }
+
+    fn run(&self, request: Request, lock: Self::Ticket) -> Response {
+        self.app.handle_locked(request, lock)
+    }
+
+    fn idle(&self) {
+        self.cleanup.borrow_mut().idle();
+    }
+
+    fn idle_wait(&self) -> Duration {
+        self.cleanup.borrow().wait()
+    }
+
+    fn after_request(&self) {
+        self.cleanup.borrow_mut().between_requests();
     }
 }
 
@@ -547,56 +428,6 @@ pub fn raise_open_files_limit() -> io::Result<Option<u64>> {
         )?;
     }
     Ok(getrlimit(Resource::Nofile).current)
-}
-
-/// Logs a failed `accept` at most once per [`ACCEPT_LOG_EVERY`], with how many failures
-/// were not logged, so that a server out of file descriptors does not flood its log.
-#[derive(Default)]
-pub(crate) struct AcceptErrors {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-/// The least time between two "accept failed" log lines.
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
-
-impl AcceptErrors {
-    pub(crate) fn failed(&mut self, e: &io::Error) {
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
-        {
-            self.unlogged += 1;
-            return;
-        }
-        if self.unlogged > 0 {
-            log::warn!(
-                "accept failed: {e} ({} more failures since the last such line)",
-                self.unlogged
-            );
-        } else {
-            log::warn!("accept failed: {e}");
-        }
-        self.last_logged = Some(now);
-        self.unlogged = 0;
-    }
-}
-
-/// One counted open connection; dropping it frees the place.
-struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl ConnectionSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        ConnectionSlot(count.clone())
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Opens the store the settings describe (`SESSION_ENGINE`), ready to share between

@@ -1446,7 +1446,14 @@ fn json_post(target: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Whether the server's HTTP layer sees a whole head in `bytes` (LF LF or LF CR LF).
+/// Whether `bytes` hold a whole request head. Empty lines before a request line are not a
+/// request: RFC 9112 §2.2 has a server ignore them, so "\r\n\r\n" alone is no head.
 fn has_head_end(bytes: &[u8]) -> bool {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(bytes.len());
+    let bytes = &bytes[start..];
     bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 

@@ -1,15 +1,14 @@
-//! The hyper layer's connection caps (issue 11): one client address cannot starve the
-//! others. Connections beyond the per-address cap (256) close that address's idle ones,
-//! oldest first. These tests start the server with `FILESESSION_HTTP=hyper` themselves, so
-//! they check that layer in every run.
+//! The connection caps (issue 11): one client address cannot starve the others.
+//! Connections beyond the per-address cap (256) close that address's idle ones, oldest
+//! first.
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{RawConnection, TestServer, raw_request};
+use common::{RawConnection, TestServer, connect_from, raw_request};
 
 /// Lets this test process hold a few thousand sockets.
 fn raise_own_limit() {
@@ -22,15 +21,6 @@ fn raise_own_limit() {
             maximum: limit.maximum,
         },
     );
-}
-
-/// A TCP connection to `server` from the local address `from`.
-fn connect_from(from: [u8; 4], server: SocketAddr) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
-    bind(&fd, &SocketAddr::from((from, 0))).expect("bind the client address");
-    connect(&fd, &server).expect("connect");
-    TcpStream::from(fd)
 }
 
 /// Whether the server has closed `stream` (end of stream or reset), within `wait`.
@@ -60,7 +50,7 @@ fn served(server: &TestServer) -> Duration {
 #[test]
 fn a_slowloris_from_one_address_does_not_starve_another() {
     raise_own_limit();
-    let server = TestServer::start(&[("FILESESSION_HTTP", "hyper")]);
+    let server = TestServer::start(&[]);
     // 1 500 connections from 127.0.0.2, each sending the first byte of a head and no more.
     let mut attackers: Vec<TcpStream> = (0..1500)
         .map(|_| {
@@ -100,7 +90,7 @@ fn a_slowloris_from_one_address_does_not_starve_another() {
 #[test]
 fn idle_connections_beyond_the_cap_make_room_for_a_new_one_from_the_same_address() {
     raise_own_limit();
-    let server = TestServer::start(&[("FILESESSION_HTTP", "hyper")]);
+    let server = TestServer::start(&[]);
     // 300 kept-alive connections from 127.0.0.1, each idle after one answer.
     let mut idle: Vec<RawConnection> = (0..300)
         .map(|_| {

@@ -264,9 +264,17 @@ fn out_of_file_descriptors_answers_503_and_keeps_the_cookie() {
     let file = server.sessions().join(format!("{key}.json"));
     let before = std::fs::read(&file).unwrap();
 
-    // Idle connections until the server has no descriptor left (each holds at least one).
+    // The server fitted its connection cap to 64 descriptors at start (48 connections), so
+    // a flood would close idle connections before the descriptors ran out. Lower its
+    // limit now (as an operator could), below that cap: then idle connections from another
+    // address take every descriptor left (each holds at least one).
+    let lowered = std::process::Command::new("prlimit")
+        .args(["--pid", &server.child.id().to_string(), "--nofile=24:64"])
+        .status()
+        .expect("run prlimit");
+    assert!(lowered.success(), "prlimit --pid failed");
     let flood: Vec<TcpStream> = (0..120)
-        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .map(|_| common::connect_from([127, 0, 0, 2], server.addr))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();

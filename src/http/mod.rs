@@ -1,15 +1,26 @@
-//! A small, defensive HTTP/1.1 layer: requests parsed by `httparse` on connection threads
-//! with limits and deadlines, handed whole to the single handler thread.
+//! The HTTP layer, the bottom one: hyper 1.x HTTP/1.1 on a tokio current-thread runtime,
+//! whose one thread does all network I/O and runs the [`Service`] (the router, the session
+//! middleware and every handler), one request at a time. It knows nothing of sessions.
+//!
+//! - [`serve`]: the accept loop and the bridge from hyper's requests to ours;
+//! - [`Service`], [`Prepared`]: what the layer runs for each request;
+//! - [`Request`], [`Response`], [`Method`]: our request and response types;
+//! - [`Limits`]: every limit and deadline, each a named default;
+//! - `deadlines`, `registry`: the idle, head and write deadlines, and the connection caps;
+//! - `access_log`: Django runserver's access log.
 
-mod conn;
-pub(crate) mod hyper_io;
+mod access_log;
+mod deadlines;
+mod limits;
+mod registry;
 mod request;
 mod response;
+mod serve;
+mod service;
 
-pub use conn::Limits;
-pub(crate) use conn::{
-    Job, Reply, flush_access_log, log_access, refuse_overload, request_line, serve_connection,
-};
+pub use limits::{DEFAULT_MAX_BODY, Limits};
 pub(crate) use request::decode_segment;
 pub use request::{Method, Request};
 pub use response::Response;
+pub use serve::{RESERVED_DESCRIPTORS, connection_cap, serve};
+pub use service::{Prepared, Service, Wait};

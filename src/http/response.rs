@@ -4,11 +4,6 @@ use std::fmt;
 
 use serde_json::{Value, json};
 
-use crate::session::Session;
-
-/// Renders a body once the session has been saved (so that it can show the new key).
-type AfterSave = Box<dyn FnOnce(&Session) -> Vec<u8> + Send>;
-
 /// An HTTP response: status, headers and body.
 ///
 /// Header values never carry CR, LF or NUL: they are removed on the way in, so no handler
@@ -26,7 +21,7 @@ pub struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
-    after_save: Option<AfterSave>,
+    extensions: http::Extensions,
 }
 
 impl fmt::Debug for Response {
@@ -60,7 +55,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
-            after_save: None,
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -99,16 +94,6 @@ impl Response {
         }
     }
 
-    /// A JSON response whose body is rendered after the session is saved, so that it shows
-    /// the saved session (a new key, its expiry). `status` decides the save as usual.
-    pub fn json_after_save(status: u16, render: fn(&Session) -> Value) -> Self {
-        let mut r = Response::new(status).with_header("Content-Type", "application/json");
-        r.after_save = Some(Box::new(move |s: &Session| {
-            render(s).to_string().into_bytes()
-        }));
-        r
-    }
-
     /// Adds a header. CR, LF and NUL are removed from the value; a name that is not an HTTP
     /// token is dropped.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -137,6 +122,11 @@ impl Response {
         self
     }
 
+    /// Replaces the body in place.
+    pub fn set_body(&mut self, body: Vec<u8>) {
+        self.body = body;
+    }
+
     /// The status code.
     pub fn status(&self) -> u16 {
         self.status
@@ -160,11 +150,20 @@ impl Response {
         &self.body
     }
 
-    /// Runs the deferred renderer, if any, against the saved session.
-    pub(crate) fn render_after_save(&mut self, session: &Session) {
-        if let Some(render) = self.after_save.take() {
-            self.body = render(session);
-        }
+    /// Typed values carried along with the response, for layers above this one (the
+    /// session middleware keeps a renderer here: `Response::json_after_save`).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// The extensions, to add or take values.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+
+    /// Headers and body, for the layer that writes the response.
+    pub(crate) fn into_parts(self) -> (Vec<(String, String)>, Vec<u8>) {
+        (self.headers, self.body)
     }
 }
 

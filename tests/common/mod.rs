@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -389,4 +389,14 @@ impl RawConnection {
         self.writer.write_all(request)?;
         read_raw_response(&mut self.reader)
     }
+}
+
+/// A TCP connection to `server` from the loopback address `from` (such as 127.0.0.2), so
+/// that the server sees another client address.
+pub fn connect_from(from: [u8; 4], server: SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+    bind(&fd, &SocketAddr::from((from, 0))).expect("bind the client address");
+    connect(&fd, &server).expect("connect");
+    TcpStream::from(fd)
 }

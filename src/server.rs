@@ -163,12 +163,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` with default [`Limits`] and the body limit of the app's settings.
+    /// Binds `addr` (listening with a backlog of [`LISTEN_BACKLOG`]) with default [`Limits`] and
+    /// the body limit of the app's settings.
     ///
     /// # Errors
     /// The address cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, app: App) -> io::Result<Self> {
-        Self::from_listener(TcpListener::bind(addr)?, app)
+        let listener = TcpListener::bind(addr)?;
+        // std listens with a backlog of 128: a burst of new connections beyond it has its
+        // SYNs dropped and waits a second for the retry. Listening again raises it.
+        rustix::net::listen(&listener, LISTEN_BACKLOG)?;
+        Self::from_listener(listener, app)
     }
 
     /// Binds `addr` so that several processes can each bind it and share its connections
@@ -381,6 +386,11 @@ impl Cleanup {
     }
 }
 
+/// The listening backlog: connections the kernel completes before the server accepts them
+/// (the kernel caps it at `net.core.somaxconn`, 4096 by default since Linux 5.4). A burst
+/// beyond it has its SYNs dropped, and each such client waits a second for the retry.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// A TCP socket on `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, listening if `listen`.
 /// Not listening, it only holds the port (and learns the port when `addr` asks for port 0).
 ///
@@ -403,7 +413,7 @@ pub fn shared_socket(addr: SocketAddr, listen: bool) -> io::Result<TcpListener> 
     sockopt::set_socket_reuseport(&fd, true)?;
     rustix::net::bind(&fd, &addr)?;
     if listen {
-        rustix::net::listen(&fd, 1024)?;
+        rustix::net::listen(&fd, LISTEN_BACKLOG)?;
     }
     Ok(TcpListener::from(fd))
 }

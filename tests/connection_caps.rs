@@ -8,20 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{RawConnection, TestServer, connect_from, raw_request};
-
-/// Lets this test process hold a few thousand sockets.
-fn raise_own_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
-}
+use common::{RawConnection, TestServer, connect_from, raise_own_limit, raw_request};
 
 /// Whether the server has closed `stream` (end of stream or reset), within `wait`.
 fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use super::access_log;
 use super::deadlines::Deadlines;
 use super::limits::Limits;
-use super::registry::{Busy, Registry, Slot};
+use super::registry::{Busy, Conn, Registry, Slot};
 use super::request::{Method, Request};
 use super::response::{Response, reason};
 use super::service::{Prepared, Service};
@@ -101,6 +101,7 @@ async fn accept_loop<S: Service>(
     let registry = Rc::new(RefCell::new(Registry::default()));
     let cap = connection_cap(&shared.limits);
     let mut accept_errors = AcceptErrors::default();
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -112,6 +113,7 @@ async fn accept_loop<S: Service>(
         .max_buf_size((shared.limits.max_head_bytes + 8192).max(8192))
         .half_close(true)
         .keep_alive(true);
+    let builder = Rc::new(builder);
 
     // Idle work: the access log and the service's background work.
     {
@@ -159,41 +161,64 @@ async fn accept_loop<S: Service>(
             ip,
             conn: conn.clone(),
         };
-        let io = Deadlines::new(
-            stream,
-            conn.clone(),
-            shared.limits.idle_timeout,
-            shared.limits.head_timeout,
-            shared.limits.write_timeout,
-        );
-        let conn_shared = shared.clone();
-        let service_conn = conn.clone();
-        let service = service_fn(move |req| {
-            respond(
-                conn_shared.clone(),
-                req,
-                remote,
-                Busy::new(service_conn.clone()),
-            )
-        });
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let (task_shared, builder, watcher) = (shared.clone(), builder.clone(), graceful.watcher());
+        let mut stopping = stopping_rx.clone();
         tokio::task::spawn_local(async move {
             let _slot = slot;
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        log_connection_error(&e, remote);
-                    }
-                }
-                // Idle and its place needed: dropping the connection closes it.
-                () = conn.evict.notified() => {}
+            // Until its first byte a connection costs its socket and this small task:
+            // hyper's buffers (16 KiB) are made only for a connection that sends something.
+            // (`readable()` may wake without data; a peek waits for a byte or the end.)
+            let mut peeked = [0u8; 1];
+            let first_byte = tokio::select! {
+                ready = stream.peek(&mut peeked) => ready.is_ok(),
+                () = tokio::time::sleep(task_shared.limits.idle_timeout) => false,
+                () = conn.evict.notified() => false,
+                _ = stopping.changed() => false,
+            };
+            if first_byte {
+                let serving =
+                    serve_connection(task_shared, &builder, watcher, stream, remote, conn);
+                Box::pin(serving).await;
             }
         });
     }
+    let _ = stopping.send(true);
     drop(listener);
     let _ = tokio::time::timeout(shared.limits.write_timeout, graceful.shutdown()).await;
     access_log::flush();
     Ok(())
+}
+
+/// One connection that has sent its first byte, on hyper, until it closes or is evicted.
+async fn serve_connection<S: Service>(
+    shared: Rc<Shared<S>>,
+    builder: &http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    conn: Rc<Conn>,
+) {
+    let io = Deadlines::new(
+        stream,
+        conn.clone(),
+        shared.limits.idle_timeout,
+        shared.limits.head_timeout,
+        shared.limits.write_timeout,
+    );
+    let service_conn = conn.clone();
+    let service = service_fn(move |req| {
+        respond(shared.clone(), req, remote, Busy::new(service_conn.clone()))
+    });
+    let connection = watcher.watch(builder.serve_connection(io, service));
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                log_connection_error(&e, remote);
+            }
+        }
+        // Idle and its place needed: dropping the connection closes it.
+        () = conn.evict.notified() => {}
+    }
 }
 
 /// hyper answered a bad head itself (400, or 431 for one too large): an access-log line

@@ -64,7 +64,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{
@@ -132,6 +132,26 @@ pub struct FileStore {
     /// Cleared when the file system refuses `O_TMPFILE`; then creates go through temp names.
     tmpfile: AtomicBool,
     corrupt_logged: Mutex<HashSet<PathBuf>>,
+    /// Changes to the directory's names begun and finished by this store (renames,
+    /// links, unlinks): a candidate opened with none in progress and none begun since is
+    /// current without asking the file system ([`FileStore::candidate_is_current`]).
+    changes: Changes,
+}
+
+/// Counts of changes begun and finished ([`FileStore::changing`]).
+#[derive(Debug, Default)]
+struct Changes {
+    begun: AtomicU64,
+    done: AtomicU64,
+}
+
+/// A change to the directory's names under way; counted done when dropped.
+struct Changing<'a>(&'a Changes);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// A session file locked exclusively, checked to be the file now at its name.
@@ -157,6 +177,8 @@ struct Entry {
 struct Candidate {
     entry: Entry,
     name: String,
+    /// [`Changes::begun`] when it was opened, if no change was under way then.
+    quiet_since: Option<u64>,
 }
 
 /// What is at a session's name.
@@ -224,6 +246,7 @@ impl FileStore {
             renameat2: AtomicBool::new(true),
             tmpfile: AtomicBool::new(true),
             corrupt_logged: Mutex::new(HashSet::new()),
+            changes: Changes::default(),
         };
         let (probe, _) = store
             .write_temp(b"probe\n", None)
@@ -604,7 +627,36 @@ impl FileStore {
 
     /// Removes an entry of the directory.
     fn unlink(&self, name: &str) -> io::Result<()> {
+        let _changing = self.changing();
         unlinkat(&self.dirfd, name, AtFlags::empty()).map_err(io::Error::from)
+    }
+
+    /// Counts a change to the directory's names from now until the guard is dropped.
+    fn changing(&self) -> Changing<'_> {
+        self.changes.begun.fetch_add(1, Ordering::SeqCst);
+        Changing(&self.changes)
+    }
+
+    /// `Some(begun)` if no change is under way now: what a candidate opened now records.
+    fn quiet_now(&self) -> Option<u64> {
+        let done = self.changes.done.load(Ordering::SeqCst);
+        let begun = self.changes.begun.load(Ordering::SeqCst);
+        (begun == done).then_some(begun)
+    }
+
+    /// Whether a candidate still holds the current copy of its session. A session file is
+    /// never modified in place, so only a change of its name can make it stale: if this
+    /// store changed no name since the candidate was opened, it is current (a change by
+    /// another process after the open is concurrent with the request, and a read that
+    /// takes effect at the open is linearizable); otherwise `statat` compares inodes.
+    fn candidate_is_current(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+        if candidate
+            .quiet_since
+            .is_some_and(|begun| self.changes.begun.load(Ordering::SeqCst) == begun)
+        {
+            return Ok(true);
+        }
+        Ok(self.is_current(&candidate.entry, &candidate.name)? == Some(true))
     }
 
     /// Makes a completed write durable: fsync the directory (with `fsync` on).
@@ -618,6 +670,7 @@ impl FileStore {
 
     /// Atomically replaces the file named `name` (held locked) with the temp file.
     fn replace(&self, temp: &str, name: &str) -> Result<(), StoreError> {
+        let _changing = self.changing();
         let dir = &self.dirfd;
         let result = if self.renameat2.load(Ordering::Relaxed) {
             match renameat_with(dir, temp, dir, name, RenameFlags::EXCHANGE) {
@@ -707,6 +760,7 @@ impl FileStore {
 
     /// Gives the temp file the name `name` unless something has it. `Ok(false)`: taken.
     fn link_new(&self, temp: &str, name: &str) -> io::Result<bool> {
+        let _changing = self.changing();
         let dir = &self.dirfd;
         if self.renameat2.load(Ordering::Relaxed) {
             match renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE) {
@@ -931,6 +985,7 @@ impl SessionStore for FileStore {
         // the load only as a candidate: the load uses it if it is still the file with that
         // name when the handler runs (a file is never modified in place, so the same inode
         // means the same content), and opens the name afresh otherwise.
+        let quiet_since = self.quiet_now();
         let entry = match self.open_entry(&name) {
             Ok(Opened::File(entry)) => entry,
             Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
@@ -940,7 +995,11 @@ impl SessionStore for FileStore {
         self.lock_by(key, &entry, &name, start, later(start, wait))?;
         unlock(&entry.file)
             .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
-        Ok(Some(SessionLock::new(Candidate { entry, name })))
+        Ok(Some(SessionLock::new(Candidate {
+            entry,
+            name,
+            quiet_since,
+        })))
     }
 
     fn load_locked(
@@ -951,7 +1010,7 @@ impl SessionStore for FileStore {
         let lock = match lock.into_inner::<Candidate>() {
             Ok(candidate) if candidate.name == key.file_name() => {
                 // Checked now, when the handler runs: the copy is current or not used.
-                if self.is_current(&candidate.entry, &candidate.name)? == Some(true) {
+                if self.candidate_is_current(&candidate)? {
                     return Ok(self
                         .live_record(&candidate.entry, &candidate.name)?
                         .map(|record| Loaded { record, lock: None }));

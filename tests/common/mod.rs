@@ -400,3 +400,35 @@ pub fn connect_from(from: [u8; 4], server: SocketAddr) -> TcpStream {
     connect(&fd, &server).expect("connect");
     TcpStream::from(fd)
 }
+
+/// Lets this test process hold as many sockets as its hard limit allows; returns that
+/// limit (`None`: unlimited).
+pub fn raise_own_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current
+}
+
+/// A process's resident memory in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// How many file descriptors a process holds open.
+pub fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .count()
+}

@@ -86,6 +86,20 @@ impl SessionMiddleware {
     /// mode the open file, which the load uses only if it is still current. `Err` is the
     /// answer to give at once: 503 when the lock stayed taken, 5xx when the store failed.
     pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
+        let now = std::time::Instant::now();
+        self.preflight_until(
+            request,
+            crate::expiry::later(now, self.settings.lock_timeout),
+        )
+    }
+
+    /// [`preflight`](SessionMiddleware::preflight) that waits no later than `deadline`
+    /// (then 503, as for `SESSION_LOCK_TIMEOUT`).
+    pub fn preflight_until(
+        &self,
+        request: &Request,
+        deadline: std::time::Instant,
+    ) -> Result<Option<SessionLock>, Response> {
         let Some(key) = request
             .cookie(&self.settings.cookie_name)
             .as_deref()
@@ -93,8 +107,9 @@ impl SessionMiddleware {
         else {
             return Ok(None);
         };
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
         self.store
-            .acquire(&key)
+            .acquire_within(&key, wait)
             .map_err(|e| store_failure(request.path(), &e))
     }
 

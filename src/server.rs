@@ -33,11 +33,22 @@ impl App {
     /// it off its one thread, only when [`try_preflight`](App::try_preflight) found the
     /// lock held elsewhere. `Err` is the answer to give at once (503).
     pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
+        let deadline =
+            crate::expiry::later(Instant::now(), self.middleware.settings().lock_timeout);
+        self.preflight_until(request, deadline)
+    }
+
+    /// [`preflight`](App::preflight) that waits no later than `deadline`.
+    pub fn preflight_until(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Option<SessionLock>, Response> {
         match self
             .router
             .resolve(request.method(), request.path(), request.query())
         {
-            Routed::Found(..) => self.middleware.preflight(request),
+            Routed::Found(..) => self.middleware.preflight_until(request, deadline),
             _ => Ok(None),
         }
     }
@@ -242,7 +253,7 @@ impl Server {
             app: self.app,
             cleanup: RefCell::new(cleanup),
         };
-        crate::http::serve(&self.listener, pipeline, self.limits, self.stop, self.wake)
+        crate::http::serve(self.listener, pipeline, self.limits, self.stop, self.wake)
     }
 }
 
@@ -260,8 +271,15 @@ impl Service for Pipeline {
             Preflight::Ready(lock) => Prepared::Ready(lock),
             Preflight::Refused(answer) => Prepared::Answer(answer),
             Preflight::Busy => {
+                // The deadline starts now: time spent waiting for a thread counts.
+                let deadline = crate::expiry::later(
+                    Instant::now(),
+                    self.app.middleware.settings().lock_timeout,
+                );
                 let app = self.app.clone();
-                Prepared::Wait(Box::new(move |request: &Request| app.preflight(request)))
+                Prepared::Wait(Box::new(move |request: &Request| {
+                    app.preflight_until(request, deadline)
+                }))
             }
         }
     }

@@ -111,3 +111,48 @@ fn idle_connections_beyond_the_cap_make_room_for_a_new_one_from_the_same_address
          still served, a new one served in {wait:?}"
     );
 }
+
+/// A connection still sending its body is the client's to finish, not a request being
+/// answered: 300 POSTs from one address that announce a body and never send it are held to
+/// the per-address cap by closing the oldest, and none of them gets a 503.
+#[test]
+fn connections_stalled_in_their_body_make_room_like_idle_ones() {
+    raise_own_limit();
+    let server = TestServer::start(&[]);
+    let head = b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n";
+    let mut stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = connect_from([127, 0, 0, 4], server.addr);
+            s.write_all(head).expect("send the head");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let elapsed = served(&server);
+    let mut closed = 0;
+    let mut refused = 0;
+    for s in &mut stalled {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 503") => refused += 1,
+            Ok(n) => panic!(
+                "an answer to a request without its body: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => closed += 1,
+            Err(_) => {} // still open (WouldBlock)
+        }
+    }
+    assert_eq!(refused, 0, "no 503: the stalled bodies make room");
+    assert!(
+        closed >= 44,
+        "only {closed} of 300 closed to hold the cap of 256"
+    );
+    eprintln!(
+        "caps/stalled bodies: 300 POSTs without their body from one address: {closed} closed, \
+         0 refused; another client served in {elapsed:?}"
+    );
+}

@@ -444,6 +444,25 @@ fn sigterm_finishes_writing_the_answers_already_produced() {
         .expect("kill");
     assert!(killed.success());
     thread::sleep(Duration::from_millis(300));
+    // Stopping: the listener is closed, so a new client is refused at once, not left
+    // waiting in a queue no one accepts from.
+    let tried = Instant::now();
+    match TcpStream::connect(server.addr) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(mut late) => {
+            let _ = late.write_all(&raw_request("GET", "/getsession/", None, None));
+            let got = read_until_closed(&mut late, Duration::from_secs(3));
+            assert!(
+                got.is_empty(),
+                "a stopping server answered a new connection"
+            );
+            assert!(
+                tried.elapsed() < Duration::from_secs(2),
+                "left waiting {:?}",
+                tried.elapsed()
+            );
+        }
+    }
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -467,4 +486,54 @@ fn sigterm_finishes_writing_the_answers_already_produced() {
     };
     assert!(exit.success(), "{exit}");
     let _ = reader.fill_buf();
+}
+
+/// Waits for a session locked by another process run on at most
+/// `filesession::http::MAX_BLOCKING_THREADS` (64) threads, and each wait's deadline is set
+/// when its request is read: 300 requests for a session locked for longer than
+/// `SESSION_LOCK_TIMEOUT` (1 s) are all answered 503 at about 1 s, none held for the 5
+/// rounds of 64 waits a queued deadline would take.
+#[test]
+fn queued_lock_waits_keep_their_deadline() {
+    let server = TestServer::start(&[
+        ("SESSION_LOCKING", "request"),
+        ("SESSION_LOCK_TIMEOUT", "1"),
+    ]);
+    let mut conn = RawConnection::open(server.addr);
+    let created = conn
+        .exchange(&raw_request("GET", "/setsession/", None, None))
+        .expect("an answer");
+    let key = created.session_cookie().expect("a session");
+    let file = std::fs::File::open(server.sessions().join(format!("{key}.json"))).expect("open");
+    fs2::FileExt::lock_exclusive(&file).expect("lock it, as another process would");
+
+    let started = Instant::now();
+    let request = raw_request("GET", "/getsession/", Some(&key), None);
+    let waiting: Vec<TcpStream> = (0..300u32)
+        .map(|i| {
+            let mut s = connect_from(
+                [127, 0, 3, u8::try_from(1 + i / 150).expect("2")],
+                server.addr,
+            );
+            s.write_all(&request).expect("send");
+            s
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for s in waiting {
+        let mut reader = BufReader::new(s);
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let r = read_raw_response(&mut reader).expect("an answer");
+        assert_eq!(r.status, 503, "{}", r.show());
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(2_500),
+        "the last 503 came after {slowest:?}: waits queued past their deadline"
+    );
+    eprintln!("[http_layer] 300 waits for a locked session: all 503, the last after {slowest:?}");
+    drop(file);
 }

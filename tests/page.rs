@@ -353,3 +353,30 @@ fn forms_must_be_urlencoded() {
     assert_eq!(r.status(), 415);
     assert!(server.session_files().is_empty());
 }
+
+#[test]
+fn a_large_session_is_shown_in_part_and_the_page_stays_small() {
+    let server = TestServer::start(&[("DATA_UPLOAD_MAX_MEMORY_SIZE", "2000000")]);
+    let a = agent();
+    let mut data = serde_json::Map::new();
+    for i in 0..1_000 {
+        data.insert(format!("k{i}"), json!([0]));
+    }
+    data.insert("long".into(), json!("x".repeat(50_000)));
+    let r = a
+        .post(server.url("/api/session"))
+        .header("Content-Type", "application/json")
+        .send(serde_json::Value::Object(data).to_string())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = page(&a, &server);
+    let rows = html.matches("<code class=\"key\">").count();
+    assert_eq!(rows, 200, "the first 200 keys");
+    assert!(html.contains("and 801 more keys"), "the rest counted");
+    assert!(html.contains("href=\"/api/session\""));
+    assert!(
+        html.len() < 150_000,
+        "a 1 001-key session made a page of {} bytes",
+        html.len()
+    );
+}

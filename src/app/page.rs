@@ -81,7 +81,23 @@ fn csrf_field(token: &str) -> Markup {
     html! { input type="hidden" name=(CSRF_FIELD) value=(token); }
 }
 
-/// The page: the session (key, file, expiry, data) and forms to change it.
+/// The most keys the page shows, each with its delete form; the rest are counted.
+const PAGE_MAX_KEYS: usize = 200;
+/// The most characters of a value the page shows; longer ones end in "…".
+const PAGE_MAX_VALUE_CHARS: usize = 2_000;
+
+/// A value as the page shows it: its JSON, cut at [`PAGE_MAX_VALUE_CHARS`].
+fn shown_value(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(PAGE_MAX_VALUE_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// The page: the session (key, file, expiry, data) and forms to change it. A large session
+/// is shown in part (the first [`PAGE_MAX_KEYS`] keys, values cut at
+/// [`PAGE_MAX_VALUE_CHARS`]), so that the page stays small whatever the session holds.
 pub(super) fn index(request: &Request, session: &mut Session) -> Response {
     let (token, csrf_cookie) = csrf::token_for_page(request);
     let (mut shown, flash_cookie) = messages::take(request, session);
@@ -89,8 +105,10 @@ pub(super) fn index(request: &Request, session: &mut Session) -> Response {
     let key = session.session_key().copied();
     let data: Vec<(String, String)> = session
         .items()
-        .map(|(k, v)| (k.clone(), v.to_string()))
+        .take(PAGE_MAX_KEYS)
+        .map(|(k, v)| (k.clone(), shown_value(v)))
         .collect();
+    let hidden = session.items().count().saturating_sub(PAGE_MAX_KEYS);
     let body = html! {
         main {
             @for message in &shown {
@@ -131,6 +149,12 @@ pub(super) fn index(request: &Request, session: &mut Session) -> Response {
                                     }
                                 }
                             }
+                        }
+                    }
+                    @if hidden > 0 {
+                        p.muted #more-keys {
+                            "… and " (hidden) " more keys: the whole session is at "
+                            a href="/api/session" { "/api/session" } "."
                         }
                     }
                 }

@@ -39,8 +39,8 @@ enum Phase {
 ///   connection fails (a client that does not read holds its connection and one answer
 ///   for at most that long).
 ///
-/// A request's phase comes from the connection's busy flag, set by the service from the
-/// moment hyper hands it a parsed head until its answer is produced.
+/// A request's phase comes from the connection's in-request flag, set from the moment hyper
+/// hands the service a parsed head until its answer is produced.
 pub(super) struct Deadlines {
     io: TokioIo<TcpStream>,
     conn: Rc<Conn>,
@@ -75,11 +75,11 @@ impl Deadlines {
         }
     }
 
-    /// Follows the busy flag and the request count: a request answered since the last
+    /// Follows the in-request flag and the request count: a request answered since the last
     /// look starts a new idle wait.
     fn update_phase(&mut self) {
         let requests = self.conn.requests();
-        if self.conn.is_busy() {
+        if self.conn.in_request() {
             self.phase = Phase::Busy;
             self.requests_seen = requests;
         } else if self.phase == Phase::Busy || requests != self.requests_seen {

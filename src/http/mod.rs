@@ -22,5 +22,5 @@ pub use limits::{DEFAULT_MAX_BODY, Limits};
 pub(crate) use request::decode_segment;
 pub use request::{Method, Request};
 pub use response::Response;
-pub use serve::{RESERVED_DESCRIPTORS, connection_cap, serve};
+pub use serve::{MAX_BLOCKING_THREADS, RESERVED_DESCRIPTORS, connection_cap, serve};
 pub use service::{Prepared, Service, Wait};

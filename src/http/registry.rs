@@ -13,8 +13,12 @@ use super::limits::Limits;
 /// One open connection, as the caps see it.
 pub(super) struct Conn {
     id: u64,
-    /// Inside a request (its head read, its answer not yet produced): never evicted, and
-    /// its reads are the body's (the idle and head deadlines do not apply).
+    /// Inside a request: its head read, its answer not yet produced. Its reads are the
+    /// body's (the idle and head deadlines do not apply).
+    in_request: Cell<bool>,
+    /// Its request is being answered (body read; a lock wait or the handler): never
+    /// evicted. A connection still sending its head or body is the client's to finish, and
+    /// may be closed to make room like an idle one.
     busy: Cell<bool>,
     /// Requests begun on it so far.
     requests: Cell<u64>,
@@ -23,9 +27,9 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Inside a request (see [`Busy`]).
-    pub(super) fn is_busy(&self) -> bool {
-        self.busy.get()
+    /// Inside a request (see [`InRequest`]).
+    pub(super) fn in_request(&self) -> bool {
+        self.in_request.get()
     }
 
     /// How many requests have begun on it.
@@ -68,6 +72,7 @@ impl Registry {
         self.next_id += 1;
         let conn = Rc::new(Conn {
             id: self.next_id,
+            in_request: Cell::new(false),
             busy: Cell::new(false),
             requests: Cell::new(0),
             evict: Notify::new(),
@@ -113,21 +118,40 @@ impl Drop for Slot {
     }
 }
 
-/// Marks a connection busy for as long as it lives (one request, from its head read to its
-/// answer produced).
-pub(super) struct Busy(Rc<Conn>);
+/// Marks a connection inside a request for as long as it lives (from its head read to its
+/// answer produced), and busy from [`answering`](InRequest::answering) on.
+pub(super) struct InRequest(Rc<Conn>);
 
-impl Busy {
+impl InRequest {
     pub(super) fn new(conn: Rc<Conn>) -> Self {
-        conn.busy.set(true);
+        conn.in_request.set(true);
         conn.requests.set(conn.requests.get() + 1);
-        Busy(conn)
+        InRequest(conn)
+    }
+
+    /// The whole request is read: from now on it is being answered and is never evicted.
+    pub(super) fn answering(&self) {
+        self.0.busy.set(true);
     }
 }
 
-impl Drop for Busy {
+impl Drop for InRequest {
     fn drop(&mut self) {
+        self.0.in_request.set(false);
         self.0.busy.set(false);
+    }
+}
+
+/// The address the per-address cap counts a client under: its IPv4 address, or its IPv6
+/// /64 (one subscriber's usual allocation, so that one host cannot take a fresh address for
+/// each connection); an IPv4-mapped IPv6 address counts as the IPv4 one.
+pub(super) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
+        },
     }
 }
 
@@ -148,7 +172,8 @@ mod tests {
         let ip: IpAddr = [127, 0, 0, 1].into();
         let first = registry.admit(ip, &limits(2), 100).expect("room");
         let second = registry.admit(ip, &limits(2), 100).expect("room");
-        let _busy = Busy::new(first.clone());
+        let busy = InRequest::new(first.clone());
+        busy.answering();
         let third = registry
             .admit(ip, &limits(2), 100)
             .expect("the idle one makes room");
@@ -156,7 +181,8 @@ mod tests {
         let ids: Vec<u64> = registry.by_addr[&ip].iter().map(|c| c.id).collect();
         assert_eq!(ids, vec![first.id, third.id], "the idle second was closed");
         let _ = second;
-        let _busy_third = Busy::new(third);
+        let busy_third = InRequest::new(third);
+        busy_third.answering();
         assert!(
             registry.admit(ip, &limits(2), 100).is_none(),
             "all busy: refused"
@@ -177,6 +203,34 @@ mod tests {
         assert_eq!(registry.by_addr[&crowd].len(), 1);
         assert_eq!(registry.by_addr[&other].len(), 2);
         assert_eq!(registry.total, 3);
+    }
+
+    #[test]
+    fn a_connection_still_sending_its_request_can_be_closed_to_make_room() {
+        let mut registry = Registry::default();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let sending = registry.admit(ip, &limits(1), 100).expect("room");
+        let _reading_body = InRequest::new(sending.clone());
+        assert!(
+            registry.admit(ip, &limits(1), 100).is_some(),
+            "the sender is closed"
+        );
+        assert!(registry.by_addr[&ip].iter().all(|c| c.id != sending.id));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("v6");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("mapped");
+        assert_eq!(client_key(mapped), IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(
+            client_key([10, 0, 0, 1].into()),
+            IpAddr::from([10, 0, 0, 1])
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use super::access_log;
 use super::deadlines::Deadlines;
 use super::limits::Limits;
-use super::registry::{Busy, Conn, Registry, Slot};
+use super::registry::{Conn, InRequest, Registry, Slot, client_key};
 use super::request::{Method, Request};
 use super::response::{Response, reason};
 use super::service::{Prepared, Service};
@@ -38,6 +38,10 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// listener, logs, blocking threads' work) when the connection cap is fitted to the
 /// open-files limit: this many, or a quarter of the limit if that is less.
 pub const RESERVED_DESCRIPTORS: u64 = 256;
+/// The most threads waiting at once for what [`Prepared::Wait`] waits for (such as session
+/// locks held by another process); more waits queue for a thread. Each wait's deadline is
+/// set when it is prepared, so time in the queue counts against it.
+pub const MAX_BLOCKING_THREADS: usize = 64;
 /// The least time between two "accept failed" log lines.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -48,22 +52,23 @@ struct Shared<S> {
 }
 
 /// Serves `listener` with `service` on the calling thread until `stop` is set and `wake`
-/// notified; then stops accepting, lets every connection finish the request in hand and
+/// notified; then closes the listener (new connections are refused at once, or go to the
+/// other processes sharing the port), lets every connection finish the request in hand and
 /// write what was answered (waiting at most [`Limits::write_timeout`]), and returns.
 ///
 /// # Errors
 /// The runtime cannot be built or the listener cannot be registered with it.
 pub fn serve<S: Service>(
-    listener: &TcpListener,
+    listener: TcpListener,
     service: S,
     limits: Limits,
     stop: Arc<AtomicBool>,
     wake: Arc<Notify>,
 ) -> io::Result<()> {
-    let listener = listener.try_clone()?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?;
     let local = tokio::task::LocalSet::new();
     let shared = Rc::new(Shared {
@@ -147,7 +152,7 @@ async fn accept_loop<S: Service>(
                 continue;
             }
         };
-        let ip = remote.ip();
+        let ip = client_key(remote.ip());
         let admitted = registry.borrow_mut().admit(ip, &shared.limits, cap);
         let Some(conn) = admitted else {
             if let Ok(stream) = stream.into_std() {
@@ -207,7 +212,12 @@ async fn serve_connection<S: Service>(
     );
     let service_conn = conn.clone();
     let service = service_fn(move |req| {
-        respond(shared.clone(), req, remote, Busy::new(service_conn.clone()))
+        respond(
+            shared.clone(),
+            req,
+            remote,
+            InRequest::new(service_conn.clone()),
+        )
     });
     let connection = watcher.watch(builder.serve_connection(io, service));
     tokio::select! {
@@ -241,7 +251,7 @@ async fn respond<S: Service>(
     shared: Rc<Shared<S>>,
     req: hyper::Request<Incoming>,
     remote: SocketAddr,
-    _busy: Busy,
+    in_request: InRequest,
 ) -> Result<HyperResponse, Infallible> {
     let (parts, body) = req.into_parts();
     let version = u8::from(parts.version != hyper::Version::HTTP_10);
@@ -312,6 +322,7 @@ async fn respond<S: Service>(
         Ok(Err(_)) => return Ok(reject(400, "Request body incomplete.")),
         Ok(Ok(body)) => request.body = body.to_bytes().to_vec(),
     }
+    in_request.answering();
 
     // Prepare on this thread; a wait goes to a blocking thread, never this one.
     let (request, ticket) = match shared.service.prepare(&request) {

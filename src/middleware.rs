@@ -236,10 +236,19 @@ impl SessionMiddleware {
     }
 
     /// `sessionid=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax`.
+    ///
+    /// `Secure` when the name has a `__Secure-` or `__Host-` prefix or SameSite is `None`:
+    /// a browser ignores such a cookie without it, and the old cookie would survive the
+    /// logout (Django's `HttpResponse.delete_cookie`, 5.2).
     fn deletion_cookie(&self) -> String {
+        let s = &self.settings;
+        let secure = s.cookie_name.starts_with("__Secure-")
+            || s.cookie_name.starts_with("__Host-")
+            || s.cookie_samesite == Some(SameSite::None);
         self.base_cookie(String::new())
             .max_age(cookie::time::Duration::ZERO)
             .expires(OffsetDateTime::UNIX_EPOCH)
+            .secure(secure)
             .build()
             .to_string()
     }

@@ -91,18 +91,17 @@ impl Router {
                 Segment::Literal(text) if text == part => {}
                 Segment::Literal(_) => return None,
                 Segment::Param(name) => {
-                    let value = crate::http::decode_segment(part)?;
-                    if value.is_empty() {
+                    if part.is_empty() {
                         return None;
                     }
-                    params.insert(name.clone(), value);
+                    params.insert(name.clone(), part.to_owned());
                 }
             }
         }
         parts.next().is_none().then_some(params)
     }
 
-    /// The methods served at `path`.
+    /// The methods served at `path` (percent-decoded already: see [`resolve`](Router::resolve)).
     pub fn allowed(&self, path: &str) -> Vec<Method> {
         let mut methods: Vec<Method> = self
             .routes
@@ -117,8 +116,13 @@ impl Router {
         methods
     }
 
-    /// Finds where a request goes.
+    /// Finds where a request goes. `path` is the request's path as sent; routes match it
+    /// percent-decoded, as Django resolves `request.path_info` (so `/set%73ession/` is
+    /// `/setsession/`, and `/api/session/a%2Fb` has three segments after `/api/`); a path
+    /// that is not UTF-8 once decoded is matched as sent.
     pub fn resolve(&self, method: Method, path: &str, query: Option<&str>) -> Routed {
+        let decoded = crate::http::decode_segment(path);
+        let path = decoded.as_deref().unwrap_or(path);
         let wanted = if method == Method::Head {
             Method::Get
         } else {
@@ -156,11 +160,15 @@ const LOCATION_UNSAFE: &AsciiSet = &CONTROLS
     .add(b'}')
     .add(b'#');
 
-/// A same-site relative Location for `path` and `query` from a request: unsafe bytes are
-/// percent-encoded and a leading `//` (which a browser reads as another host) becomes
-/// `/%2F`, as Django's `escape_leading_slashes`.
+/// In a path, also `%` and `?`: the path given is decoded, and must read back as itself.
+const PATH_UNSAFE: &AsciiSet = &LOCATION_UNSAFE.add(b'%').add(b'?');
+
+/// A same-site relative Location for a decoded `path` (as the router matches it) and a
+/// request's `query` as sent: unsafe bytes are percent-encoded (in the path also `%` and
+/// `?`, as Django's `escape_uri_path`) and a leading `//` (which a browser reads as another
+/// host) becomes `/%2F`, as Django's `escape_leading_slashes`.
 pub fn safe_location(path: &str, query: Option<&str>) -> String {
-    let mut location: String = utf8_percent_encode(path, LOCATION_UNSAFE).collect();
+    let mut location: String = utf8_percent_encode(path, PATH_UNSAFE).collect();
     if location.starts_with("//") {
         location.replace_range(..2, "/%2F");
     }
@@ -202,6 +210,15 @@ mod tests {
             Routed::Found(_, params) => assert_eq!(params["name"], "a b"),
             _ => panic!("not found"),
         }
+        // Decoded first, as Django: an encoded letter is the letter, an encoded slash a slash.
+        assert!(matches!(
+            r.resolve(Method::Get, "/set%73ession/", None),
+            Routed::Found(..)
+        ));
+        assert!(matches!(
+            r.resolve(Method::Delete, "/api/session/a%2Fb", None),
+            Routed::NotFound
+        ));
         assert!(matches!(
             r.resolve(Method::Delete, "/api/session/", None),
             Routed::NotFound
@@ -235,5 +252,7 @@ mod tests {
             "/a%20b%22%3C%3E/?q=%5Cx%23"
         );
         assert_eq!(safe_location("/é/", None), "/%C3%A9/");
+        // A decoded path reads back as itself.
+        assert_eq!(safe_location("/a?b%/", Some("q=%20")), "/a%3Fb%25/?q=%20");
     }
 }

@@ -44,25 +44,15 @@ impl App {
         request: &Request,
         deadline: Instant,
     ) -> Result<Option<SessionLock>, Response> {
-        match self
-            .router
-            .resolve(request.method(), request.path(), request.query())
-        {
-            Routed::Found(..) => self.middleware.preflight_until(request, deadline),
-            _ => Ok(None),
-        }
+        self.middleware.preflight_until(request, deadline)
     }
 
     /// [`preflight`](App::preflight) that never waits, for a thread that must not:
     /// [`Preflight::Busy`] means call `preflight` on one that may.
     pub fn try_preflight(&self, request: &Request) -> Preflight {
-        match self
-            .router
-            .resolve(request.method(), request.path(), request.query())
-        {
-            Routed::Found(..) => self.middleware.try_preflight(request),
-            _ => Preflight::Ready(None),
-        }
+        // Every answer goes through the middleware, the router's 404s included, so every
+        // request with a session cookie is preflighted.
+        self.middleware.try_preflight(request)
     }
 
     /// Answers one request: route, load the session, run the handler, apply the middleware.
@@ -72,37 +62,56 @@ impl App {
     }
 
     /// [`handle`](App::handle) with the lock [`preflight`](App::preflight) took.
+    ///
+    /// The session middleware runs around every answer, the router's own included (404,
+    /// 405, the `APPEND_SLASH` redirect), as Django's does: a malformed cookie is deleted and
+    /// `SESSION_SAVE_EVERY_REQUEST` saves on a 404 too.
     pub fn handle_locked(&self, mut request: Request, lock: Option<SessionLock>) -> Response {
         let path = request.path().to_owned();
-        match self
+        let routed = self
             .router
-            .resolve(request.method(), &path, request.query())
-        {
-            Routed::NotFound => Response::error(&path, 404, &format!("Not found: {path}")),
-            Routed::MethodNotAllowed(methods) => {
-                let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-                Response::error(
-                    &path,
-                    405,
-                    &format!("Method {} not allowed here.", request.method_token()),
-                )
-                .with_header("Allow", &allow.join(", "))
-            }
-            Routed::AppendSlash(location) => Response::redirect(301, &location),
+            .resolve(request.method(), &path, request.query());
+        let handler = match routed {
             Routed::Found(handler, params) => {
                 request.params = params;
-                let (session, had_cookie) = self.middleware.session_for(&request);
-                let mut session = session.with_lock(lock);
-                let outcome = catch_unwind(AssertUnwindSafe(|| handler(&request, &mut session)));
-                match outcome {
-                    Ok(response) => self.middleware.finish(session, had_cookie, &path, response),
+                Ok(handler)
+            }
+            other => Err(routed_answer(&request, &path, other)),
+        };
+        let (session, had_cookie) = self.middleware.session_for(&request);
+        let mut session = session.with_lock(lock);
+        let response = match handler {
+            Ok(handler) => {
+                match catch_unwind(AssertUnwindSafe(|| handler(&request, &mut session))) {
+                    Ok(response) => response,
                     Err(_) => {
                         log::error!("handler for {path} panicked; answered 500");
-                        Response::error(&path, 500, "Internal server error.")
+                        return Response::error(&path, 500, "Internal server error.");
                     }
                 }
             }
+            Err(answer) => answer,
+        };
+        self.middleware.finish(session, had_cookie, &path, response)
+    }
+}
+
+/// The router's own answer when it found no handler (404, 405 with `Allow`, the
+/// `APPEND_SLASH` 301); an empty 500 for `Found`, which never reaches it.
+fn routed_answer(request: &Request, path: &str, routed: Routed) -> Response {
+    match routed {
+        Routed::NotFound => Response::error(path, 404, &format!("Not found: {path}")),
+        Routed::MethodNotAllowed(methods) => {
+            let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+            Response::error(
+                path,
+                405,
+                &format!("Method {} not allowed here.", request.method_token()),
+            )
+            .with_header("Allow", &allow.join(", "))
         }
+        Routed::AppendSlash(location) => Response::redirect(301, &location),
+        Routed::Found(..) => Response::new(500),
     }
 }
 

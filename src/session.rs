@@ -338,11 +338,17 @@ impl Session {
         self.state().data.len()
     }
 
-    /// Django's `is_empty()`: `true` when there is no session key and no data. A session
-    /// with a key is not empty, even with no data; a session never loaded is not loaded by
-    /// this call. The middleware deletes the cookie of an empty session.
+    /// Django's `is_empty()`: `true` when there is no session key, no data and no expiry
+    /// set. A session with a key is not empty, even with no data; a session never loaded is
+    /// not loaded by this call. The middleware deletes the cookie of an empty session.
     pub fn is_empty(&self) -> bool {
-        self.session_key().is_none() && self.state.get().is_none_or(|s| s.data.is_empty())
+        // Django keeps the expiry in the data (`_session_expiry`), so a session whose only
+        // content is an expiry is not empty: `set_expiry(300)` alone stores the session.
+        self.session_key().is_none()
+            && self
+                .state
+                .get()
+                .is_none_or(|s| s.data.is_empty() && s.expiry == Expiry::Default)
     }
 
     /// Removes every key but keeps the session and its key (Django's `clear()`); the next
@@ -480,8 +486,9 @@ impl Session {
             return Err(e);
         }
         let key = self.session_key().copied();
-        if key.is_none() && self.state.get().is_none_or(|s| s.data.is_empty()) {
-            // Empty sessions are never created (Django, CVE-2015-5963).
+        if key.is_none() && self.is_empty() {
+            // Empty sessions are never created (Django, CVE-2015-5963); one holding only an
+            // expiry is not empty (Django keeps it in the data).
             return Ok(());
         }
         let (key, record) = match key {

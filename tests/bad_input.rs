@@ -663,7 +663,8 @@ fn json_bodies() {
         (deep_array.as_bytes(), 400),
         (deep_object.as_bytes(), 400),
         (b"\xef\xbb\xbf{\"a\":1}".as_slice(), 400),
-        (b"{\"n\": 1e999999}".as_slice(), 400),
+        // A number is kept as sent (serde_json's arbitrary_precision), even one no float holds.
+        (b"{\"n\": 1e999999}".as_slice(), 200),
     ] {
         let response = tally.run(|| app.handle(post_json(body))).expect("no panic");
         tally

@@ -23,7 +23,7 @@ use crate::session::Session;
 /// | `GET /getsession/` | answers `abc abc@gmail.com`, or 404 before `/setsession/` |
 /// | `GET /api/session` | the session as JSON; never creates one |
 /// | `POST /api/session` | sets each key of a JSON object |
-/// | `DELETE /api/session/{name}` | removes one key; 404 if absent |
+/// | `DELETE /api/session/{name}` | removes one key; 404 if absent (`/api/session/`: the empty key) |
 /// | `POST /api/session/flush` | logs out |
 /// | `POST /api/session/cycle` | a new key, the same data |
 /// | `POST /api/session/expiry` | `{"seconds": N}`: N > 0, 0 = browser close, null = default |
@@ -42,6 +42,8 @@ pub fn demo_router() -> Router {
         .route(Method::Get, "/api/session", api::get)
         .route(Method::Post, "/api/session", api::set)
         .route(Method::Delete, "/api/session/{name}", api::delete_key)
+        // The empty key, which a route parameter cannot name (Django's neither).
+        .route(Method::Delete, "/api/session/", api::delete_key)
         .route(Method::Post, "/api/session/flush", api::flush)
         .route(Method::Post, "/api/session/cycle", api::cycle)
         .route(Method::Post, "/api/session/expiry", api::expiry)

@@ -184,7 +184,7 @@ impl Request {
     }
 }
 
-/// Percent-decodes one path segment; `None` if it is not UTF-8 once decoded.
+/// Percent-decodes a path or one of its segments; `None` if it is not UTF-8 once decoded.
 pub(crate) fn decode_segment(segment: &str) -> Option<String> {
     percent_decode_str(segment)
         .decode_utf8()

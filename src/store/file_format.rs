@@ -115,7 +115,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn file_is_pretty_json_a_person_can_read() {
+    fn file_is_pretty_json_a_person_can_read_with_keys_in_insertion_order() {
         let record = Record {
             data: json!({"sname": "abc", "semail": "abc@gmail.com"})
                 .as_object()
@@ -128,8 +128,8 @@ mod tests {
         assert_eq!(
             text,
             "{\n  \"format\": 1,\n  \"expires_at\": \"2026-12-07T11:37:46Z\",\n  \
-             \"expiry\": \"default\",\n  \"data\": {\n    \"semail\": \"abc@gmail.com\",\n    \
-             \"sname\": \"abc\"\n  }\n}\n"
+             \"expiry\": \"default\",\n  \"data\": {\n    \"sname\": \"abc\",\n    \
+             \"semail\": \"abc@gmail.com\"\n  }\n}\n"
         );
         assert_eq!(decode(text.as_bytes()).unwrap(), record);
     }

@@ -79,7 +79,19 @@ pub struct Settings {
     /// leftovers of crashed writes), done a few milliseconds at a time between requests.
     /// Default: `None`, off, as Django (which leaves it to `clearsessions` from cron).
     pub gc_interval: Option<Duration>,
+    /// `ALLOWED_HOSTS`: the `Host` values served; another gets 400 (Django's rule: a
+    /// pattern matches exactly, case-insensitively; a leading dot also matches every
+    /// subdomain; `*` matches all). Default: `.localhost`, `127.0.0.1`, `[::1]`, what Django
+    /// allows with `DEBUG` on and the list empty.
+    pub allowed_hosts: Vec<String>,
+    /// `CSRF_TRUSTED_ORIGINS`: origins besides the request's own allowed to send unsafe
+    /// requests to the JSON API (`https://example.com`, or `https://*.example.com` for
+    /// every subdomain), as Django's. Default: none.
+    pub csrf_trusted_origins: Vec<String>,
 }
+
+/// `ALLOWED_HOSTS` default.
+pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = [".localhost", "127.0.0.1", "[::1]"];
 
 /// `SESSION_REDIS_URL` default.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -132,6 +144,8 @@ impl Default for Settings {
             gc_interval: None,
             engine: Engine::File,
             redis_url: DEFAULT_REDIS_URL.into(),
+            allowed_hosts: DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
+            csrf_trusted_origins: Vec::new(),
         }
     }
 }

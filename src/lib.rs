@@ -92,6 +92,7 @@
 mod app;
 mod config;
 mod expiry;
+mod guard;
 pub mod http;
 mod key;
 mod middleware;

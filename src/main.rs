@@ -172,12 +172,50 @@ struct SettingsArgs {
           value_name = "SESSION_REDIS_URL", default_value = filesession::DEFAULT_REDIS_URL)]
     session_redis_url: String,
 
+    /// Host names served, comma-separated (Django's ALLOWED_HOSTS): a leading dot matches
+    /// subdomains too, * matches all; another Host gets 400.
+    #[arg(long, global = true, env = "ALLOWED_HOSTS", alias = "ALLOWED_HOSTS",
+          value_name = "ALLOWED_HOSTS", default_value = ".localhost,127.0.0.1,[::1]",
+          value_parser = parse_list)]
+    allowed_hosts: HostList,
+
+    /// Origins allowed to send unsafe requests to the JSON API besides the request's own,
+    /// comma-separated (Django's CSRF_TRUSTED_ORIGINS): https://example.com,
+    /// https://*.example.com.
+    #[arg(long, global = true, env = "CSRF_TRUSTED_ORIGINS", alias = "CSRF_TRUSTED_ORIGINS",
+          value_name = "CSRF_TRUSTED_ORIGINS", default_value = "", value_parser = parse_origins)]
+    csrf_trusted_origins: HostList,
+
     /// Worker processes serving the port, each a single-threaded loop; a dead one is
     /// replaced at once. 1 = this process serves alone.
     #[arg(long, global = true, env = "SESSION_WORKERS", alias = "SESSION_WORKERS",
           value_name = "SESSION_WORKERS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+}
+
+/// A comma-separated list setting (`ALLOWED_HOSTS`, `CSRF_TRUSTED_ORIGINS`).
+#[derive(Clone, Debug)]
+struct HostList(Vec<String>);
+
+fn parse_list(text: &str) -> Result<HostList, String> {
+    Ok(HostList(
+        text.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
+}
+
+fn parse_origins(text: &str) -> Result<HostList, String> {
+    let list = parse_list(text)?;
+    match list.0.iter().find(|o| !o.contains("://")) {
+        Some(bad) => Err(format!(
+            "CSRF_TRUSTED_ORIGINS entries need a scheme (https://{bad}), not {bad:?}"
+        )),
+        None => Ok(list),
+    }
 }
 
 /// `SESSION_COOKIE_SAMESITE`: `None` omits the attribute (Django's `False`).
@@ -222,6 +260,8 @@ impl SettingsArgs {
                 .then(|| Duration::from_secs(self.session_gc_interval)),
             engine: self.session_engine,
             redis_url: self.session_redis_url,
+            allowed_hosts: self.allowed_hosts.0,
+            csrf_trusted_origins: self.csrf_trusted_origins.0,
         }
     }
 }
@@ -398,6 +438,8 @@ fn settings_env(s: &Settings) -> Vec<(&'static str, String)> {
             .to_string(),
         ),
         ("SESSION_REDIS_URL", s.redis_url.clone()),
+        ("ALLOWED_HOSTS", s.allowed_hosts.join(",")),
+        ("CSRF_TRUSTED_ORIGINS", s.csrf_trusted_origins.join(",")),
         ("SESSION_WORKERS", "1".to_string()),
         (WORKER_ENV, std::process::id().to_string()),
     ];

@@ -65,18 +65,28 @@ impl App {
     ///
     /// The session middleware runs around every answer, the router's own included (404,
     /// 405, the `APPEND_SLASH` redirect), as Django's does: a malformed cookie is deleted and
-    /// `SESSION_SAVE_EVERY_REQUEST` saves on a 404 too.
+    /// `SESSION_SAVE_EVERY_REQUEST` saves on a 404 too. Before routing, as Django's
+    /// middleware: a `Host` not in `ALLOWED_HOSTS` is answered 400, and an unsafe request to
+    /// the JSON API from another origin 403 (`Origin`, `Sec-Fetch-Site`,
+    /// `CSRF_TRUSTED_ORIGINS`).
     pub fn handle_locked(&self, mut request: Request, lock: Option<SessionLock>) -> Response {
         let path = request.path().to_owned();
         let routed = self
             .router
             .resolve(request.method(), &path, request.query());
-        let handler = match routed {
-            Routed::Found(handler, params) => {
+        let settings = self.middleware.settings();
+        let guard = crate::guard::check(
+            &request,
+            &settings.allowed_hosts,
+            &settings.csrf_trusted_origins,
+        );
+        let handler = match (guard, routed) {
+            (Err((status, message)), _) => Err(Response::error(&path, status, &message)),
+            (Ok(()), Routed::Found(handler, params)) => {
                 request.params = params;
                 Ok(handler)
             }
-            other => Err(routed_answer(&request, &path, other)),
+            (Ok(()), other) => Err(routed_answer(&request, &path, other)),
         };
         let (session, had_cookie) = self.middleware.session_for(&request);
         let mut session = session.with_lock(lock);

@@ -1425,7 +1425,7 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 
 /// `METHOD target HTTP/1.1`, `Host`, the header lines given, a blank line, the body.
 fn request(method: &str, target: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
     for h in headers {
         out.push_str(h);
         out.push_str("\r\n");
@@ -1502,7 +1502,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
         add(
             f,
             label,
-            format!("{line}\r\nHost: test\r\n\r\n").into_bytes(),
+            format!("{line}\r\nHost: localhost\r\n\r\n").into_bytes(),
         );
     }
     add(
@@ -1535,12 +1535,12 @@ fn corpus(issued_key: &str) -> Vec<Case> {
     add(
         f,
         "bare LF endings",
-        b"GET /setsession/ HTTP/1.1\nHost: test\n\n".to_vec(),
+        b"GET /setsession/ HTTP/1.1\nHost: localhost\n\n".to_vec(),
     );
 
     // Control bytes (NUL, SOH, DEL, bare CR) in every position of a request.
     let f = "control bytes";
-    let base = b"GET /getsession/?a=b HTTP/1.1\r\nHost: x\r\nCookie: k=v\r\n\r\n";
+    let base = b"GET /getsession/?a=b HTTP/1.1\r\nHost: localhost\r\nCookie: k=v\r\n\r\n";
     for byte in [0x00u8, 0x01, 0x7f, b'\r'] {
         for at in 0..=base.len() {
             let mut bytes = base.to_vec();
@@ -1561,18 +1561,26 @@ fn corpus(issued_key: &str) -> Vec<Case> {
         add(
             f,
             &format!("{label} in path"),
-            cat(&[b"GET /set", bad, b"session/ HTTP/1.1\r\nHost: t\r\n\r\n"]),
+            cat(&[
+                b"GET /set",
+                bad,
+                b"session/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            ]),
         );
         add(
             f,
             &format!("{label} in query"),
-            cat(&[b"GET /setsession/?q=", bad, b" HTTP/1.1\r\nHost: t\r\n\r\n"]),
+            cat(&[
+                b"GET /setsession/?q=",
+                bad,
+                b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            ]),
         );
         add(
             f,
             &format!("{label} in header value"),
             cat(&[
-                b"GET /setsession/ HTTP/1.1\r\nHost: t\r\nX-A: ",
+                b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\nX-A: ",
                 bad,
                 b"\r\n\r\n",
             ]),
@@ -1581,7 +1589,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
             f,
             &format!("{label} in header name"),
             cat(&[
-                b"GET /setsession/ HTTP/1.1\r\nHost: t\r\nX-",
+                b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\nX-",
                 bad,
                 b": 1\r\n\r\n",
             ]),
@@ -1590,7 +1598,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
             f,
             &format!("{label} in cookie"),
             cat(&[
-                b"GET /setsession/ HTTP/1.1\r\nHost: t\r\nCookie: sessionid=",
+                b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid=",
                 bad,
                 b"\r\n\r\n",
             ]),
@@ -1598,13 +1606,17 @@ fn corpus(issued_key: &str) -> Vec<Case> {
         add(
             f,
             &format!("{label} in method"),
-            cat(&[b"GE", bad, b"T /setsession/ HTTP/1.1\r\nHost: t\r\n\r\n"]),
+            cat(&[
+                b"GE",
+                bad,
+                b"T /setsession/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            ]),
         );
         add(
             f,
             &format!("{label} in Content-Type"),
             cat(&[
-                b"POST /api/session HTTP/1.1\r\nHost: t\r\nContent-Type: application/json",
+                b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json",
                 bad,
                 b"\r\nContent-Length: 2\r\n\r\n{}",
             ]),
@@ -1633,7 +1645,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
         add(
             f,
             label,
-            format!("GET /setsession/ HTTP/1.1\r\nHost: t\r\n{lines}\r\n\r\n").into_bytes(),
+            format!("GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n{lines}\r\n\r\n").into_bytes(),
         );
     }
     let many =
@@ -1663,7 +1675,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
     add(
         f,
         "LF and CRLF mixed",
-        b"GET /setsession/ HTTP/1.1\nHost: t\r\nX-A: 1\n\r\n".to_vec(),
+        b"GET /setsession/ HTTP/1.1\nHost: localhost\r\nX-A: 1\n\r\n".to_vec(),
     );
 
     // Content-Length.
@@ -1771,7 +1783,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
             "POST",
             "/api/session",
             &["Content-Length: 4", "Transfer-Encoding: chunked"],
-            b"0\r\n\r\nGET /setsession/ HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"0\r\n\r\nGET /setsession/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
         ),
     );
 
@@ -1830,7 +1842,7 @@ fn corpus(issued_key: &str) -> Vec<Case> {
         add(
             f,
             label,
-            format!("GET /setsession/ HTTP/1.1\r\nHost: t\r\n{line}\r\n\r\n").into_bytes(),
+            format!("GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n{line}\r\n\r\n").into_bytes(),
         );
     }
     add(
@@ -2157,8 +2169,8 @@ fn corpus(issued_key: &str) -> Vec<Case> {
     for (label, bytes) in [
         ("empty", &b""[..]),
         ("half a request line", b"GET /set"),
-        ("no blank line", b"GET /setsession/ HTTP/1.1\r\nHost: t\r\n"),
-        ("CR only", b"GET /setsession/ HTTP/1.1\r\nHost: t\r\n\r"),
+        ("no blank line", b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n"),
+        ("CR only", b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n\r"),
         ("body cut", b"POST /api/session HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":"),
     ] {
         add(f, label, bytes.to_vec());

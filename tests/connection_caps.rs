@@ -119,7 +119,8 @@ fn idle_connections_beyond_the_cap_make_room_for_a_new_one_from_the_same_address
 fn connections_stalled_in_their_body_make_room_like_idle_ones() {
     raise_own_limit();
     let server = TestServer::start(&[]);
-    let head = b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+    let head =
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                  Content-Length: 100\r\n\r\n";
     let mut stalled: Vec<TcpStream> = (0..300)
         .map(|_| {

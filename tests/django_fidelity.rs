@@ -14,7 +14,7 @@ fn exchange(server: &TestServer, request: &[u8]) -> RawResponse {
 }
 
 fn with_cookie(method: &str, path: &str, cookie: &str) -> Vec<u8> {
-    format!("{method} {path} HTTP/1.1\r\nHost: t\r\nCookie: sessionid={cookie}\r\n\r\n")
+    format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={cookie}\r\n\r\n")
         .into_bytes()
 }
 
@@ -112,7 +112,7 @@ fn the_deletion_cookie_of_a_prefixed_name_is_secure() {
         let set = r.header("set-cookie").expect("Set-Cookie").to_owned();
         let key = set[name.len() + 1..set.find(';').expect(";")].to_owned();
         let logout = format!(
-            "POST /api/session/flush HTTP/1.1\r\nHost: t\r\nCookie: {name}={key}\r\n\
+            "POST /api/session/flush HTTP/1.1\r\nHost: localhost\r\nCookie: {name}={key}\r\n\
              Content-Length: 0\r\n\r\n"
         );
         let r = exchange(&server, logout.as_bytes());
@@ -126,7 +126,7 @@ fn the_deletion_cookie_of_a_prefixed_name_is_secure() {
     let r = exchange(
         &server,
         format!(
-            "POST /api/session/flush HTTP/1.1\r\nHost: t\r\nCookie: sessionid={key}\r\n\
+            "POST /api/session/flush HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={key}\r\n\
              Content-Length: 0\r\n\r\n"
         )
         .as_bytes(),
@@ -202,4 +202,108 @@ fn the_empty_key_can_be_set_and_deleted() {
     );
     let r = exchange(&server, &with_cookie("DELETE", "/api/session/", &key));
     assert_eq!(r.status, 404, "already gone: {}", r.show());
+}
+
+fn get_with_host(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn a_host_not_in_allowed_hosts_is_400_and_nothing_is_stored() {
+    let server = TestServer::start(&[]);
+    for host in [
+        "evil.example",
+        "127.0.0.2",
+        "localhost.evil.example",
+        "[::2]:8000",
+    ] {
+        let r = exchange(&server, &get_with_host(host, "/setsession/"));
+        assert_eq!(r.status, 400, "{host}: {}", r.show());
+        assert!(r.body_text().contains("ALLOWED_HOSTS"), "{}", r.body_text());
+        assert_eq!(r.session_cookie(), None);
+    }
+    assert!(server.session_files().is_empty());
+    for host in [
+        "localhost:8000",
+        "app.localhost",
+        "127.0.0.1:8000",
+        "[::1]:8000",
+    ] {
+        let r = exchange(&server, &get_with_host(host, "/setsession/"));
+        assert_eq!(r.status, 200, "{host}: {}", r.show());
+    }
+
+    let server = TestServer::start(&[("ALLOWED_HOSTS", ".example.com, 10.0.0.5")]);
+    for (host, status) in [
+        ("example.com", 200),
+        ("a.b.example.com:8000", 200),
+        ("10.0.0.5", 200),
+        ("localhost", 400),
+        ("badexample.com", 400),
+    ] {
+        let r = exchange(&server, &get_with_host(host, "/setsession/"));
+        assert_eq!(r.status, status, "{host}: {}", r.show());
+    }
+    let server = TestServer::start(&[("ALLOWED_HOSTS", "*")]);
+    let r = exchange(&server, &get_with_host("anything.example", "/setsession/"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn unsafe_api_requests_from_another_origin_are_403_and_change_nothing() {
+    let server = TestServer::start(&[("CSRF_TRUSTED_ORIGINS", "https://*.example.com")]);
+    let key = new_session(&server);
+    let flush = |extra: &str| {
+        format!(
+            "POST /api/session/flush HTTP/1.1\r\nHost: localhost:8000\r\n\
+             Cookie: sessionid={key}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 0\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    for refused in [
+        "Origin: http://evil.example\r\n",
+        "Origin: null\r\n",
+        "Origin: https://localhost:8000\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+    ] {
+        let r = exchange(&server, &flush(refused));
+        assert_eq!(r.status, 403, "{refused}: {}", r.show());
+        assert!(r.json()["error"].is_string(), "{}", r.show());
+        assert_eq!(r.session_cookie(), None, "{refused}: logged out");
+        assert_eq!(
+            server.session_files().len(),
+            1,
+            "{refused}: the session is still there"
+        );
+    }
+    // A page or script of the same origin, a trusted origin, or a script sending neither.
+    for allowed in [
+        "Origin: http://localhost:8000\r\nSec-Fetch-Site: same-origin\r\n",
+        "Origin: https://app.example.com\r\nSec-Fetch-Site: cross-site\r\n",
+        "",
+    ] {
+        let key = new_session(&server);
+        let r = exchange(
+            &server,
+            &format!(
+                "POST /api/session/flush HTTP/1.1\r\nHost: localhost:8000\r\n\
+                 Cookie: sessionid={key}\r\nContent-Length: 0\r\n{allowed}\r\n"
+            )
+            .into_bytes(),
+        );
+        assert_eq!(r.status, 200, "{allowed:?}: {}", r.show());
+        assert_eq!(r.session_cookie().as_deref(), Some(""), "logged out");
+    }
+    // Reads are not checked: a cross-site GET changes nothing.
+    let r = exchange(
+        &server,
+        format!(
+            "GET /api/session HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={key}\r\n\
+             Origin: http://evil.example\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
 }

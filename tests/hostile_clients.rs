@@ -229,7 +229,7 @@ fn wait_for_log_count(server: &TestServer, request_line: &str, n: usize) -> usiz
 #[test]
 fn stalled_headers_do_not_block_other_clients() {
     let mut server = TestServer::start(&[]);
-    let stalled = send_raw(&server, b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let stalled = send_raw(&server, b"GET / HTTP/1.1\r\nHost: localhost\r\n");
     let first_byte = Instant::now();
 
     normal_client_is_served(&mut server, "stalled headers");
@@ -259,7 +259,7 @@ fn idle_wait_and_head_deadline_are_separate_clocks() {
     let connected = Instant::now();
     thread::sleep(Duration::from_secs(4));
     (&late)
-        .write_all(b"GET /getsession/ HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"GET /getsession/ HTTP/1.1\r\nHost: localhost\r\n")
         .expect("send half a head");
     let first_byte = Instant::now();
 
@@ -301,7 +301,7 @@ fn stalled_body_does_not_block_other_clients() {
     let mut server = TestServer::start(&[]);
     let mut stalled = send_raw(
         &server,
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 5000\r\n\r\n",
     );
     let head_sent = Instant::now();
@@ -337,7 +337,7 @@ fn body_trickled_one_byte_at_a_time_does_not_block_other_clients() {
     assert_eq!(body.len(), 200);
     let stream = send_raw(
         &server,
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 200\r\nConnection: close\r\n\r\n",
     );
     let started = Instant::now();
@@ -390,7 +390,7 @@ fn huge_content_length_is_refused_at_once_without_reading_the_body() {
     let started = Instant::now();
     let stalled = send_raw(
         &server,
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 999999999999\r\n\r\n",
     );
     let mut reader = BufReader::new(stalled);
@@ -409,7 +409,7 @@ fn huge_content_length_is_refused_at_once_without_reading_the_body() {
 fn body_over_the_limit_actually_sent_is_refused() {
     let mut server = TestServer::start(&[]);
     let mut request =
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 70000\r\n\r\n"
             .to_vec();
     let mut body = b"{\"k\":\"".to_vec();
@@ -451,7 +451,7 @@ fn send_big_and_read(server: &TestServer, request: Vec<u8>) -> RawResponse {
 #[test]
 fn one_megabyte_header_line_is_refused_with_431() {
     let mut server = TestServer::start(&[]);
-    let mut request = b"GET /setsession/ HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    let mut request = b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     request.resize(request.len() + 1024 * 1024, b'a');
     request.extend_from_slice(b"\r\n\r\n");
     let started = Instant::now();
@@ -471,7 +471,7 @@ fn one_megabyte_header_line_is_refused_with_431() {
 fn too_many_header_fields_are_refused_with_431() {
     let mut server = TestServer::start(&[]);
     // 10 000 small headers: also over the 32 KiB head limit.
-    let mut many = b"GET /setsession/ HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut many = b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n".to_vec();
     for i in 0..10_000 {
         many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
@@ -484,7 +484,7 @@ fn too_many_header_fields_are_refused_with_431() {
     );
 
     // 100 small headers: under 32 KiB, over the 64-field limit.
-    let mut hundred = b"GET /setsession/ HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut hundred = b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n".to_vec();
     for i in 0..100 {
         hundred.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
@@ -518,7 +518,7 @@ fn five_hundred_idle_keep_alive_connections_do_not_block_other_clients() {
     for i in 0..500 {
         let mut stream = connect(&server);
         stream
-            .write_all(b"GET /api/session HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /api/session HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         let mut reader = BufReader::new(stream);
         let response = read_response(&mut reader, QUICK)
@@ -542,7 +542,7 @@ fn five_hundred_idle_keep_alive_connections_do_not_block_other_clients() {
     let last = idle.last_mut().expect("500 connections");
     if started.elapsed() < Duration::from_secs(4) {
         last.get_mut()
-            .write_all(b"GET /api/session HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /api/session HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .expect("reuse");
         let again = read_response(last, QUICK).expect("a second response");
         assert_eq!(again.status, 200);
@@ -564,7 +564,10 @@ fn five_hundred_idle_keep_alive_connections_do_not_block_other_clients() {
 fn invalid_utf8_in_path_or_cookie_is_harmless() {
     let mut server = TestServer::start(&[]);
 
-    let response = exchange_and_close(&server, b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = exchange_and_close(
+        &server,
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
     assert!(
         matches!(response.status, 400 | 404),
         "invalid UTF-8 path: {}",
@@ -574,7 +577,7 @@ fn invalid_utf8_in_path_or_cookie_is_harmless() {
 
     let response = exchange_and_close(
         &server,
-        b"GET /getsession/ HTTP/1.1\r\nHost: x\r\nCookie: sessionid=\xff\xfe\r\n\
+        b"GET /getsession/ HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid=\xff\xfe\r\n\
           Connection: close\r\n\r\n",
     );
     assert_eq!(response.status, 404, "invalid UTF-8 cookie: {response:?}");
@@ -604,8 +607,8 @@ fn invalid_utf8_in_path_or_cookie_is_harmless() {
 #[test]
 fn content_length_with_transfer_encoding_closes_the_connection_and_nothing_is_smuggled() {
     let mut server = TestServer::start(&[]);
-    let smuggled = b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
-          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /setsession/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggled = b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /setsession/ HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let stream = send_raw(&server, smuggled);
     let mut reader = BufReader::new(stream);
     let response = read_response(&mut reader, QUICK).expect("a response");
@@ -633,7 +636,7 @@ fn content_length_with_transfer_encoding_closes_the_connection_and_nothing_is_sm
     // Transfer-Encoding alone: a chunked body is read (RFC 9112 §6.1) within the limits.
     let response = exchange_and_close(
         &server,
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Transfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n",
     );
     assert_eq!(response.status, 200, "{}", response.status_line);
@@ -677,13 +680,13 @@ fn assert_no_injected_cookie(response: &RawResponse, what: &str) {
 fn cr_lf_in_the_path_cannot_inject_headers() {
     let mut server = TestServer::start(&[]);
 
-    let response = exchange_and_close(&server, b"GET /a\rb HTTP/1.1\r\nHost: x\r\n\r\n");
+    let response = exchange_and_close(&server, b"GET /a\rb HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(response.status, 400, "bare CR: {}", response.status_line);
 
     // Percent-encoded CR/LF on an APPEND_SLASH candidate.
     let response = exchange_and_close(
         &server,
-        b"GET /setsession%0d%0aSet-Cookie:%20x=y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /setsession%0d%0aSet-Cookie:%20x=y HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(
         matches!(response.status, 301 | 404),
@@ -695,7 +698,7 @@ fn cr_lf_in_the_path_cannot_inject_headers() {
     // The same in the query of a real redirect: the Location keeps it encoded.
     let response = exchange_and_close(
         &server,
-        b"GET /setsession?%0d%0aSet-Cookie:%20x=y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /setsession?%0d%0aSet-Cookie:%20x=y HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(response.status, 301, "{}", response.status_line);
     assert_no_injected_cookie(&response, "encoded CR/LF in the query");
@@ -708,7 +711,7 @@ fn cr_lf_in_the_path_cannot_inject_headers() {
     // A raw CR LF in the middle of the request line.
     let response = exchange_and_close(
         &server,
-        b"GET /setsession\r\nSet-Cookie: x=y HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /setsession\r\nSet-Cookie: x=y HTTP/1.1\r\nHost: localhost\r\n\r\n",
     );
     assert_eq!(response.status, 400, "raw CRLF: {}", response.status_line);
     assert_no_injected_cookie(&response, "raw CR/LF in the request line");
@@ -736,7 +739,7 @@ fn is_canonical_key(key: &str) -> bool {
 
 /// `GET /setsession/` with `Cookie: sessionid=<cookie>`; returns the fresh key.
 fn setsession_with_cookie(server: &TestServer, cookie: Option<&str>) -> String {
-    let mut request = b"GET /setsession/ HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut request = b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n".to_vec();
     if let Some(cookie) = cookie {
         request.extend_from_slice(format!("Cookie: sessionid={cookie}\r\n").as_bytes());
     }
@@ -829,8 +832,8 @@ fn pipelined_requests_are_answered_in_order() {
     let mut server = TestServer::start(&[]);
     let stream = send_raw(
         &server,
-        b"GET /setsession/ HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /getsession/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /setsession/ HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /getsession/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     let mut reader = BufReader::new(stream);
     let first = read_response(&mut reader, QUICK).expect("first response");
@@ -849,10 +852,10 @@ fn pipelined_requests_are_answered_in_order() {
     // A body then a request in one write: the body's end is found exactly.
     let stream = send_raw(
         &server,
-        b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 7\r\n\r\n{\"a\":1}\
-          GET /api/session HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+          GET /api/session HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     let mut reader = BufReader::new(stream);
     let post = read_response(&mut reader, QUICK).expect("POST response");
@@ -875,13 +878,13 @@ fn pipelined_requests_are_answered_in_order() {
     normal_client_is_served(&mut server, "pipelining");
 }
 
-/// Header lines ended by bare LF and the head by CR LF (`...\nHost: x\n\r\n`) form a
+/// Header lines ended by bare LF and the head by CR LF (`...\nHost: localhost\n\r\n`) form a
 /// complete head; it is answered at once, not after the head deadline.
 #[test]
 fn head_ending_in_lf_cr_lf_is_answered_at_once() {
     let server = TestServer::start(&[]);
     let started = Instant::now();
-    let stream = send_raw(&server, b"GET /api/session HTTP/1.1\nHost: x\n\r\n");
+    let stream = send_raw(&server, b"GET /api/session HTTP/1.1\nHost: localhost\n\r\n");
     let response = read_one(&stream, TIMEOUT_408_WAIT);
     assert_eq!(response.status, 200, "{}", response.status_line);
     assert!(

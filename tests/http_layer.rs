@@ -50,7 +50,7 @@ fn continue_comes_after_the_answers_to_earlier_pipelined_requests() {
     let mut bytes = raw_request("GET", "/api/session", Some(&key), None).repeat(15);
     bytes.extend_from_slice(
         format!(
-            "POST /api/session HTTP/1.1\r\nHost: t\r\nCookie: sessionid={key}\r\n\
+            "POST /api/session HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={key}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\
              Expect: 100-continue\r\n\r\n",
             body.len()
@@ -93,7 +93,7 @@ fn no_continue_for_http_1_0() {
     stream
         .write_all(
             format!(
-                "POST /api/session HTTP/1.0\r\nHost: t\r\nContent-Type: application/json\r\n\
+                "POST /api/session HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                  Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
                 body.len()
             )
@@ -130,12 +130,12 @@ fn absolute_form_and_asterisk_form_targets_are_accepted() {
     let server = TestServer::start(&[]);
     let mut conn = RawConnection::open(server.addr);
     let r = conn
-        .exchange(b"GET http://test/setsession/ HTTP/1.1\r\nHost: test\r\n\r\n")
+        .exchange(b"GET http://test/setsession/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("an answer");
     assert_eq!(r.status, 200, "{}", r.show());
     assert!(r.session_cookie().is_some_and(|k| !k.is_empty()));
     let r = conn
-        .exchange(b"OPTIONS * HTTP/1.1\r\nHost: test\r\n\r\n")
+        .exchange(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("an answer");
     assert!(
         matches!(r.status, 404 | 405),
@@ -186,8 +186,8 @@ fn head_then_get(addr: SocketAddr, head_target: &str) -> String {
     stream
         .write_all(
             format!(
-                "HEAD {head_target} HTTP/1.1\r\nHost: t\r\n\r\n\
-                 GET /getsession/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                "HEAD {head_target} HTTP/1.1\r\nHost: localhost\r\n\r\n\
+                 GET /getsession/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
             )
             .as_bytes(),
         )
@@ -246,9 +246,9 @@ fn no_content_length_and_no_body_on_204_and_304() {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .write_all(
-            b"GET /no-content/ HTTP/1.1\r\nHost: t\r\n\r\n\
-              GET /not-modified/ HTTP/1.1\r\nHost: t\r\n\r\n\
-              GET /hello/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            b"GET /no-content/ HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /not-modified/ HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /hello/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         )
         .expect("send");
     let all = read_until_closed(&mut stream, Duration::from_secs(5));
@@ -283,7 +283,7 @@ fn chunked_request_bodies_are_read_within_the_limit() {
     let mut conn = RawConnection::open(server.addr);
     let r = conn
         .exchange(
-            b"POST /api/session HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+            b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
               Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n",
         )
         .expect("an answer");
@@ -292,9 +292,10 @@ fn chunked_request_bodies_are_read_within_the_limit() {
     assert_eq!(server.session_file(&key)["data"]["a"], 1);
 
     // 70 000 bytes in 1 000-byte chunks, over the 64 KiB limit: 413 while reading.
-    let mut over = b"POST /api/session HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+    let mut over =
+        b"POST /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                      Transfer-Encoding: chunked\r\n\r\n"
-        .to_vec();
+            .to_vec();
     for _ in 0..70 {
         over.extend_from_slice(b"3e8\r\n");
         over.extend_from_slice(&[b' '; 1000]);

@@ -239,7 +239,7 @@ impl Client {
         let cookie = cookie
             .map(|c| format!("Cookie: sessionid={c}\r\n"))
             .unwrap_or_default();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{cookie}\r\n");
         self.reader.get_mut().write_all(request.as_bytes()).unwrap();
         read_answer(&mut self.reader).unwrap()
     }

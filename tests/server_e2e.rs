@@ -696,6 +696,8 @@ fn help_lists_every_setting() {
         "SESSION_FILE_PATH",
         "SESSION_LOCKING",
         "SESSION_FILE_FSYNC",
+        "ALLOWED_HOSTS",
+        "CSRF_TRUSTED_ORIGINS",
         "runserver",
         "clearsessions",
     ] {
@@ -901,7 +903,7 @@ fn an_unknown_method_is_405_naming_the_method_as_sent() {
     let server = TestServer::start(&[]);
     let mut conn = common::RawConnection::open(server.addr);
     let r = conn
-        .exchange(b"BREW /api/session HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .exchange(b"BREW /api/session HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
         .unwrap();
     assert_eq!(r.status, 405, "{}", r.show());
     assert!(r.body_text().contains("Method BREW"), "{}", r.show());
@@ -928,7 +930,8 @@ fn a_client_that_never_reads_its_answers_is_dropped_at_the_write_deadline() {
     // 30 answers of ~900 KB asked for at once and never read: far more than the socket
     // buffers of both ends hold, so the server's writes stall.
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    let one = format!("GET /api/session HTTP/1.1\r\nHost: t\r\nCookie: sessionid={key}\r\n\r\n");
+    let one =
+        format!("GET /api/session HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={key}\r\n\r\n");
     stream.write_all(one.repeat(30).as_bytes()).unwrap();
     // Others are served meanwhile.
     let r = get(&agent(), &server.url("/setsession/"));

@@ -226,7 +226,7 @@ pub fn raw_request(
     session_key: Option<&str>,
     json: Option<&str>,
 ) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     if let Some(key) = session_key {
         head.push_str(&format!("Cookie: sessionid={key}\r\n"));
     }

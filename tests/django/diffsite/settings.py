@@ -5,6 +5,7 @@ filesession's own settings with no Django counterpart (SESSION_LOCKING, SESSION_
 SESSION_LOCK_TIMEOUT, SESSION_GC_INTERVAL, SESSION_WORKERS, SESSION_REDIS_URL) are not read:
 Django has nothing they could change.
 """
+import logging
 import os
 import tempfile
 
@@ -59,7 +60,9 @@ MIDDLEWARE = [
 ROOT_URLCONF = "diffsite.urls"
 DATABASES = {}
 USE_TZ = True
+# No Django logging config: errors (a 500's traceback) go to stderr, which the test shows.
 LOGGING_CONFIG = None
+logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
 
 SESSION_ENGINE = _engine(_env("SESSION_ENGINE", "file"))
 SESSION_SERIALIZER = "django.contrib.sessions.serializers.JSONSerializer"

@@ -149,7 +149,7 @@ impl SessionMiddleware {
             return failed;
         }
         let wants_save = session.modified() || self.settings.save_every_request;
-        if wants_save {
+        if wants_save && session.session_key().is_some() {
             // Resolve the cookie's key first: an unknown key then counts as no session
             // rather than a session to update (Django's file backend creates an empty file
             // here instead).

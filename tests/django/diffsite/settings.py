@@ -47,7 +47,7 @@ def _engine(value):
 SECRET_KEY = "differential-test-only-not-secret"
 DEBUG = False
 # The test sends `Host: test`; the rest are for a person poking at it by hand.
-ALLOWED_HOSTS = ["test", "127.0.0.1", "localhost"]
+ALLOWED_HOSTS = [".localhost", "127.0.0.1", "[::1]"]  # filesession's default, Django's with DEBUG on
 INSTALLED_APPS = ["django.contrib.sessions"]
 MIDDLEWARE = [
     # Outermost: fills the API's JSON answers after SessionMiddleware saved (filesession's

@@ -17,4 +17,6 @@ urlpatterns = [
     path("api/session/expiry", views.named_action("expiry")),
     path("api/session/incr/<str:name>", views.incr),
     path("api/session/<str:name>", views.delete_key),
+    # DELETE /api/session/: the empty key, which <str:name> cannot name.
+    path("api/session/", views.delete_key, {"name": ""}),
 ]

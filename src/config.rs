@@ -90,8 +90,28 @@ pub struct Settings {
     pub csrf_trusted_origins: Vec<String>,
 }
 
+/// The largest `DATA_UPLOAD_MAX_MEMORY_SIZE`: 1 GiB (a session file holds at most 1 MiB).
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+/// The longest `SESSION_GC_INTERVAL`: a year.
+pub const MAX_GC_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+/// The longest `SESSION_LOCK_TIMEOUT`: an hour.
+pub const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(3_600);
+
 /// `ALLOWED_HOSTS` default.
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = [".localhost", "127.0.0.1", "[::1]"];
+
+/// A URL as it may be shown (banners, logs, errors): its password replaced by `***`; an
+/// unparsable one is not shown at all, since it might hold one.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
 
 /// `SESSION_REDIS_URL` default.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -214,8 +234,39 @@ impl Settings {
                     .into(),
             );
         }
-        if self.max_body == 0 {
-            return bad("DATA_UPLOAD_MAX_MEMORY_SIZE must be at least 1 byte".into());
+        if self.max_body == 0 || self.max_body > MAX_BODY_LIMIT {
+            return bad(format!(
+                "DATA_UPLOAD_MAX_MEMORY_SIZE must be from 1 to {MAX_BODY_LIMIT} bytes, not {}",
+                self.max_body
+            ));
+        }
+        if let Some(interval) = self.gc_interval
+            && interval > MAX_GC_INTERVAL
+        {
+            return bad(format!(
+                "SESSION_GC_INTERVAL must be at most {} seconds (a year; 0 = off), not {}",
+                MAX_GC_INTERVAL.as_secs(),
+                interval.as_secs()
+            ));
+        }
+        if self.lock_timeout > MAX_LOCK_TIMEOUT {
+            return bad(format!(
+                "SESSION_LOCK_TIMEOUT must be at most {} seconds, not {}",
+                MAX_LOCK_TIMEOUT.as_secs(),
+                self.lock_timeout.as_secs_f64()
+            ));
+        }
+        if self.allowed_hosts.is_empty() {
+            return bad("ALLOWED_HOSTS is empty: no request would be served (* allows all)".into());
+        }
+        if let Some(origin) = self
+            .csrf_trusted_origins
+            .iter()
+            .find(|o| !o.contains("://"))
+        {
+            return bad(format!(
+                "CSRF_TRUSTED_ORIGINS entries need a scheme (https://{origin}), not {origin:?}"
+            ));
         }
         Ok(())
     }

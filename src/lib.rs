@@ -103,7 +103,10 @@ mod store;
 mod supervisor;
 
 pub use app::demo_router;
-pub use config::{DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError, Settings};
+pub use config::{
+    DEFAULT_ALLOWED_HOSTS, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError,
+    Settings, redacted,
+};
 pub use http::{Limits, Method, Request, Response};
 pub use middleware::{Preflight, SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};

@@ -344,10 +344,7 @@ fn runserver(addrport: &str, settings: Settings) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(e),
     };
-    let sessions = match settings.engine {
-        Engine::File => format!("{}/", settings.file_path.display()),
-        Engine::Redis => format!("Redis at {}", settings.redis_url),
-    };
+    let sessions = store_text(&settings);
     let locking = match settings.locking {
         Locking::Merge => "merge",
         Locking::Request => "request",
@@ -449,6 +446,15 @@ fn settings_env(s: &Settings) -> Vec<(&'static str, String)> {
     env
 }
 
+/// Where sessions live, for the banner: `sessions/` or `Redis at redis://:***@host/0` (a
+/// password is never printed).
+fn store_text(settings: &Settings) -> String {
+    match settings.engine {
+        Engine::File => format!("{}/", settings.file_path.display()),
+        Engine::Redis => format!("Redis at {}", filesession::redacted(&settings.redis_url)),
+    }
+}
+
 /// `runserver --workers N`: hold the port, keep N workers on it.
 fn supervise(addrport: &str, settings: Settings, workers: u16) -> ExitCode {
     let addr = match parse_addrport(addrport) {
@@ -476,11 +482,11 @@ fn supervise(addrport: &str, settings: Settings, workers: u16) -> ExitCode {
         Err(e) => return fail(format!("cannot start the workers on {addr}: {e}")),
     };
     println!(
-        "filesession {}: sessions in {}/ ({} workers: {:?}); {}\n\
+        "filesession {}: sessions in {} ({} workers: {:?}); {}\n\
          Starting development server at http://{}/\n\
          Quit the server with CONTROL-C.",
         env!("CARGO_PKG_VERSION"),
-        settings.file_path.display(),
+        store_text(&settings),
         workers,
         supervisor.worker_pids(),
         open_files_text(),
@@ -579,5 +585,28 @@ fn clearsessions(settings: &Settings) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_names_the_store_in_use_without_its_password() {
+        let mut settings = Settings {
+            engine: Engine::Redis,
+            redis_url: "redis://:hunter2@cache.internal:6380/3".into(),
+            ..Settings::default()
+        };
+        let text = store_text(&settings);
+        assert_eq!(text, "Redis at redis://:***@cache.internal:6380/3");
+        assert!(!text.contains("hunter2"));
+        settings.engine = Engine::File;
+        settings.file_path = "/var/lib/app/sessions".into();
+        assert_eq!(store_text(&settings), "/var/lib/app/sessions/");
+        settings.redis_url = "not a url with a secret".into();
+        settings.engine = Engine::Redis;
+        assert_eq!(store_text(&settings), "Redis at <unparsable URL>");
     }
 }

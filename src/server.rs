@@ -413,11 +413,11 @@ impl Cleanup {
                     self.slices,
                     self.started.elapsed().as_millis()
                 );
-                self.next_pass = now + interval;
+                self.next_pass = crate::expiry::later(now, interval);
             }
             Err(e) => {
                 log::warn!("session cleanup failed: {e}");
-                self.next_pass = now + interval;
+                self.next_pass = crate::expiry::later(now, interval);
             }
         }
     }

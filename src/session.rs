@@ -333,6 +333,12 @@ impl Session {
         &self.state().data
     }
 
+    /// The settings this session follows (`SESSION_COOKIE_AGE`,
+    /// `SESSION_EXPIRE_AT_BROWSER_CLOSE`).
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
     /// How many keys the session holds.
     pub fn len(&self) -> usize {
         self.state().data.len()

@@ -3,7 +3,8 @@
 //! by another process, and four servers sharing one sessions directory.
 //!
 //! Each case prints its figure on stderr: `cargo test --test faults -- --nocapture`.
-//! The tmpfs cases need `mount` (root); without it they print `SKIPPED ...` and pass.
+//! The tmpfs cases need `mount` (root); without it they print `SKIPPED ...` and pass, unless
+//! `FILESESSION_TMPFS_TEST=require` (set by `.ci/run`) makes that a failure.
 
 mod common;
 
@@ -331,13 +332,22 @@ fn fill(dir: &Path) -> u64 {
     written
 }
 
+/// A tmpfs case that cannot mount says so and passes, unless `FILESESSION_TMPFS_TEST=require`
+/// (set by `.ci/run`), which makes it a failure.
+fn skipped_tmpfs(what: &str, why: &str) {
+    if std::env::var("FILESESSION_TMPFS_TEST").as_deref() == Ok("require") {
+        panic!("{what}: FILESESSION_TMPFS_TEST=require but a tmpfs cannot be mounted: {why}");
+    }
+    eprintln!("{what}: SKIPPED (needs root to mount a tmpfs): {why}");
+}
+
 #[test]
 fn a_full_disk_answers_507_and_keeps_every_session_whole() {
     let started = Instant::now();
     let mnt = match Tmpfs::mount("1m") {
         Ok(mnt) => mnt,
         Err(why) => {
-            eprintln!("faults/disk-full: SKIPPED (needs root to mount a tmpfs): {why}");
+            skipped_tmpfs("faults/disk-full", &why);
             return;
         }
     };
@@ -457,7 +467,7 @@ fn a_read_only_sessions_directory_answers_5xx_and_reads_still_work() {
     let mnt = match Tmpfs::mount("4m") {
         Ok(mnt) => mnt,
         Err(why) => {
-            eprintln!("faults/read-only: SKIPPED (needs root to mount a tmpfs): {why}");
+            skipped_tmpfs("faults/read-only", &why);
             return;
         }
     };

@@ -380,3 +380,13 @@ fn a_large_session_is_shown_in_part_and_the_page_stays_small() {
         html.len()
     );
 }
+
+#[test]
+fn the_expiry_labels_follow_the_settings() {
+    let server = TestServer::start(&[("SESSION_COOKIE_AGE", "3600")]);
+    assert!(page(&agent(), &server).contains("Default (1 hour)"));
+    let server = TestServer::start(&[("SESSION_EXPIRE_AT_BROWSER_CLOSE", "true")]);
+    assert!(page(&agent(), &server).contains("Default (at browser close)"));
+    let server = TestServer::start(&[]);
+    assert!(page(&agent(), &server).contains("Default (2 weeks)"));
+}

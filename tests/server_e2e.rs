@@ -643,6 +643,14 @@ fn bad_settings_are_refused_at_startup_naming_the_setting() {
         ("SESSION_COOKIE_NAME", "bad name"),
         ("SESSION_COOKIE_PATH", "no-slash"),
         ("SESSION_LOCK_TIMEOUT", "-1"),
+        // Numbers past their range are refused, never a panic (exit 101) later.
+        ("SESSION_GC_INTERVAL", "18446744073709551615"),
+        ("SESSION_COOKIE_AGE", "18446744073709551615"),
+        ("DATA_UPLOAD_MAX_MEMORY_SIZE", "18446744073709551615"),
+        ("SESSION_LOCK_TIMEOUT", "1e30"),
+        ("SESSION_WORKERS", "99999"),
+        ("ALLOWED_HOSTS", ","),
+        ("CSRF_TRUSTED_ORIGINS", "example.com"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"))
@@ -652,6 +660,7 @@ fn bad_settings_are_refused_at_startup_naming_the_setting() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{name}={value} was accepted");
+        assert_ne!(out.status.code(), Some(101), "{name}={value}: a panic");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(name), "{name}={value}: {err}");
     }

@@ -86,6 +86,24 @@ const PAGE_MAX_KEYS: usize = 200;
 /// The most characters of a value the page shows; longer ones end in "…".
 const PAGE_MAX_VALUE_CHARS: usize = 2_000;
 
+/// `SESSION_COOKIE_AGE` in words: the largest unit it is a whole number of ("2 weeks",
+/// "1 hour", "90 seconds").
+fn human_duration(seconds: u64) -> String {
+    let units = [
+        (604_800, "week"),
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
+    let (size, name) = units
+        .into_iter()
+        .find(|(size, _)| seconds >= *size && seconds.is_multiple_of(*size))
+        .unwrap_or((1, "second"));
+    let n = seconds / size;
+    format!("{n} {name}{}", if n == 1 { "" } else { "s" })
+}
+
 /// A value as the page shows it: its JSON, cut at [`PAGE_MAX_VALUE_CHARS`].
 fn shown_value(value: &serde_json::Value) -> String {
     let text = value.to_string();
@@ -109,6 +127,11 @@ pub(super) fn index(request: &Request, session: &mut Session) -> Response {
         .map(|(k, v)| (k.clone(), shown_value(v)))
         .collect();
     let hidden = session.items().count().saturating_sub(PAGE_MAX_KEYS);
+    let default_expiry = if session.config().expire_at_browser_close {
+        "at browser close".to_owned()
+    } else {
+        human_duration(session.config().cookie_age.as_secs())
+    };
     let body = html! {
         main {
             @for message in &shown {
@@ -188,7 +211,7 @@ pub(super) fn index(request: &Request, session: &mut Session) -> Response {
                     input #expiry-seconds type="number" name="seconds" min="1" placeholder="seconds";
                     button name="mode" value="seconds" type="submit" { "In seconds" }
                     button.light name="mode" value="browser_close" type="submit" { "At browser close" }
-                    button.light name="mode" value="default" type="submit" { "Default (2 weeks)" }
+                    button.light name="mode" value="default" type="submit" { "Default (" (default_expiry) ")" }
                 }
                 h2 { "Key and logout" }
                 form.row #cycle-form method="post" action="/form/cycle" {
@@ -247,5 +270,20 @@ pub(super) fn short(value: &Value) -> String {
         format!("{}…", text.chars().take(80).collect::<String>())
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+
+    #[test]
+    fn the_default_expiry_is_named_in_the_largest_whole_unit() {
+        assert_eq!(human_duration(1_209_600), "2 weeks");
+        assert_eq!(human_duration(3_600), "1 hour");
+        assert_eq!(human_duration(86_400 * 3), "3 days");
+        assert_eq!(human_duration(90), "90 seconds");
+        assert_eq!(human_duration(120), "2 minutes");
+        assert_eq!(human_duration(0), "0 seconds");
     }
 }

@@ -258,17 +258,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// `url` without its password.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparsable URL>".to_owned(),
-    }
-}
+use crate::config::redacted;
 
 /// Milliseconds since the epoch, for `PEXPIREAT` (0 for times before it: expired).
 fn epoch_ms(t: SystemTime) -> i64 {

@@ -394,6 +394,28 @@ fn lock_timeout(store: Arc<dyn SessionStore>) {
 // ---------------------------------------------------------------------------------------
 // One module of tests per store: `<store>::<case>`.
 
+/// Values come back exactly as stored, as Python keeps them: integers beyond 64 bits, `-0`,
+/// decimals as written, and the keys of every object in insertion order (issue 12).
+fn values_exactly(store: Arc<dyn SessionStore>) {
+    let sent = r#"{"z": 1, "big": 10000000000000000000001, "neg": -0, "f": 1.50, "tiny": 1e-400,
+                   "nested": {"y": [3, {"b": 1, "a": 2}], "x": null}, "a": "é"}"#;
+    let value: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(sent).expect("JSON");
+    let mut s = session(&store, None);
+    for (k, v) in &value {
+        s.insert(k.as_str(), v.clone());
+    }
+    s.save().expect("save");
+    let key = *s.session_key().expect("a key");
+    let back = session(&store, Some(key));
+    let items: serde_json::Map<String, serde_json::Value> =
+        back.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(
+        serde_json::Value::Object(items).to_string(),
+        r#"{"z":1,"big":10000000000000000000001,"neg":-0,"f":1.50,"tiny":1e-400,"nested":{"y":[3,{"b":1,"a":2}],"x":null},"a":"é"}"#
+    );
+}
+
 macro_rules! conformance {
     ($store:ident) => {
         mod $store {
@@ -448,6 +470,10 @@ macro_rules! conformance {
             #[test]
             fn request_counter() {
                 run(Locking::Request, super::request_counter);
+            }
+            #[test]
+            fn values_exactly() {
+                run(Locking::Merge, super::values_exactly);
             }
         }
     };

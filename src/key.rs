@@ -68,6 +68,29 @@ impl SessionKey {
     }
 }
 
+/// How many characters of a key logs and error messages show: a key is a bearer
+/// credential, so it is never printed whole (like git's short hashes, enough to tell keys
+/// apart when reading a log).
+pub const SHOWN_KEY_CHARS: usize = 8;
+
+impl SessionKey {
+    /// The key as logs and error messages show it: its first [`SHOWN_KEY_CHARS`] characters
+    /// and `…` (`67e55044…`).
+    pub fn short(&self) -> String {
+        let text = self.0.hyphenated().to_string();
+        format!("{}…", &text[..SHOWN_KEY_CHARS])
+    }
+}
+
+/// A directory entry's name as logs show it: a session file's key shortened
+/// (`67e55044….json`); any other name as it is.
+pub(crate) fn shown_name(name: &str) -> String {
+    match name.strip_suffix(".json").and_then(SessionKey::parse) {
+        Some(key) => format!("{}.json", key.short()),
+        None => name.to_owned(),
+    }
+}
+
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0.hyphenated(), f)
@@ -76,7 +99,7 @@ impl fmt::Display for SessionKey {
 
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionKey({})", self.0.hyphenated())
+        write!(f, "SessionKey({})", self.short())
     }
 }
 
@@ -85,6 +108,15 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+
+    #[test]
+    fn logs_show_a_key_shortened() {
+        let key = SessionKey::parse(GOOD).expect("canonical key parses");
+        assert_eq!(key.short(), "67e55044…");
+        assert_eq!(format!("{key:?}"), "SessionKey(67e55044…)");
+        assert_eq!(shown_name(&key.file_name()), "67e55044….json");
+        assert_eq!(shown_name(".tmp-abc"), ".tmp-abc");
+    }
 
     #[test]
     fn canonical_v4_key_round_trips() {

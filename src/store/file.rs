@@ -307,7 +307,7 @@ impl FileStore {
 
     /// The path of an entry of the directory, for messages.
     fn shown(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.join(crate::key::shown_name(name))
     }
 
     /// `Err(DirectoryGone)` if the directory the store opened has been removed. Called on
@@ -824,7 +824,7 @@ impl FileStore {
                 Ok(Cleared::Corrupt) => report.corrupt += 1,
                 Ok(Cleared::Gone) => {}
                 Err(e) => {
-                    log::warn!("clearsessions: left {name}: {e}");
+                    log::warn!("clearsessions: left {}: {e}", crate::key::shown_name(name));
                     report.skipped += 1;
                 }
             }

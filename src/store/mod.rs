@@ -342,7 +342,8 @@ impl fmt::Display for StoreError {
             ),
             StoreError::LockTimeout { key, waited } => write!(
                 f,
-                "session {key} is locked by another request or process; gave up after {} ms",
+                "session {} is locked by another request or process; gave up after {} ms",
+                key.short(),
                 waited.as_millis()
             ),
             StoreError::TooLarge { size, limit, .. } => write!(

@@ -219,7 +219,10 @@ impl Drop for RedisLock {
                 .query::<i64>(conn)
         });
         if let Err(e) = result {
-            log::warn!("session {}: {e}; the lock expires by itself", self.session);
+            log::warn!(
+                "session {}: {e}; the lock expires by itself",
+                self.session.short()
+            );
         }
     }
 }
@@ -435,7 +438,11 @@ impl RedisStore {
             return Ok(None);
         };
         let Some((data, expiry)) = decode(&fields) else {
-            log::warn!("Redis key {redis_key} does not hold a usable session; treated as none");
+            log::warn!(
+                "Redis key {}{} does not hold a usable session; treated as none",
+                self.prefix,
+                key.short()
+            );
             return Ok(None);
         };
         let now = SystemTime::now();
@@ -504,7 +511,11 @@ impl RedisStore {
             1 => Ok(None),
             _ => {
                 let (data, expiry) = decode(&fields).unwrap_or_else(|| {
-                    log::warn!("Redis key {old_key} holds unreadable fields; they are ignored");
+                    log::warn!(
+                        "Redis key {}{} holds unreadable fields; they are ignored",
+                        self.prefix,
+                        old.short()
+                    );
                     (Map::new(), rule)
                 });
                 Ok(Some(Record {

@@ -116,7 +116,7 @@ pub use server::{
 };
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
-pub use key::{SESSION_KEY_LEN, SessionKey};
+pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
 pub use session::{
     DEFAULT_COOKIE_AGE, Session, SessionConfig, TEST_COOKIE_NAME, TEST_COOKIE_VALUE,
 };

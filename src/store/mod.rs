@@ -12,7 +12,7 @@ use crate::expiry::Expiry;
 use crate::key::SessionKey;
 
 pub(crate) mod file;
-mod file_format;
+
 mod lock;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]

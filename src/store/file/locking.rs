@@ -1,0 +1,115 @@
+//! The lock protocol: a session's `flock`, taken with a bounded wait on the file now at its
+//! name (checked by inode after locking), and the candidate a `merge`-mode preflight hands
+//! to the load.
+
+use super::*;
+
+impl FileStore {
+    /// Takes `entry`'s lock by `deadline`; else `LockTimeout`, counting the wait from `start`.
+    pub(super) fn lock_by(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        name: &str,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        let locked = lock_exclusive_until(&entry.file, deadline)
+            .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
+        if locked {
+            Ok(())
+        } else {
+            Err(StoreError::LockTimeout {
+                key: *key,
+                waited: start.elapsed(),
+            })
+        }
+    }
+
+    /// The live session under a held lock, which stays held with it.
+    pub(super) fn loaded_locked(&self, held: LockedFile) -> Result<Option<Loaded>, StoreError> {
+        let Some(record) = self.live_record(&held.entry, &held.name)? else {
+            return Ok(None);
+        };
+        Ok(Some(Loaded {
+            record,
+            lock: Some(SessionLock::new(held)),
+        }))
+    }
+
+    /// Opens and locks the file now named `name`, checking that the inode locked is still
+    /// the one with that name. `Ok(None)`: there is no session file (deleted meanwhile).
+    pub(super) fn lock_current(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<LockedFile>, StoreError> {
+        let start = Instant::now();
+        let deadline = later(start, wait);
+        loop {
+            let entry = match self.open_entry(name)? {
+                Opened::Missing => return Ok(None),
+                Opened::File(entry) => entry,
+            };
+            self.lock_by(key, &entry, name, start, deadline)?;
+            let held = LockedFile {
+                entry,
+                name: name.to_owned(),
+            };
+            match self.is_current(&held.entry, &held.name)? {
+                Some(true) => return Ok(Some(held)),
+                Some(false) => continue, // replaced while we waited: lock the new one
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The lock for a write: the one held since `load` (request mode) if it is still on the
+    /// current file, else a fresh one. `Ok(None)`: the session is gone.
+    pub(super) fn lock_for_write(
+        &self,
+        key: &SessionKey,
+        held: Option<SessionLock>,
+    ) -> Result<Option<LockedFile>, StoreError> {
+        let name = key.file_name();
+        if let Some(held) = held.and_then(|l| l.into_inner::<LockedFile>().ok())
+            && held.name == name
+        {
+            match self.is_current(&held.entry, &held.name)? {
+                Some(true) => return Ok(Some(held)),
+                None => return Ok(None),
+                Some(false) => {} // replaced behind our back: lock afresh
+            }
+        }
+        self.lock_current(key, &name, self.lock_timeout)
+    }
+
+    /// Counts a change to the directory's names from now until the guard is dropped.
+    pub(super) fn changing(&self) -> Changing<'_> {
+        self.changes.begun.fetch_add(1, Ordering::SeqCst);
+        Changing(&self.changes)
+    }
+
+    /// `Some(begun)` if no change is under way now: what a candidate opened now records.
+    pub(super) fn quiet_now(&self) -> Option<u64> {
+        let done = self.changes.done.load(Ordering::SeqCst);
+        let begun = self.changes.begun.load(Ordering::SeqCst);
+        (begun == done).then_some(begun)
+    }
+
+    /// Whether a candidate still holds the current copy of its session. A session file is
+    /// never modified in place, so only a change of its name can make it stale: if this
+    /// store changed no name since the candidate was opened, it is current (a change by
+    /// another process after the open is concurrent with the request, and a read that
+    /// takes effect at the open is linearizable); otherwise `statat` compares inodes.
+    pub(super) fn candidate_is_current(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+        if candidate
+            .quiet_since
+            .is_some_and(|begun| self.changes.begun.load(Ordering::SeqCst) == begun)
+        {
+            return Ok(true);
+        }
+        Ok(self.is_current(&candidate.entry, &candidate.name)? == Some(true))
+    }
+}

@@ -1,0 +1,525 @@
+//! FileStore: one JSON file per session, advisory locks, atomic replacement.
+//!
+//! Split by job: `read` (opening entries safely, decoding, what is "no session"),
+//! `locking` (the lock protocol and the merge-mode candidate), `write` (atomic writes, the
+//! merge, the skip-write policy), `sweep` (cleanup in slices), `format` (the JSON document);
+//! this file holds the store's state, its builder and the [`SessionStore`] contract.
+//!
+//! # The directory, by handle
+//!
+//! The sessions directory is opened once, when the store opens (`O_DIRECTORY`, not
+//! following a symlink), and every file operation is relative to that handle (`openat`,
+//! `renameat2`, `linkat`, `unlinkat`, `statat`). A directory renamed, swapped for another or
+//! for a symlink while the store is open is never followed: the store goes on using the
+//! directory it opened. If that directory is removed, every operation answers
+//! [`StoreError::DirectoryGone`] (the server answers 500 telling to restart it).
+//!
+//! # The write protocol
+//!
+//! A session file is never modified in place. Every write goes to a fresh temp file
+//! (`.<random uuid>.tmp`, mode 0600) in the same directory, which then takes the session's
+//! name in one atomic step:
+//!
+//! * create: an unnamed file (`O_TMPFILE`) given its name by `linkat`, which fails rather
+//!   than replace (a collision retries with a new key); where the file system has no
+//!   `O_TMPFILE`, a temp file and `renameat2(RENAME_NOREPLACE)`;
+//! * save: `renameat2(temp, <key>.json, RENAME_EXCHANGE)` then unlink the temp name, which
+//!   now holds the old copy. Measured on ext4 this is 4-20 times faster than `rename` over an
+//!   existing file (which forces block allocation); where the file system lacks `renameat2`
+//!   the store falls back to `rename` and `link`.
+//!
+//! So a reader, locked or not, and a process killed at any instant, see either the old or
+//! the new file, whole. Each file's mtime is stamped with the session's expiry, so that
+//! cleanup can skip live sessions without reading them. A save that would change nothing
+//! but move the expiry by less than 1% of the lifetime (at most [`REFRESH_SLACK`]) is
+//! skipped, as PHP's `lazy_write`.
+//!
+//! # The locking protocol
+//!
+//! A writer opens `<key>.json`, takes an exclusive `flock` on it (polling, bounded by the
+//! lock timeout), then checks that the inode it locked is still the one at the path: a writer
+//! before it may have replaced the file while it waited, in which case it retries on the new
+//! inode, or removed it, in which case the session was deleted meanwhile and the save fails
+//! with [`StoreError::Deleted`] rather than resurrect it. Holding a lock on the current inode,
+//! it re-reads the newest copy, applies its [`ChangeSet`], writes and swaps. Deletes take the
+//! same lock. Readers take no lock: whole-file replacement already keeps them consistent.
+//!
+//! # Reads are fresh
+//!
+//! A load reads the file that has the session's name at the moment it is called, so it sees
+//! every save, delete and cycle that completed before it (real-time order, checked by
+//! `tests/history.rs`). No open file is
+//! read without checking, at the moment of the load, that it is still the file with that
+//! name: [`SessionStore::acquire`] in `merge` mode waits until the lock is free and hands its
+//! open file on as a candidate, which the load uses only if `statat` finds the same inode
+//! under the name then (a file is never modified in place, so the same inode is the same
+//! content), and otherwise opens the name afresh; in `request` mode the lock it hands on
+//! keeps every other writer out until the load, so the file it holds is the current one.
+//!
+//! # Errors are not "no session"
+//!
+//! A load finds "no session" only for a missing, expired, corrupt or oversized file, or an
+//! entry that is not a regular file. Any other failure (`EMFILE`, `EACCES`, `EIO`, a removed
+//! directory) is an error, so that the middleware answers 5xx and keeps the user's cookie.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, fchmod, fstat, fsync, linkat, openat,
+    renameat, renameat_with, statat, unlinkat,
+};
+use rustix::io::Errno;
+
+mod format;
+mod locking;
+mod read;
+mod sweep;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use format::DecodeError;
+use read::ReadError;
+
+use write::Merged;
+
+use super::lock::{lock_exclusive_until, unlock};
+use super::{
+    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
+};
+use crate::expiry::later;
+use crate::key::SessionKey;
+pub use write::REFRESH_SLACK;
+
+/// How long a writer waits for a session's lock before giving up with
+/// [`StoreError::LockTimeout`]. Default: 3 seconds.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The largest session file the store writes or reads. Default: 1 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: usize = 1 << 20;
+
+/// How old a temp file must be before `clear_expired` takes it for the leftover of a crashed
+/// write and removes it. Default: 60 seconds.
+pub const DEFAULT_LEFTOVER_AGE: Duration = Duration::from_secs(60);
+
+/// How many corrupt files are remembered so that each is logged once.
+const CORRUPT_LOG_MEMORY: usize = 10_000;
+
+/// Sessions as JSON files in one directory: `<dir>/<key>.json`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use filesession::{FileStore, Session, SessionConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Arc::new(FileStore::open(dir.path())?);
+///
+/// let mut session = Session::new(store.clone(), None, SessionConfig::default());
+/// session.insert("sname", "abc");
+/// session.save()?;
+/// let key = *session.session_key().expect("saved sessions have a key");
+///
+/// let text = std::fs::read_to_string(dir.path().join(key.file_name()))?;
+/// assert!(text.contains(r#""sname": "abc""#));
+///
+/// let again = Session::new(store, Some(key), SessionConfig::default());
+/// assert_eq!(again.get("sname"), Some(&"abc".into()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct FileStore {
+    /// The directory's path as given, for messages only: files are reached through `dirfd`.
+    dir: PathBuf,
+    /// The sessions directory, opened once; every file operation is relative to it.
+    dirfd: OwnedFd,
+    locking: Locking,
+    lock_timeout: Duration,
+    fsync: bool,
+    max_file_size: usize,
+    leftover_age: Duration,
+    /// Cleared when the file system refuses `renameat2`; then `rename`/`link` are used.
+    renameat2: AtomicBool,
+    /// Cleared when the file system refuses `O_TMPFILE`; then creates go through temp names.
+    tmpfile: AtomicBool,
+    corrupt_logged: Mutex<HashSet<PathBuf>>,
+    /// Changes to the directory's names begun and finished by this store (renames,
+    /// links, unlinks): a candidate opened with none in progress and none begun since is
+    /// current without asking the file system ([`FileStore::candidate_is_current`]).
+    changes: Changes,
+}
+
+/// Counts of changes begun and finished ([`FileStore::changing`]).
+#[derive(Debug, Default)]
+struct Changes {
+    begun: AtomicU64,
+    done: AtomicU64,
+}
+
+/// A change to the directory's names under way; counted done when dropped.
+struct Changing<'a>(&'a Changes);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A session file locked exclusively, checked to be the file now at its name.
+#[derive(Debug)]
+struct LockedFile {
+    entry: Entry,
+    name: String,
+}
+
+/// An open session file and what its `fstat` said when it was opened. A session file is
+/// never modified in place, so its length stays true for as long as it is open.
+#[derive(Debug)]
+struct Entry {
+    file: File,
+    len: u64,
+    ino: u64,
+    dev: u64,
+}
+
+/// A session file opened (and found unlocked) by `acquire` in `merge` mode: the load reads
+/// it only after checking that it is still the file with its name.
+#[derive(Debug)]
+struct Candidate {
+    entry: Entry,
+    name: String,
+    /// [`Changes::begun`] when it was opened, if no change was under way then.
+    quiet_since: Option<u64>,
+}
+
+/// What is at a session's name.
+enum Opened {
+    Missing,
+    File(Entry),
+}
+
+impl FileStore {
+    /// Opens the store in `dir`, creating the directory (mode 0700) if it is missing, opens
+    /// it once for good (every later file operation is relative to that handle) and checks
+    /// that files can be created in it.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] naming the directory and the cause when it cannot be
+    /// created, opened or written, or is a symbolic link (give its real path).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let unavailable = |what: &str, e: io::Error| {
+            StoreError::Unavailable(format!("session directory {} {what}: {e}", dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| unavailable("cannot be created", e))?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dirfd = match openat(CWD, &dir, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let symlink = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_symlink());
+                return Err(if symlink {
+                    unavailable(
+                        "is a symbolic link, which the store does not follow; \
+                         give the directory's real path",
+                        e.into(),
+                    )
+                } else if e == Errno::NOTDIR {
+                    unavailable("is not a directory", e.into())
+                } else {
+                    unavailable("cannot be opened", e.into())
+                });
+            }
+        };
+        let mode = fstat(&dirfd)
+            .map_err(|e| unavailable("cannot be read", e.into()))?
+            .st_mode;
+        if mode & 0o077 != 0 {
+            // Session keys are bearer credentials: keep the listing private.
+            if let Err(e) = fchmod(&dirfd, Mode::from_raw_mode(0o700)) {
+                log::warn!(
+                    "session directory {} is readable by others and cannot be made 0700: {e}",
+                    dir.display()
+                );
+            }
+        }
+        let store = FileStore {
+            dir: dir.clone(),
+            dirfd,
+            locking: Locking::Merge,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            fsync: false,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            leftover_age: DEFAULT_LEFTOVER_AGE,
+            renameat2: AtomicBool::new(true),
+            tmpfile: AtomicBool::new(true),
+            corrupt_logged: Mutex::new(HashSet::new()),
+            changes: Changes::default(),
+        };
+        let (probe, _) = store
+            .write_temp(b"probe\n", None)
+            .map_err(|e| unavailable("is not writable", e))?;
+        unlinkat(&store.dirfd, probe.as_str(), AtFlags::empty())
+            .map_err(|e| unavailable("is not writable", e.into()))?;
+        Ok(store)
+    }
+
+    /// Sets the locking mode. Default: [`Locking::Merge`].
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.locking = locking;
+        self
+    }
+
+    /// Sets how long a request waits for a session's lock. Default:
+    /// [`DEFAULT_LOCK_TIMEOUT`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Makes every write durable across power loss: the file data and the directory are
+    /// fsynced before a save returns (`SESSION_FILE_FSYNC`). Default: off, as Django and PHP.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Sets the largest session file, in bytes. Default: [`DEFAULT_MAX_FILE_SIZE`].
+    pub fn with_max_file_size(mut self, bytes: usize) -> Self {
+        self.max_file_size = bytes;
+        self
+    }
+
+    /// Sets how old a temp file must be before `clear_expired` removes it as the leftover of
+    /// a crashed write. Default: [`DEFAULT_LEFTOVER_AGE`].
+    pub fn with_leftover_age(mut self, age: Duration) -> Self {
+        self.leftover_age = age;
+        self
+    }
+
+    /// The sessions directory, as given to [`open`](FileStore::open). The store itself uses
+    /// the directory it opened then, wherever it is now.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The locking mode.
+    pub fn locking(&self) -> Locking {
+        self.locking
+    }
+
+    /// The path of a session's file: `<dir>/<key>.json`, built from a parsed key only.
+    pub fn path_of(&self, key: &SessionKey) -> PathBuf {
+        self.dir.join(key.file_name())
+    }
+}
+
+impl SessionStore for FileStore {
+    fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
+        let name = key.file_name();
+        let found = match self.locking {
+            Locking::Merge => match self.open_entry(&name) {
+                Ok(Opened::File(entry)) => {
+                    return Ok(self
+                        .live_record(&entry, &name)?
+                        .map(|record| Loaded { record, lock: None }));
+                }
+                Ok(Opened::Missing) => return Ok(None),
+                Err(e) => Err(e),
+            },
+            Locking::Request => match self.lock_current(key, &name, self.lock_timeout) {
+                Ok(Some(held)) => return self.loaded_locked(held),
+                Ok(None) => return Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        match found {
+            // Not a session file: no session, as a corrupt one. Anything else is an error.
+            Err(e @ StoreError::NotARegularFile(_)) => {
+                self.log_bad_file(&name, &e);
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
+        self.acquire_within(key, self.lock_timeout)
+    }
+
+    fn acquire_within(
+        &self,
+        key: &SessionKey,
+        wait: Duration,
+    ) -> Result<Option<SessionLock>, StoreError> {
+        let name = key.file_name();
+        if self.locking == Locking::Request {
+            return match self.lock_current(key, &name, wait) {
+                Ok(Some(held)) => Ok(Some(SessionLock::new(held))),
+                Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        // merge: wait until no one holds the lock, and let go at once. The open file goes to
+        // the load only as a candidate: the load uses it if it is still the file with that
+        // name when the handler runs (a file is never modified in place, so the same inode
+        // means the same content), and opens the name afresh otherwise.
+        let quiet_since = self.quiet_now();
+        let entry = match self.open_entry(&name) {
+            Ok(Opened::File(entry)) => entry,
+            Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let start = Instant::now();
+        self.lock_by(key, &entry, &name, start, later(start, wait))?;
+        unlock(&entry.file)
+            .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
+        Ok(Some(SessionLock::new(Candidate {
+            entry,
+            name,
+            quiet_since,
+        })))
+    }
+
+    fn load_locked(
+        &self,
+        key: &SessionKey,
+        lock: SessionLock,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let lock = match lock.into_inner::<Candidate>() {
+            Ok(candidate) if candidate.name == key.file_name() => {
+                // Checked now, when the handler runs: the copy is current or not used.
+                if self.candidate_is_current(&candidate)? {
+                    return Ok(self
+                        .live_record(&candidate.entry, &candidate.name)?
+                        .map(|record| Loaded { record, lock: None }));
+                }
+                return self.load(key);
+            }
+            Ok(_) => return self.load(key),
+            Err(lock) => lock,
+        };
+        if let Ok(held) = lock.into_inner::<LockedFile>()
+            && held.name == key.file_name()
+            && matches!(self.is_current(&held.entry, &held.name), Ok(Some(true)))
+        {
+            return self.loaded_locked(held);
+        }
+        self.load(key)
+    }
+
+    fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
+        let bytes = self.encode(None, record)?;
+        if self.tmpfile.load(Ordering::Relaxed) {
+            match self.create_from_tmpfile(&bytes, record.expires_at) {
+                Ok(Some(key)) => return Ok(key),
+                Ok(None) => self.tmpfile.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+        let temp = self.write_temp_for(".", &bytes, record.expires_at)?;
+        // A collision of 122 random bits does not happen; the loop is for correctness only.
+        for _ in 0..16 {
+            let key = SessionKey::generate();
+            let name = key.file_name();
+            match self.link_new(&temp, &name) {
+                Ok(true) => {
+                    self.sync_dir()?;
+                    return Ok(key);
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    let _ = self.unlink(&temp);
+                    return Err(self.fs_error("create session file", &name, e));
+                }
+            }
+        }
+        let _ = self.unlink(&temp);
+        Err(StoreError::Unavailable(
+            "16 fresh random keys were all taken; the random source is broken".into(),
+        ))
+    }
+
+    fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<Record, StoreError> {
+        let held = self
+            .lock_for_write(key, lock)?
+            .ok_or(StoreError::Deleted(*key))?;
+        let record = match self.merged(&held, changes)? {
+            Merged::Unchanged(stored) => return Ok(stored),
+            Merged::Changed(record) => record,
+        };
+        let bytes = self.encode(Some(key), &record)?;
+        let temp = self.write_temp_for(&held.name, &bytes, record.expires_at)?;
+        self.replace(&temp, &held.name)?;
+        Ok(record)
+    }
+
+    fn cycle(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<(SessionKey, Record), StoreError> {
+        let held = self
+            .lock_for_write(key, lock)?
+            .ok_or(StoreError::Deleted(*key))?;
+        let (Merged::Changed(record) | Merged::Unchanged(record)) = self.merged(&held, changes)?;
+        let new_key = self.create(&record)?;
+        // The new session exists before the old one goes: a crash in between leaves both,
+        // never neither.
+        self.unlink(&held.name)
+            .map_err(|e| self.fs_error("remove session file", &held.name, e))?;
+        self.sync_dir()?;
+        Ok((new_key, record))
+    }
+
+    fn delete(&self, key: &SessionKey, lock: Option<SessionLock>) -> Result<(), StoreError> {
+        let Some(held) = self.lock_for_write(key, lock)? else {
+            return Ok(());
+        };
+        match self.unlink(&held.name) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_dir(),
+            Err(e) => Err(self.fs_error("remove session file", &held.name, e)),
+        }
+    }
+
+    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        let name = key.file_name();
+        match statat(&self.dirfd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+            Err(Errno::NOENT) => self.check_dir().map(|()| false),
+            Err(e) => Err(StoreError::io(
+                "inspect session file",
+                self.shown(&name),
+                e.into(),
+            )),
+        }
+    }
+
+    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
+        let mut sweep = Sweep::new();
+        while !self.sweep_with(&mut sweep, Duration::from_secs(3600), self.lock_timeout)? {}
+        Ok(sweep.report().clone())
+    }
+
+    fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
+        // Within a short budget a locked session is left for the next pass, not waited for.
+        self.sweep_with(sweep, budget, budget.min(self.lock_timeout))
+    }
+}

@@ -1,0 +1,179 @@
+//! Cleanup: a pass over the directory in slices, removing expired sessions (known from the
+//! file's mtime without reading it), corrupt files and old leftovers of crashed writes.
+
+use super::*;
+
+pub(super) enum Cleared {
+    Kept,
+    Expired,
+    Corrupt,
+    Gone,
+}
+
+/// `.<uuid>.tmp`: the name of a temp file of this store.
+pub(super) fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .and_then(SessionKey::parse)
+        .is_some()
+}
+
+impl FileStore {
+    /// Classifies one directory entry for `clear_expired`.
+    pub(super) fn clear_entry(
+        &self,
+        name: &str,
+        file_type: FileType,
+        now: SystemTime,
+        wait: Duration,
+        report: &mut ClearReport,
+    ) {
+        let is_file = match file_type {
+            FileType::Unknown => statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+            other => other == FileType::RegularFile,
+        };
+        if let Some(key) = name.strip_suffix(".json").and_then(SessionKey::parse) {
+            if !is_file {
+                report.skipped += 1;
+                return;
+            }
+            // The store stamps each file's mtime with its expiry: a file whose mtime is still
+            // ahead is live, known without opening it (a million files in seconds).
+            if self.mtime_of(name).is_some_and(|mtime| mtime > now) {
+                report.kept += 1;
+                return;
+            }
+            match self.clear_session(&key, now, wait) {
+                Ok(Cleared::Kept) => report.kept += 1,
+                Ok(Cleared::Expired) => report.expired += 1,
+                Ok(Cleared::Corrupt) => report.corrupt += 1,
+                Ok(Cleared::Gone) => {}
+                Err(e) => {
+                    log::warn!("clearsessions: left {}: {e}", crate::key::shown_name(name));
+                    report.skipped += 1;
+                }
+            }
+        } else if is_temp_name(name) && is_file {
+            let old = self.mtime_of(name).is_some_and(|mtime| {
+                now.duration_since(mtime).unwrap_or_default() >= self.leftover_age
+            });
+            if old && self.unlink(name).is_ok() {
+                report.leftovers += 1;
+            } else {
+                report.skipped += 1;
+            }
+        } else {
+            report.skipped += 1;
+        }
+    }
+
+    /// Removes one session if it is expired or corrupt, deciding under its lock so that a
+    /// session refreshed meanwhile is kept.
+    pub(super) fn clear_session(
+        &self,
+        key: &SessionKey,
+        now: SystemTime,
+        wait: Duration,
+    ) -> Result<Cleared, StoreError> {
+        let name = key.file_name();
+        let entry = match self.open_entry(&name)? {
+            Opened::Missing => return Ok(Cleared::Gone),
+            Opened::File(entry) => entry,
+        };
+        if let Ok(record) = self.read_record(&entry, &name)
+            && !record.is_expired(now)
+        {
+            return Ok(Cleared::Kept);
+        }
+        drop(entry);
+        let Some(held) = self.lock_current(key, &name, wait)? else {
+            return Ok(Cleared::Gone);
+        };
+        let verdict = match self.read_record(&held.entry, &held.name) {
+            Ok(record) if record.is_expired(SystemTime::now()) => Cleared::Expired,
+            Ok(_) => return Ok(Cleared::Kept),
+            Err(ReadError::Store(e)) => return Err(e),
+            Err(ReadError::TooLarge | ReadError::Corrupt(_)) => Cleared::Corrupt,
+        };
+        self.unlink(&name)
+            .map_err(|e| self.fs_error("remove session file", &name, e))?;
+        Ok(verdict)
+    }
+}
+
+impl FileStore {
+    /// `clear_expired` with a progress report: `progress` is called about every `every`
+    /// with the pass so far (entries scanned, the counts).
+    ///
+    /// # Errors
+    /// The directory cannot be listed.
+    pub fn clear_expired_with_progress(
+        &self,
+        every: Duration,
+        progress: &mut dyn FnMut(&Sweep),
+    ) -> Result<ClearReport, StoreError> {
+        let mut sweep = Sweep::new();
+        loop {
+            let done = self.sweep_with(&mut sweep, every, self.lock_timeout)?;
+            progress(&sweep);
+            if done {
+                return Ok(sweep.report().clone());
+            }
+        }
+    }
+
+    /// Goes on with a pass over the directory for about `budget`; `Ok(true)` when the pass
+    /// is complete (the next call starts a new one).
+    pub(super) fn sweep_with(
+        &self,
+        sweep: &mut Sweep,
+        budget: Duration,
+        wait: Duration,
+    ) -> Result<bool, StoreError> {
+        let deadline = later(Instant::now(), budget);
+        if sweep.cursor.is_none() {
+            self.check_dir()?;
+            let entries = Dir::read_from(&self.dirfd)
+                .map_err(|e| StoreError::io("list session directory", &self.dir, e.into()))?;
+            sweep.begin(Box::new(entries));
+        }
+        let now = sweep.now;
+        loop {
+            let Some(entries) = sweep.cursor.as_mut().and_then(|c| c.downcast_mut::<Dir>()) else {
+                sweep.cursor = None;
+                return Ok(true);
+            };
+            match entries.next() {
+                None => {
+                    sweep.cursor = None;
+                    return Ok(true);
+                }
+                Some(Err(e)) => {
+                    sweep.cursor = None;
+                    return Err(StoreError::io(
+                        "list session directory",
+                        &self.dir,
+                        e.into(),
+                    ));
+                }
+                Some(Ok(entry)) => {
+                    let name = entry.file_name().to_bytes();
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    match std::str::from_utf8(name) {
+                        Ok(name) => {
+                            self.clear_entry(name, entry.file_type(), now, wait, &mut sweep.report)
+                        }
+                        Err(_) => sweep.report.skipped += 1,
+                    }
+                    sweep.scanned += 1;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+}

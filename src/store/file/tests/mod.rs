@@ -1,0 +1,460 @@
+//! FileStore's own tests: the directory, the protocol, hostile entries, cleanup.
+
+use super::write::expiry_moved_little;
+use super::*;
+
+mod sweep;
+use crate::expiry::Expiry;
+use serde_json::{Map, json};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+fn store() -> (tempfile::TempDir, FileStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(dir.path().join("sessions")).unwrap();
+    (dir, store)
+}
+
+fn changes(pairs: &[(&str, serde_json::Value)]) -> ChangeSet {
+    let mut c = ChangeSet::new(Duration::from_secs(3600));
+    for (k, v) in pairs {
+        c.set(k, v.clone());
+    }
+    c
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn open_creates_a_private_directory() {
+    let (_tmp, store) = store();
+    let mode = fs::metadata(store.dir()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        files_in(store.dir()).is_empty(),
+        "the write probe is removed"
+    );
+}
+
+#[test]
+fn open_tightens_an_existing_open_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = FileStore::open(tmp.path()).unwrap();
+    let mode = fs::metadata(store.dir()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn open_refuses_a_path_that_is_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("not-a-dir");
+    fs::write(&file, "x").unwrap();
+    let err = FileStore::open(&file).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+}
+
+#[test]
+fn create_writes_a_private_file_named_by_the_key() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("sname", json!("abc"))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    assert_eq!(files_in(store.dir()), vec![key.file_name()]);
+    let path = store.path_of(&key);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"sname\": \"abc\""), "{text}");
+    assert!(text.contains("\"format\": 1"), "{text}");
+}
+
+#[test]
+fn save_merges_changes_into_the_newest_copy() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("base", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    store
+        .save(&key, &changes(&[("a", json!("A"))]), None)
+        .unwrap();
+    let record = store
+        .save(&key, &changes(&[("b", json!("B"))]), None)
+        .unwrap();
+    assert_eq!(
+        serde_json::Value::Object(record.data),
+        json!({"base": 1, "a": "A", "b": "B"})
+    );
+    let loaded = store.load(&key).unwrap().unwrap().record;
+    assert_eq!(loaded.data.len(), 3);
+    assert_eq!(
+        files_in(store.dir()),
+        vec![key.file_name()],
+        "no temp files left"
+    );
+}
+
+#[test]
+fn save_of_a_deleted_session_fails_and_does_not_resurrect_it() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[]).to_new_record(SystemTime::now()))
+        .unwrap();
+    store.delete(&key, None).unwrap();
+    let err = store
+        .save(&key, &changes(&[("a", json!(1))]), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Deleted(k) if k == key), "{err}");
+    assert!(!store.exists(&key).unwrap());
+    assert!(files_in(store.dir()).is_empty());
+}
+
+#[test]
+fn open_refuses_a_directory_given_as_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err = FileStore::open(&link).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+}
+
+#[test]
+fn a_removed_directory_is_an_error_never_no_session_and_never_recreated() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let path = store.dir().to_path_buf();
+    fs::remove_dir_all(&path).unwrap();
+    let gone = |e: &StoreError| matches!(e, StoreError::DirectoryGone(p) if *p == path);
+    let err = store.load(&key).unwrap_err();
+    assert!(gone(&err), "{err}");
+    assert!(err.to_string().contains("restart"), "{err}");
+    let err = store
+        .save(&key, &changes(&[("b", json!(2))]), None)
+        .unwrap_err();
+    assert!(gone(&err), "{err}");
+    let err = store
+        .create(&changes(&[("c", json!(3))]).to_new_record(SystemTime::now()))
+        .unwrap_err();
+    assert!(gone(&err), "{err}");
+    assert!(gone(&store.exists(&key).unwrap_err()));
+    assert!(gone(&store.clear_expired().unwrap_err()));
+    // A directory made again at the path is somebody else's: never adopted.
+    fs::create_dir(&path).unwrap();
+    let err = store
+        .create(&changes(&[("c", json!(3))]).to_new_record(SystemTime::now()))
+        .unwrap_err();
+    assert!(gone(&err), "{err}");
+    assert!(files_in(&path).is_empty());
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_is_never_followed() {
+    let (tmp, store) = store();
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let path = store.dir().to_path_buf();
+    let moved = tmp.path().join("moved");
+    fs::rename(&path, &moved).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    // The attacker's copy of the session, with other data, under the same name.
+    let planted = changes(&[("a", json!("planted"))]).to_new_record(SystemTime::now());
+    fs::write(elsewhere.join(key.file_name()), format::encode(&planted)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+
+    let loaded = store.load(&key).unwrap().unwrap().record;
+    assert_eq!(
+        loaded.data.get("a"),
+        Some(&json!(1)),
+        "read from the directory opened"
+    );
+    store
+        .save(&key, &changes(&[("b", json!(2))]), None)
+        .unwrap();
+    let new = store
+        .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let mut expected = vec![key.file_name(), new.file_name()];
+    expected.sort();
+    assert_eq!(
+        files_in(&moved),
+        expected,
+        "writes go where the store opened"
+    );
+    assert_eq!(files_in(&elsewhere), vec![key.file_name()]);
+    assert_eq!(
+        fs::read(elsewhere.join(key.file_name())).unwrap(),
+        format::encode(&planted),
+        "the symlink's target is never written"
+    );
+    store.delete(&key, None).unwrap();
+    assert_eq!(files_in(&moved), vec![new.file_name()]);
+    assert_eq!(files_in(&elsewhere), vec![key.file_name()]);
+}
+
+#[test]
+fn a_merge_mode_load_sees_every_change_made_after_the_lock_preflight() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    // Nothing changed between acquire and load: the candidate is used.
+    let lock = store.acquire(&key).unwrap().expect("a candidate");
+    let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
+    assert_eq!(loaded.data.get("n"), Some(&json!(1)));
+    // A save in between: the load sees it.
+    let lock = store.acquire(&key).unwrap().expect("a candidate");
+    store
+        .save(&key, &changes(&[("n", json!(2))]), None)
+        .unwrap();
+    let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
+    assert_eq!(loaded.data.get("n"), Some(&json!(2)));
+    // A cycle in between: the old key is dead.
+    let lock = store.acquire(&key).unwrap().expect("a candidate");
+    let (new, _) = store.cycle(&key, &changes(&[]), None).unwrap();
+    assert!(store.load_locked(&key, lock).unwrap().is_none());
+    // A delete (a logout) in between: nothing.
+    let lock = store.acquire(&new).unwrap().expect("a candidate");
+    store.delete(&new, None).unwrap();
+    assert!(store.load_locked(&new, lock).unwrap().is_none());
+}
+
+#[test]
+fn load_never_creates_a_file() {
+    let (_tmp, store) = store();
+    let key = SessionKey::generate();
+    assert!(store.load(&key).unwrap().is_none());
+    assert!(files_in(store.dir()).is_empty());
+}
+
+#[test]
+fn corrupt_and_hostile_entries_are_no_session() {
+    let (_tmp, store) = store();
+    let outside = store.dir().parent().unwrap().join("outside.json");
+    let good = changes(&[("secret", json!(1))]).to_new_record(SystemTime::now());
+    fs::write(&outside, format::encode(&good)).unwrap();
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(SessionKey, Make)> = vec![
+        (
+            SessionKey::generate(),
+            Box::new(|p| fs::write(p, b"").unwrap()),
+        ),
+        (
+            SessionKey::generate(),
+            Box::new(|p| fs::write(p, b"{\"format\":1,").unwrap()),
+        ),
+        (
+            SessionKey::generate(),
+            Box::new(|p| fs::write(p, b"\xff\xfe\x00\x01").unwrap()),
+        ),
+        (
+            SessionKey::generate(),
+            Box::new(|p| fs::create_dir(p).unwrap()),
+        ),
+        (
+            SessionKey::generate(),
+            Box::new(move |p| std::os::unix::fs::symlink(&outside, p).unwrap()),
+        ),
+        (
+            SessionKey::generate(),
+            Box::new(|p| {
+                let status = std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }),
+        ),
+    ];
+    for (key, make) in &cases {
+        make(&store.path_of(key));
+        assert!(store.load(key).unwrap().is_none(), "{key}");
+    }
+    let huge = SessionKey::generate();
+    let store = store.with_max_file_size(64);
+    let big = changes(&[("x", json!("y".repeat(100)))]).to_new_record(SystemTime::now());
+    fs::write(store.path_of(&huge), format::encode(&big)).unwrap();
+    assert!(store.load(&huge).unwrap().is_none());
+    // The symlink's target is never written through either.
+    let symlinked = &cases[4].0;
+    let err = store
+        .save(symlinked, &changes(&[("a", json!(1))]), None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotARegularFile(_)), "{err}");
+    let outside = store.dir().parent().unwrap().join("outside.json");
+    assert_eq!(fs::read(&outside).unwrap(), format::encode(&good));
+}
+
+#[test]
+fn save_over_the_size_limit_is_refused_and_keeps_the_old_copy() {
+    let (_tmp, store) = store();
+    let store = store.with_max_file_size(200);
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let before = fs::read(store.path_of(&key)).unwrap();
+    let err = store
+        .save(&key, &changes(&[("b", json!("z".repeat(500)))]), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { limit: 200, .. }),
+        "{err}"
+    );
+    assert_eq!(fs::read(store.path_of(&key)).unwrap(), before);
+    assert_eq!(files_in(store.dir()), vec![key.file_name()]);
+}
+
+#[test]
+fn cycle_moves_the_data_to_a_new_key_and_removes_the_old_file() {
+    let (_tmp, store) = store();
+    let old = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let (new, record) = store
+        .cycle(&old, &changes(&[("b", json!(2))]), None)
+        .unwrap();
+    assert_ne!(old, new);
+    assert_eq!(
+        serde_json::Value::Object(record.data),
+        json!({"a": 1, "b": 2})
+    );
+    assert_eq!(files_in(store.dir()), vec![new.file_name()]);
+}
+
+#[test]
+fn acquire_within_zero_tries_the_lock_once_in_both_modes() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let holder = File::open(store.path_of(&key)).unwrap();
+    fs2::FileExt::lock_exclusive(&holder).unwrap();
+    let store = store.with_lock_timeout(Duration::from_secs(60));
+    for locking in [Locking::Merge, Locking::Request] {
+        let store = FileStore::open(store.dir())
+            .unwrap()
+            .with_locking(locking)
+            .with_lock_timeout(Duration::from_secs(60));
+        let err = store.acquire_within(&key, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    }
+    drop(holder);
+    let request = FileStore::open(store.dir())
+        .unwrap()
+        .with_locking(Locking::Request);
+    let lock = request.acquire_within(&key, Duration::ZERO).unwrap();
+    assert!(lock.is_some(), "free: taken at once and handed on");
+    drop(lock);
+    assert!(
+        store
+            .acquire_within(&key, Duration::ZERO)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn a_save_that_only_refreshes_the_expiry_is_skipped_but_a_change_is_written() {
+    let (_tmp, store) = store();
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let ino = || fs::metadata(store.path_of(&key)).unwrap().ino();
+    let before = ino();
+    store
+        .save(&key, &changes(&[("a", json!(1))]), None)
+        .unwrap();
+    assert_eq!(
+        ino(),
+        before,
+        "same data, expiry moved by less than a minute: no write"
+    );
+    store
+        .save(&key, &changes(&[("a", json!(2))]), None)
+        .unwrap();
+    assert_ne!(ino(), before, "a change is written");
+    let mut longer = changes(&[]);
+    longer.expiry = Some(Expiry::Seconds(7200));
+    let after_change = ino();
+    store.save(&key, &longer, None).unwrap();
+    assert_ne!(ino(), after_change, "a new expiry rule is written");
+}
+
+#[test]
+fn a_refresh_is_written_once_the_expiry_moved_more_than_the_slack() {
+    let now = SystemTime::now();
+    let stored = Record {
+        data: Map::new(),
+        expiry: Expiry::Default,
+        expires_at: now,
+    };
+    let age = Duration::from_secs(1_209_600);
+    assert!(expiry_moved_little(
+        &stored,
+        now + Duration::from_secs(59),
+        age
+    ));
+    assert!(!expiry_moved_little(
+        &stored,
+        now + Duration::from_secs(61),
+        age
+    ));
+    // A short session: 1% of 10 s.
+    let short = Record {
+        expiry: Expiry::Seconds(10),
+        ..stored.clone()
+    };
+    assert!(!expiry_moved_little(
+        &short,
+        now + Duration::from_secs(1),
+        age
+    ));
+}
+
+#[test]
+fn fsync_mode_writes_the_same_files() {
+    let (_tmp, store) = store();
+    let store = store.with_fsync(true);
+    let key = store
+        .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    store
+        .save(&key, &changes(&[("b", json!(2))]), None)
+        .unwrap();
+    assert_eq!(store.load(&key).unwrap().unwrap().record.data.len(), 2);
+}
+
+#[test]
+fn request_mode_holds_the_lock_until_the_session_is_saved() {
+    let (_tmp, store) = store();
+    let store = store
+        .with_locking(Locking::Request)
+        .with_lock_timeout(Duration::from_millis(100));
+    let key = store
+        .create(&changes(&[("n", json!(0))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let first = store.load(&key).unwrap().unwrap();
+    let err = store.load(&key).unwrap_err();
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    store
+        .save(&key, &changes(&[("n", json!(1))]), first.lock)
+        .unwrap();
+    let second = store.load(&key).unwrap().unwrap();
+    assert_eq!(second.record.data["n"], json!(1));
+}

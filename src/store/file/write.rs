@@ -1,0 +1,276 @@
+//! Atomic writes: a new inode filled in a temp file (or `O_TMPFILE`) and given the session's
+//! name in one step (`renameat2` exchange or no-replace, `linkat`), the old copy unlinked;
+//! the merge of a request's changes into the newest copy, and the skip-write policy.
+
+use super::*;
+
+/// Sets a new session file's modification time to when the session expires, so that
+/// cleanup can tell a live session from its metadata alone (as PHP's gc reads mtimes).
+pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::Result<()> {
+    match expires_at {
+        Some(at) => file.set_modified(at),
+        None => Ok(()),
+    }
+}
+
+/// The most a skipped refresh lets the stored expiry lag behind the cookie's.
+pub const REFRESH_SLACK: Duration = Duration::from_secs(60);
+
+/// What a save would store.
+pub(super) enum Merged {
+    /// The data and the expiry rule as stored: only the expiry would move, a little.
+    Unchanged(Record),
+    /// A new copy to write.
+    Changed(Record),
+}
+
+/// Whether moving `stored`'s expiry to `new_expires_at` is a move by less than 1% of the
+/// session's lifetime, and at most [`REFRESH_SLACK`]: then a save that changes nothing else
+/// is skipped (as PHP's `lazy_write`).
+pub(super) fn expiry_moved_little(
+    stored: &Record,
+    new_expires_at: SystemTime,
+    cookie_age: Duration,
+) -> bool {
+    let lifetime = new_expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .max(match stored.expiry {
+            crate::expiry::Expiry::Seconds(n) => Duration::from_secs(n),
+            _ => cookie_age,
+        });
+    let slack = (lifetime / 100).min(REFRESH_SLACK);
+    let moved = new_expires_at
+        .duration_since(stored.expires_at)
+        .unwrap_or_else(|e| e.duration());
+    moved < slack
+}
+
+impl FileStore {
+    /// The newest stored copy under a held lock with `changes` applied. A file that became
+    /// unreadable is replaced by the changes alone rather than blocking the session forever.
+    /// `Merged::Unchanged` when the changes would only move the expiry a little.
+    pub(super) fn merged(
+        &self,
+        held: &LockedFile,
+        changes: &ChangeSet,
+    ) -> Result<Merged, StoreError> {
+        let now = SystemTime::now();
+        Ok(match self.stored_record(&held.entry, &held.name)? {
+            Some(stored)
+                if !changes.alters(&stored)
+                    && expiry_moved_little(
+                        &stored,
+                        stored.expiry.date(now, changes.cookie_age),
+                        changes.cookie_age,
+                    ) =>
+            {
+                Merged::Unchanged(stored)
+            }
+            Some(mut record) => {
+                changes.apply_to(&mut record, now);
+                Merged::Changed(record)
+            }
+            None => Merged::Changed(changes.to_new_record(now)),
+        })
+    }
+
+    /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not
+    /// be read back.
+    pub(super) fn encode(
+        &self,
+        key: Option<&SessionKey>,
+        record: &Record,
+    ) -> Result<Vec<u8>, StoreError> {
+        let depth = format::depth(&record.data);
+        if depth > format::MAX_VALUE_DEPTH {
+            return Err(StoreError::TooDeep {
+                key: key.copied(),
+                depth,
+                limit: format::MAX_VALUE_DEPTH,
+            });
+        }
+        let bytes = format::encode(record);
+        if bytes.len() > self.max_file_size {
+            return Err(StoreError::TooLarge {
+                key: key.copied(),
+                size: bytes.len(),
+                limit: self.max_file_size,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes `bytes` to a new temp file (0600) in the directory, `.<uuid>.tmp`, and returns
+    /// its name.
+    pub(super) fn write_temp(
+        &self,
+        bytes: &[u8],
+        expires_at: Option<SystemTime>,
+    ) -> io::Result<(String, File)> {
+        let name = format!(".{}.tmp", SessionKey::generate());
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut file = File::from(openat(
+            &self.dirfd,
+            name.as_str(),
+            flags,
+            Mode::from_raw_mode(0o600),
+        )?);
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| stamp_expiry(&file, expires_at))
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => Ok((name, file)),
+            Err(e) => {
+                drop(file);
+                let _ = unlinkat(&self.dirfd, name.as_str(), AtFlags::empty());
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn write_temp_for(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expires_at: SystemTime,
+    ) -> Result<String, StoreError> {
+        self.write_temp(bytes, Some(expires_at))
+            .map(|(temp, _)| temp)
+            .map_err(|e| self.fs_error("write session file", name, e))
+    }
+
+    /// Removes an entry of the directory.
+    pub(super) fn unlink(&self, name: &str) -> io::Result<()> {
+        let _changing = self.changing();
+        unlinkat(&self.dirfd, name, AtFlags::empty()).map_err(io::Error::from)
+    }
+
+    /// Makes a completed write durable: fsync the directory (with `fsync` on).
+    pub(super) fn sync_dir(&self) -> Result<(), StoreError> {
+        if self.fsync {
+            fsync(&self.dirfd)
+                .map_err(|e| StoreError::io("sync session directory", &self.dir, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the file named `name` (held locked) with the temp file.
+    pub(super) fn replace(&self, temp: &str, name: &str) -> Result<(), StoreError> {
+        let _changing = self.changing();
+        let dir = &self.dirfd;
+        let result = if self.renameat2.load(Ordering::Relaxed) {
+            match renameat_with(dir, temp, dir, name, RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    // The new copy is in place: the save happened. The old copy left under
+                    // the temp name is removed by clearsessions if this fails.
+                    if let Err(e) = self.unlink(temp) {
+                        log::warn!("cannot remove the old copy of a session ({temp}): {e}");
+                    }
+                    Ok(())
+                }
+                Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
+                    self.renameat2.store(false, Ordering::Relaxed);
+                    renameat(dir, temp, dir, name).map_err(io::Error::from)
+                }
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            renameat(dir, temp, dir, name).map_err(io::Error::from)
+        };
+        result.map_err(|e| {
+            let _ = self.unlink(temp);
+            self.fs_error("replace session file", name, e)
+        })?;
+        self.sync_dir()
+    }
+
+    /// Creates a session from an unnamed file (`O_TMPFILE`) given its name in one step
+    /// (`linkat`, which fails rather than replace): no temp name to add and remove, and
+    /// nothing left behind by a crash. `Ok(None)`: the file system cannot (use temp files).
+    pub(super) fn create_from_tmpfile(
+        &self,
+        bytes: &[u8],
+        expires_at: SystemTime,
+    ) -> Result<Option<SessionKey>, StoreError> {
+        let unsupported = |e: Errno| {
+            e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL || e == Errno::NOSYS
+        };
+        let fd = match openat(
+            &self.dirfd,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(e) if unsupported(e) => return Ok(None),
+            Err(e) => return Err(self.fs_error("create session file", ".", e.into())),
+        };
+        let mut file = File::from(fd);
+        file.write_all(bytes)
+            .and_then(|()| stamp_expiry(&file, Some(expires_at)))
+            .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) })
+            .map_err(|e| StoreError::io("write session file", &self.dir, e))?;
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        for _ in 0..16 {
+            let key = SessionKey::generate();
+            let name = key.file_name();
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for everyone.
+            let linked = match linkat(&file, "", &self.dirfd, name.as_str(), AtFlags::EMPTY_PATH) {
+                Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => linkat(
+                    CWD,
+                    proc_path.as_str(),
+                    &self.dirfd,
+                    name.as_str(),
+                    AtFlags::SYMLINK_FOLLOW,
+                ),
+                other => other,
+            };
+            match linked {
+                Ok(()) => {
+                    self.sync_dir()?;
+                    return Ok(Some(key));
+                }
+                Err(Errno::EXIST) => continue,
+                Err(Errno::NOENT) => {
+                    self.check_dir()?;
+                    return Ok(None);
+                }
+                Err(e) if unsupported(e) => return Ok(None),
+                Err(e) => return Err(self.fs_error("create session file", &name, e.into())),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "16 fresh random keys were all taken; the random source is broken".into(),
+        ))
+    }
+
+    /// Gives the temp file the name `name` unless something has it. `Ok(false)`: taken.
+    pub(super) fn link_new(&self, temp: &str, name: &str) -> io::Result<bool> {
+        let _changing = self.changing();
+        let dir = &self.dirfd;
+        if self.renameat2.load(Ordering::Relaxed) {
+            match renameat_with(dir, temp, dir, name, RenameFlags::NOREPLACE) {
+                Ok(()) => return Ok(true),
+                Err(Errno::EXIST) => return Ok(false),
+                Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
+                    self.renameat2.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match linkat(dir, temp, dir, name, AtFlags::empty()) {
+            Ok(()) => {
+                // The session exists: a temp name left behind is removed by clearsessions.
+                if let Err(e) = self.unlink(temp) {
+                    log::warn!("cannot remove the temp name of a new session ({temp}): {e}");
+                }
+                Ok(true)
+            }
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

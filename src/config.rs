@@ -88,6 +88,9 @@ pub struct Settings {
     /// requests to the JSON API (`https://example.com`, or `https://*.example.com` for
     /// every subdomain), as Django's. Default: none.
     pub csrf_trusted_origins: Vec<String>,
+    /// `SESSION_WORKERS`: worker processes serving the port (`runserver --workers N`), 1 to
+    /// 256. Default: 1, this process serves alone.
+    pub workers: u16,
 }
 
 /// The largest `DATA_UPLOAD_MAX_MEMORY_SIZE`: 1 GiB (a session file holds at most 1 MiB).
@@ -166,6 +169,7 @@ impl Default for Settings {
             redis_url: DEFAULT_REDIS_URL.into(),
             allowed_hosts: DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
             csrf_trusted_origins: Vec::new(),
+            workers: 1,
         }
     }
 }
@@ -254,6 +258,12 @@ impl Settings {
                 "SESSION_LOCK_TIMEOUT must be at most {} seconds, not {}",
                 MAX_LOCK_TIMEOUT.as_secs(),
                 self.lock_timeout.as_secs_f64()
+            ));
+        }
+        if !(1..=256).contains(&self.workers) {
+            return bad(format!(
+                "SESSION_WORKERS must be from 1 to 256, not {}",
+                self.workers
             ));
         }
         if self.allowed_hosts.is_empty() {

@@ -99,6 +99,7 @@ mod middleware;
 mod router;
 mod server;
 mod session;
+mod settings_table;
 mod store;
 mod supervisor;
 
@@ -120,6 +121,7 @@ pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
 pub use session::{
     DEFAULT_COOKIE_AGE, Session, SessionConfig, TEST_COOKIE_NAME, TEST_COOKIE_VALUE,
 };
+pub use settings_table::{SETTINGS, Setting};
 pub use store::file::{
     DEFAULT_LEFTOVER_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileStore, REFRESH_SLACK,
 };

@@ -1,0 +1,489 @@
+//! The one table of settings: each setting's Django name (also its environment variable),
+//! its flag, default, help, and how it is read into [`Settings`] and written back out.
+//! The command line, `--help`, the hand-off to worker processes, the README's table (a test
+//! checks it) and [`Settings::from_values`] are all derived from [`SETTINGS`]; adding a
+//! setting is one entry here and one field in [`Settings`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Engine, SameSite, SettingError, Settings};
+use crate::store::Locking;
+
+/// One setting, as [`SETTINGS`] lists it.
+pub struct Setting {
+    /// The Django name, which is also the environment variable (`SESSION_COOKIE_AGE`).
+    pub name: &'static str,
+    /// The long flag, without `--` (`session-cookie-age`); the name is an alias of it.
+    pub flag: &'static str,
+    /// The default, as text as it would be given; empty when unset by default.
+    pub default: &'static str,
+    /// One line of help for `--help`.
+    pub help: &'static str,
+    /// A yes/no setting: the flag alone means `true`.
+    pub boolean: bool,
+    set: fn(&mut Settings, &str) -> Result<(), String>,
+    show: fn(&Settings) -> Option<String>,
+}
+
+impl Setting {
+    /// Reads `text` into `settings`.
+    ///
+    /// # Errors
+    /// The text is not a value of this setting; the message names the setting.
+    pub fn set(&self, settings: &mut Settings, text: &str) -> Result<(), SettingError> {
+        (self.set)(settings, text)
+            .map_err(|why| SettingError(format!("{} cannot be {text:?}: {why}", self.name)))
+    }
+
+    /// This setting's value in `settings` as text that [`set`](Setting::set) reads back;
+    /// `None` when unset (`SESSION_COOKIE_DOMAIN` without a domain).
+    pub fn show(&self, settings: &Settings) -> Option<String> {
+        (self.show)(settings)
+    }
+}
+
+/// `true`/`false`, and as Django's and clap's boolish values `1`/`0`, `yes`/`no`, `on`/`off`.
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "y" | "t" => Ok(true),
+        "false" | "0" | "no" | "off" | "n" | "f" => Ok(false),
+        _ => Err("use true or false".into()),
+    }
+}
+
+fn seconds(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| "use a whole number of seconds".into())
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+macro_rules! setting {
+    ($name:literal, $flag:literal, $default:literal, $help:literal, bool,
+     |$s:ident| $field:expr) => {
+        Setting {
+            name: $name,
+            flag: $flag,
+            default: $default,
+            help: $help,
+            boolean: true,
+            set: |$s, text| {
+                $field = boolean(text)?;
+                Ok(())
+            },
+            show: |$s| Some($field.to_string()),
+        }
+    };
+}
+
+/// Every setting, in the order `--help` and the README list them.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        name: "SESSION_COOKIE_NAME",
+        flag: "session-cookie-name",
+        default: "sessionid",
+        help: "The session cookie's name.",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.cookie_name);
+            Ok(())
+        },
+        show: |s| Some(s.cookie_name.clone()),
+    },
+    Setting {
+        name: "SESSION_COOKIE_AGE",
+        flag: "session-cookie-age",
+        default: "1209600",
+        help: "Session lifetime in seconds (cookie Max-Age and server-side expiry).",
+        boolean: false,
+        set: |s, t| {
+            s.cookie_age = Duration::from_secs(seconds(t)?);
+            Ok(())
+        },
+        show: |s| Some(s.cookie_age.as_secs().to_string()),
+    },
+    Setting {
+        name: "SESSION_COOKIE_DOMAIN",
+        flag: "session-cookie-domain",
+        default: "",
+        help: "The cookie's Domain attribute; none means a host-only cookie.",
+        boolean: false,
+        set: |s, t| {
+            s.cookie_domain = (!t.is_empty()).then(|| t.to_owned());
+            Ok(())
+        },
+        show: |s| s.cookie_domain.clone(),
+    },
+    setting!(
+        "SESSION_COOKIE_SECURE",
+        "session-cookie-secure",
+        "false",
+        "Mark the cookie Secure (HTTPS only).",
+        bool,
+        |s| s.cookie_secure
+    ),
+    Setting {
+        name: "SESSION_COOKIE_PATH",
+        flag: "session-cookie-path",
+        default: "/",
+        help: "The cookie's Path attribute.",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.cookie_path);
+            Ok(())
+        },
+        show: |s| Some(s.cookie_path.clone()),
+    },
+    setting!(
+        "SESSION_COOKIE_HTTPONLY",
+        "session-cookie-httponly",
+        "true",
+        "Mark the cookie HttpOnly (hidden from JavaScript).",
+        bool,
+        |s| s.cookie_httponly
+    ),
+    Setting {
+        name: "SESSION_COOKIE_SAMESITE",
+        flag: "session-cookie-samesite",
+        default: "Lax",
+        help: "The cookie's SameSite attribute: Strict, Lax, None, or false to omit it.",
+        boolean: false,
+        set: |s, t| {
+            s.cookie_samesite = SameSite::parse_setting(t)?;
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.cookie_samesite {
+                    Some(SameSite::Strict) => "Strict",
+                    Some(SameSite::Lax) => "Lax",
+                    Some(SameSite::None) => "None",
+                    None => "false",
+                }
+                .to_owned(),
+            )
+        },
+    },
+    setting!(
+        "SESSION_SAVE_EVERY_REQUEST",
+        "session-save-every-request",
+        "false",
+        "Save the session on every request, refreshing its expiry.",
+        bool,
+        |s| s.save_every_request
+    ),
+    setting!(
+        "SESSION_EXPIRE_AT_BROWSER_CLOSE",
+        "session-expire-at-browser-close",
+        "false",
+        "Give sessions with the default expiry a browser-session cookie.",
+        bool,
+        |s| s.expire_at_browser_close
+    ),
+    Setting {
+        name: "SESSION_FILE_PATH",
+        flag: "session-file-path",
+        default: "sessions",
+        help: "The sessions directory (created 0700 if missing).",
+        boolean: false,
+        set: |s, t| {
+            s.file_path = PathBuf::from(t);
+            Ok(())
+        },
+        show: |s| Some(s.file_path.display().to_string()),
+    },
+    Setting {
+        name: "SESSION_LOCKING",
+        flag: "session-locking",
+        default: "merge",
+        help: "merge: concurrent requests keep each other's changes; request: one request of a \
+               session at a time (exact counters).",
+        boolean: false,
+        set: |s, t| {
+            s.locking = Locking::parse(t).ok_or("use merge or request")?;
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.locking {
+                    Locking::Merge => "merge",
+                    Locking::Request => "request",
+                }
+                .to_owned(),
+            )
+        },
+    },
+    setting!(
+        "SESSION_FILE_FSYNC",
+        "session-file-fsync",
+        "false",
+        "fsync every write (survives power loss; slower).",
+        bool,
+        |s| s.file_fsync
+    ),
+    Setting {
+        name: "SESSION_LOCK_TIMEOUT",
+        flag: "session-lock-timeout",
+        default: "3",
+        help: "Seconds a request waits for a session's lock before answering 503.",
+        boolean: false,
+        set: |s, t| {
+            s.lock_timeout = t
+                .parse::<f64>()
+                .ok()
+                .and_then(|n| Duration::try_from_secs_f64(n).ok())
+                .ok_or("use seconds from 0 to 3600")?;
+            Ok(())
+        },
+        show: |s| Some(s.lock_timeout.as_secs_f64().to_string()),
+    },
+    Setting {
+        name: "DATA_UPLOAD_MAX_MEMORY_SIZE",
+        flag: "data-upload-max-memory-size",
+        default: "65536",
+        help: "The largest request body in bytes.",
+        boolean: false,
+        set: |s, t| {
+            s.max_body = t.parse().map_err(|_| "use a number of bytes")?;
+            Ok(())
+        },
+        show: |s| Some(s.max_body.to_string()),
+    },
+    Setting {
+        name: "SESSION_GC_INTERVAL",
+        flag: "session-gc-interval",
+        default: "0",
+        help: "Seconds between the server's own cleanup passes (expired sessions, leftovers \
+               of crashed writes), done a few milliseconds at a time between requests; 0 = off.",
+        boolean: false,
+        set: |s, t| {
+            let n = seconds(t)?;
+            s.gc_interval = (n > 0).then(|| Duration::from_secs(n));
+            Ok(())
+        },
+        show: |s| Some(s.gc_interval.map_or(0, |d| d.as_secs()).to_string()),
+    },
+    Setting {
+        name: "SESSION_WORKERS",
+        flag: "workers",
+        default: "1",
+        help: "Worker processes serving the port, each a single-threaded loop; a dead one is \
+               replaced at once. 1 = this process serves alone.",
+        boolean: false,
+        set: |s, t| {
+            s.workers = t
+                .parse()
+                .ok()
+                .filter(|n| (1..=256).contains(n))
+                .ok_or("use 1 to 256")?;
+            Ok(())
+        },
+        show: |s| Some(s.workers.to_string()),
+    },
+    Setting {
+        name: "SESSION_ENGINE",
+        flag: "session-engine",
+        default: "file",
+        help: "Where sessions live: file (one JSON file each) or redis (needs --features redis).",
+        boolean: false,
+        set: |s, t| {
+            s.engine = Engine::parse_setting(t)?;
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.engine {
+                    Engine::File => "file",
+                    Engine::Redis => "redis",
+                }
+                .to_owned(),
+            )
+        },
+    },
+    Setting {
+        name: "SESSION_REDIS_URL",
+        flag: "session-redis-url",
+        default: crate::config::DEFAULT_REDIS_URL,
+        help: "The Redis of SESSION_ENGINE=redis.",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.redis_url);
+            Ok(())
+        },
+        show: |s| Some(s.redis_url.clone()),
+    },
+    Setting {
+        name: "ALLOWED_HOSTS",
+        flag: "allowed-hosts",
+        default: ".localhost,127.0.0.1,[::1]",
+        help: "Host names served, comma-separated (Django's ALLOWED_HOSTS): a leading dot \
+               matches subdomains too, * matches all; another Host gets 400.",
+        boolean: false,
+        set: |s, t| {
+            s.allowed_hosts = list(t);
+            Ok(())
+        },
+        show: |s| Some(s.allowed_hosts.join(",")),
+    },
+    Setting {
+        name: "CSRF_TRUSTED_ORIGINS",
+        flag: "csrf-trusted-origins",
+        default: "",
+        help: "Origins allowed to send unsafe requests to the JSON API besides the request's \
+               own, comma-separated (Django's CSRF_TRUSTED_ORIGINS): https://example.com, \
+               https://*.example.com.",
+        boolean: false,
+        set: |s, t| {
+            s.csrf_trusted_origins = list(t);
+            Ok(())
+        },
+        show: |s| Some(s.csrf_trusted_origins.join(",")),
+    },
+];
+
+impl Settings {
+    /// Settings from text values by Django name (from flags, the environment or a file);
+    /// a name `value` gives nothing for keeps its default. Validated.
+    ///
+    /// ```
+    /// use filesession::Settings;
+    ///
+    /// let settings = Settings::from_values(|name| match name {
+    ///     "SESSION_COOKIE_AGE" => Some("3600".into()),
+    ///     _ => None,
+    /// })?;
+    /// assert_eq!(settings.cookie_age.as_secs(), 3600);
+    /// assert_eq!(settings.cookie_name, "sessionid");
+    /// # Ok::<(), filesession::SettingError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A value that is not one of its setting's, or settings that cannot work together
+    /// ([`Settings::validate`]); the message names the setting.
+    pub fn from_values(
+        mut value: impl FnMut(&str) -> Option<String>,
+    ) -> Result<Settings, SettingError> {
+        let mut settings = Settings::default();
+        for setting in SETTINGS {
+            if let Some(text) = value(setting.name) {
+                setting.set(&mut settings, &text)?;
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Every setting as `(name, value)` text pairs that [`from_values`](Settings::from_values)
+    /// reads back (how the supervisor hands settings to its workers); unset ones are left out.
+    pub fn to_values(&self) -> Vec<(&'static str, String)> {
+        SETTINGS
+            .iter()
+            .filter_map(|s| s.show(self).map(|v| (s.name, v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_reads_back_as_the_default_settings() {
+        let from_defaults = Settings::from_values(|name| {
+            SETTINGS
+                .iter()
+                .find(|s| s.name == name)
+                .filter(|s| !s.default.is_empty())
+                .map(|s| s.default.to_owned())
+        })
+        .expect("the defaults are valid");
+        let defaults = Settings::default();
+        assert_eq!(from_defaults.to_values(), defaults.to_values());
+    }
+
+    #[test]
+    fn settings_survive_the_hand_off_to_workers() {
+        let mut changed = Settings::default();
+        for setting in SETTINGS {
+            let text = match setting.name {
+                "SESSION_COOKIE_DOMAIN" => ".example.com",
+                "SESSION_COOKIE_SAMESITE" => "None",
+                "SESSION_LOCKING" => "request",
+                "SESSION_ENGINE" => "file",
+                "SESSION_LOCK_TIMEOUT" => "1.5",
+                "SESSION_WORKERS" => "3",
+                "ALLOWED_HOSTS" => "a.example,.b.example",
+                "CSRF_TRUSTED_ORIGINS" => "https://*.example.com",
+                "SESSION_FILE_PATH" => "/tmp/x",
+                "SESSION_REDIS_URL" => "redis://h:1/2",
+                "SESSION_COOKIE_NAME" => "sid",
+                "SESSION_COOKIE_PATH" => "/app",
+                _ if setting.boolean => "yes",
+                _ => "7",
+            };
+            setting.set(&mut changed, text).expect("a valid value");
+        }
+        let values = changed.to_values();
+        let back = Settings::from_values(|name| {
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("valid");
+        assert_eq!(back.to_values(), values);
+        assert_eq!(back.workers, 3);
+        assert!(back.cookie_secure && back.file_fsync);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let e = Settings::from_values(|n| (n == "SESSION_COOKIE_SECURE").then(|| "maybe".into()))
+            .expect_err("refused");
+        assert!(e.0.contains("SESSION_COOKIE_SECURE"), "{e}");
+        let e = Settings::from_values(|n| (n == "SESSION_GC_INTERVAL").then(|| "-1".into()))
+            .expect_err("refused");
+        assert!(e.0.contains("SESSION_GC_INTERVAL"), "{e}");
+    }
+
+    /// README's settings table is this table: one row per setting, in order, with its flag,
+    /// its name and its default.
+    #[test]
+    fn the_readme_table_lists_every_setting() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<Vec<&str>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows.len(), SETTINGS.len(), "one README row per setting");
+        for (row, setting) in rows.iter().zip(SETTINGS) {
+            assert_eq!(row[1], format!("`--{}`", setting.flag), "{row:?}");
+            assert_eq!(row[2], format!("`{}`", setting.name), "{row:?}");
+            assert!(
+                row[3].contains(setting.default),
+                "README's default for {} is {:?}, the table's {:?}",
+                setting.name,
+                row[3],
+                setting.default
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_flags_are_unique() {
+        for (i, a) in SETTINGS.iter().enumerate() {
+            for b in &SETTINGS[i + 1..] {
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.flag, b.flag);
+            }
+        }
+    }
+}

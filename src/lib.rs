@@ -89,6 +89,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "demo")]
 mod app;
 mod config;
 mod expiry;
@@ -101,8 +102,10 @@ mod server;
 mod session;
 mod settings_table;
 mod store;
+#[cfg(feature = "signals")]
 mod supervisor;
 
+#[cfg(feature = "demo")]
 pub use app::demo_router;
 pub use config::{
     DEFAULT_ALLOWED_HOSTS, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError,
@@ -131,4 +134,5 @@ pub use store::redis::RedisStore;
 pub use store::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
+#[cfg(feature = "signals")]
 pub use supervisor::{Supervisor, WORKER_READY};

@@ -7,7 +7,6 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
@@ -141,15 +140,16 @@ impl StopHandle {
         self.wake.notify_one();
     }
 
-    /// Stops the server on SIGINT (Ctrl-C) or SIGTERM.
+    /// Stops the server on SIGINT (Ctrl-C) or SIGTERM (feature `signals`, on by default).
     ///
     /// # Errors
     /// The signal handlers cannot be installed.
+    #[cfg(feature = "signals")]
     pub fn stop_on_signals(&self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
         let handle = self.clone();
-        thread::Builder::new()
+        std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 if signals.forever().next().is_some() {

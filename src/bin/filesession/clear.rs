@@ -1,0 +1,59 @@
+//! `clearsessions`: Django's command, with a progress line on a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use filesession::{Engine, Settings, Sweep, open_file_store};
+
+use crate::fail;
+
+pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
+    if settings.engine == Engine::Redis {
+        println!("Redis expires sessions by itself (each session's TTL): nothing to clear.");
+        return ExitCode::SUCCESS;
+    }
+    let store = match open_file_store(settings) {
+        Ok(store) => store,
+        Err(e) => return fail(e),
+    };
+    let started = Instant::now();
+    let terminal = std::io::stdout().is_terminal();
+    let mut shown = false;
+    let mut progress = |sweep: &Sweep| {
+        // A progress line only where someone watches, and only for a large directory.
+        if terminal && sweep.in_progress() && sweep.scanned() >= 10_000 {
+            let r = sweep.report();
+            print!(
+                "\r{} entries scanned: {} expired, {} corrupt, {} leftovers removed, {} kept ",
+                sweep.scanned(),
+                r.expired,
+                r.corrupt,
+                r.leftovers,
+                r.kept
+            );
+            let _ = std::io::stdout().flush();
+            shown = true;
+        }
+    };
+    let result = store.clear_expired_with_progress(Duration::from_millis(250), &mut progress);
+    if shown {
+        println!();
+    }
+    match result {
+        Ok(report) => {
+            println!(
+                "Removed {} expired sessions, {} corrupt session files and {} leftovers of crashed writes; \
+                 kept {} sessions; skipped {} other entries; in {} ms.",
+                report.expired,
+                report.corrupt,
+                report.leftovers,
+                report.kept,
+                report.skipped,
+                started.elapsed().as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

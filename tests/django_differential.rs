@@ -984,6 +984,20 @@ impl Drop for Django {
     }
 }
 
+/// Whether the server on `addr` is Django's runserver (its `Server` header names
+/// WSGIServer); `None` when nothing answers yet.
+fn answers_as_django(addr: SocketAddr) -> Option<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /getsession/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    Some(head.contains("server: wsgiserver"))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1038,8 +1052,15 @@ impl Django {
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Ok(django);
+                match answers_as_django(addr) {
+                    Some(true) => return Ok(django),
+                    // Another server took the port between free_port() and Django's bind
+                    // (a filesession of a scenario running beside this one): try another.
+                    Some(false) => {
+                        last = format!("{addr} was taken by another server");
+                        break;
+                    }
+                    None => {}
                 }
                 if let Ok(Some(status)) = django.child.try_wait() {
                     last = format!(

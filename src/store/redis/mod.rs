@@ -16,22 +16,26 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::{Connection, RedisError, RedisResult};
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::{
     ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
 };
-use crate::expiry::Expiry;
 use crate::key::SessionKey;
 use crate::store::file::DEFAULT_LOCK_TIMEOUT;
 
-/// The hash field holding the expiry rule.
-const EXPIRY_FIELD: &str = "__expiry";
-/// Prefix of the stored name of a session key that starts with `_`.
-const ESCAPE: &str = "_:";
+mod connection;
+mod fields;
+mod scripts;
+
+use crate::config::redacted;
+use connection::{RedisLock, Shared};
+use fields::{EXPIRY_FIELD, decode, epoch_ms, expiry_json, field_of};
+use scripts::*;
+
 /// How long connecting may take. Short: a server has one handler thread to keep moving.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one command may take before Redis counts as unavailable (503).
@@ -42,190 +46,6 @@ const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
 const LOCK_POLL: Duration = Duration::from_millis(3);
 /// Attempts at a fresh key before giving up (a collision of 122 random bits never happens).
 const KEY_ATTEMPTS: usize = 16;
-
-/// `{PTTL, HGETALL}` of KEYS[1], or nil if it does not exist.
-const LOAD_SCRIPT: &str = r"
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return false end
-return {ttl, redis.call('HGETALL', KEYS[1])}
-";
-
-/// ARGV: expires_at ms, then field/value pairs. 1 if created, 0 if the key exists.
-const CREATE_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIREAT', KEYS[1], ARGV[1])
-return 1
-";
-
-/// Shared by save (KEYS = {key}) and cycle (KEYS = {old, new}): applies the changes on the
-/// last key. ARGV: cleared (0/1), expires_at ms, expiry rule JSON, set rule (0/1),
-/// n removals, the removals, then field/value pairs. Returns {status, HGETALL}: status 0 the
-/// session is gone, 1 the new key is taken, 2 done.
-const APPLY_SCRIPT: &str = r"
-local key = KEYS[#KEYS]
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
-if #KEYS == 2 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {1, {}} end
-  redis.call('RENAME', KEYS[1], KEYS[2])
-end
-if ARGV[1] == '1' then
-  local rule = redis.call('HGET', key, '__expiry')
-  redis.call('DEL', key)
-  if rule then redis.call('HSET', key, '__expiry', rule) end
-end
-if ARGV[4] == '1' then
-  redis.call('HSET', key, '__expiry', ARGV[3])
-else
-  redis.call('HSETNX', key, '__expiry', ARGV[3])
-end
-local n = tonumber(ARGV[5])
-for i = 6, 5 + n do redis.call('HDEL', key, ARGV[i]) end
-for i = 6 + n, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
-local fields = redis.call('HGETALL', key)
-redis.call('PEXPIREAT', key, ARGV[2])
-return {2, fields}
-";
-
-/// Takes the lock KEYS[1] with token ARGV[1] for ARGV[2] ms: 1 if taken (or already ours, so
-/// that a retry after a lost reply does not wait on itself), 0 if someone else holds it.
-const LOCK_SCRIPT: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return 1 end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-";
-
-/// Deletes KEYS[1] only if it holds ARGV[1].
-const UNLOCK_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
-/// The connection, shared with the locks (which release themselves on drop).
-struct Shared {
-    client: redis::Client,
-    /// The URL without its password, for messages.
-    url: String,
-    conn: Mutex<Option<Connection>>,
-}
-
-impl Shared {
-    fn slot(&self) -> MutexGuard<'_, Option<Connection>> {
-        match self.conn.lock() {
-            Ok(slot) => slot,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn connect(&self) -> RedisResult<Connection> {
-        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(conn)
-    }
-
-    /// Runs `f` on the connection, connecting if needed. A connection that fails with an I/O
-    /// error is dropped; if it was an old one (Redis restarted, idle timeout), `f` is retried
-    /// once on a new one: `f` must be safe to run twice.
-    fn run<T>(
-        &self,
-        what: &str,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        self.run_with(what, true, f)
-    }
-
-    /// [`run`](Shared::run) without the retry, for what must not run twice (a cycle: the
-    /// first run may have moved the session already).
-    fn run_once<T>(
-        &self,
-        what: &str,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        self.run_with(what, false, f)
-    }
-
-    fn run_with<T>(
-        &self,
-        what: &str,
-        retry: bool,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let mut slot = self.slot();
-        let reused = slot.is_some();
-        let result = match slot.as_mut() {
-            Some(conn) => f(conn),
-            None => self.connect().and_then(|mut conn| {
-                let r = f(&mut conn);
-                *slot = Some(conn);
-                r
-            }),
-        };
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) if broken(&e) => {
-                *slot = None;
-                if !reused || !retry {
-                    return Err(self.unavailable(what, &e));
-                }
-                let mut conn = self.connect().map_err(|e| self.unavailable(what, &e))?;
-                let r = f(&mut conn);
-                match r {
-                    Ok(v) => {
-                        *slot = Some(conn);
-                        Ok(v)
-                    }
-                    Err(e) => {
-                        if !broken(&e) {
-                            *slot = Some(conn);
-                        }
-                        Err(self.unavailable(what, &e))
-                    }
-                }
-            }
-            Err(e) => Err(self.unavailable(what, &e)),
-        }
-    }
-
-    fn unavailable(&self, what: &str, e: &RedisError) -> StoreError {
-        StoreError::Unavailable(format!("Redis at {}: cannot {what}: {e}", self.url))
-    }
-}
-
-/// Whether the error leaves the connection unusable.
-fn broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-}
-
-/// A request lock: the Redis key `<prefix>lock:<key>` holding `token`. Released on drop,
-/// only if it still holds our token.
-struct RedisLock {
-    shared: Arc<Shared>,
-    session: SessionKey,
-    lock_key: String,
-    token: String,
-}
-
-impl Drop for RedisLock {
-    fn drop(&mut self) {
-        let result = self.shared.run("release a session lock", |conn| {
-            redis::cmd("EVAL")
-                .arg(UNLOCK_SCRIPT)
-                .arg(1)
-                .arg(&self.lock_key)
-                .arg(&self.token)
-                .query::<i64>(conn)
-        });
-        if let Err(e) = result {
-            log::warn!(
-                "session {}: {e}; the lock expires by itself",
-                self.session.short()
-            );
-        }
-    }
-}
 
 /// Sessions in Redis (feature `redis`): one hash per session, whose TTL is the session's
 /// expiry, so Redis removes ended sessions by itself. Saves apply only their request's
@@ -259,55 +79,6 @@ impl std::fmt::Debug for RedisStore {
             .field("lock_timeout", &self.lock_timeout)
             .finish_non_exhaustive()
     }
-}
-
-use crate::config::redacted;
-
-/// Milliseconds since the epoch, for `PEXPIREAT` (0 for times before it: expired).
-fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// The hash field of a session key.
-fn field_of(name: &str) -> String {
-    if name.starts_with('_') {
-        format!("{ESCAPE}{name}")
-    } else {
-        name.to_owned()
-    }
-}
-
-/// The session key of a hash field; `None` for metadata fields.
-fn name_of(field: &str) -> Option<&str> {
-    if let Some(name) = field.strip_prefix(ESCAPE) {
-        Some(name)
-    } else if field.starts_with('_') {
-        None
-    } else {
-        Some(field)
-    }
-}
-
-fn expiry_json(expiry: &Expiry) -> String {
-    serde_json::to_string(expiry).unwrap_or_else(|_| "\"default\"".to_owned())
-}
-
-/// The data and rule of a hash's fields (`HGETALL` order: field, value, ...); `None` if a
-/// field is not JSON (a corrupt session).
-fn decode(fields: &[String]) -> Option<(Map<String, Value>, Expiry)> {
-    let mut data = Map::new();
-    let mut expiry = Expiry::Default;
-    for pair in fields.chunks(2) {
-        let [field, value] = pair else { return None };
-        if field == EXPIRY_FIELD {
-            expiry = serde_json::from_str(value).ok()?;
-        } else if let Some(name) = name_of(field) {
-            data.insert(name.to_owned(), serde_json::from_str(value).ok()?);
-        }
-    }
-    Some((data, expiry))
 }
 
 impl RedisStore {
@@ -664,6 +435,7 @@ impl SessionStore for RedisStore {
 
 #[cfg(test)]
 mod tests {
+    use super::fields::name_of;
     use super::*;
 
     #[test]

@@ -1,0 +1,61 @@
+//! The Lua scripts every change runs as (`EVAL`): each one atomic in Redis.
+
+/// `{PTTL, HGETALL}` of KEYS[1], or nil if it does not exist.
+pub(super) const LOAD_SCRIPT: &str = r"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return false end
+return {ttl, redis.call('HGETALL', KEYS[1])}
+";
+
+/// ARGV: expires_at ms, then field/value pairs. 1 if created, 0 if the key exists.
+pub(super) const CREATE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Shared by save (KEYS = {key}) and cycle (KEYS = {old, new}): applies the changes on the
+/// last key. ARGV: cleared (0/1), expires_at ms, expiry rule JSON, set rule (0/1),
+/// n removals, the removals, then field/value pairs. Returns {status, HGETALL}: status 0 the
+/// session is gone, 1 the new key is taken, 2 done.
+pub(super) const APPLY_SCRIPT: &str = r"
+local key = KEYS[#KEYS]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+if #KEYS == 2 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {1, {}} end
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
+if ARGV[1] == '1' then
+  local rule = redis.call('HGET', key, '__expiry')
+  redis.call('DEL', key)
+  if rule then redis.call('HSET', key, '__expiry', rule) end
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', key, '__expiry', ARGV[3])
+else
+  redis.call('HSETNX', key, '__expiry', ARGV[3])
+end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do redis.call('HDEL', key, ARGV[i]) end
+for i = 6 + n, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+local fields = redis.call('HGETALL', key)
+redis.call('PEXPIREAT', key, ARGV[2])
+return {2, fields}
+";
+
+/// Takes the lock KEYS[1] with token ARGV[1] for ARGV[2] ms: 1 if taken (or already ours, so
+/// that a retry after a lost reply does not wait on itself), 0 if someone else holds it.
+pub(super) const LOCK_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return 1 end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Deletes KEYS[1] only if it holds ARGV[1].
+pub(super) const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";

@@ -23,7 +23,8 @@ fn form(request: &Request) -> Result<HashMap<String, String>, Response> {
     let fields: HashMap<String, String> = url::form_urlencoded::parse(request.body())
         .into_owned()
         .collect();
-    csrf::verify(request, fields.get(CSRF_FIELD).map(String::as_str))?;
+    csrf::verify(request, fields.get(CSRF_FIELD).map(String::as_str))
+        .map_err(super::page::forbidden)?;
     Ok(fields)
 }
 

@@ -115,8 +115,7 @@ pub use http::{Limits, Method, Request, Response};
 pub use middleware::{Preflight, SESSION_INTERRUPTED, SessionMiddleware};
 pub use router::{Handler, Routed, Router, safe_location};
 pub use server::{
-    App, CLEANUP_SLICE, CLEANUP_SPACING, LISTEN_BACKLOG, Server, StopHandle, file_store,
-    open_file_store, raise_open_files_limit, shared_socket,
+    App, LISTEN_BACKLOG, Server, StopHandle, file_store, open_file_store, raise_open_files_limit,
 };
 
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};

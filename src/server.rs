@@ -335,9 +335,9 @@ pub(crate) struct Cleanup {
 }
 
 /// The longest a cleanup slice runs.
-pub const CLEANUP_SLICE: Duration = Duration::from_millis(2);
+pub(crate) const CLEANUP_SLICE: Duration = Duration::from_millis(2);
 /// Under load, the least time between two cleanup slices (so at most ~10% of the time).
-pub const CLEANUP_SPACING: Duration = Duration::from_millis(20);
+pub(crate) const CLEANUP_SPACING: Duration = Duration::from_millis(20);
 
 impl Cleanup {
     pub(crate) fn new(store: Arc<dyn SessionStore>, interval: Option<Duration>) -> Self {
@@ -433,7 +433,7 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 ///
 /// # Errors
 /// The socket cannot be made or bound.
-pub fn shared_socket(addr: SocketAddr, listen: bool) -> io::Result<TcpListener> {
+pub(crate) fn shared_socket(addr: SocketAddr, listen: bool) -> io::Result<TcpListener> {
     use rustix::net::{AddressFamily, SocketType, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::INET

@@ -953,22 +953,14 @@ fn nested(depth: usize) -> String {
 // The two servers
 // ---------------------------------------------------------------------------------------
 
-/// Every variable either server reads: cleared for Django so that only the scenario's count.
-const SETTING_VARS: &[&str] = &[
-    "SESSION_COOKIE_NAME",
-    "SESSION_COOKIE_AGE",
-    "SESSION_COOKIE_DOMAIN",
-    "SESSION_COOKIE_SECURE",
-    "SESSION_COOKIE_PATH",
-    "SESSION_COOKIE_HTTPONLY",
-    "SESSION_COOKIE_SAMESITE",
-    "SESSION_SAVE_EVERY_REQUEST",
-    "SESSION_EXPIRE_AT_BROWSER_CLOSE",
-    "SESSION_FILE_PATH",
-    "SESSION_ENGINE",
-    "DATA_UPLOAD_MAX_MEMORY_SIZE",
-    "DJANGO_SETTINGS_MODULE",
-];
+/// Every variable either server reads (the library's settings table, and Django's own):
+/// cleared for Django so that only the scenario's count.
+fn setting_vars() -> impl Iterator<Item = &'static str> {
+    filesession::SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(["DJANGO_SETTINGS_MODULE"])
+}
 
 struct Django {
     child: Child,
@@ -1021,7 +1013,7 @@ impl Django {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
-            for var in SETTING_VARS {
+            for var in setting_vars() {
                 cmd.env_remove(var);
             }
             cmd.env("SESSION_FILE_PATH", dir.path());
@@ -1029,20 +1021,7 @@ impl Django {
                 cmd.env(k, v);
             }
             let mut child = cmd.spawn().map_err(|e| format!("start {python:?}: {e}"))?;
-            let stderr = Arc::new(Mutex::new(String::new()));
-            let sink = stderr.clone();
-            let mut pipe = child.stderr.take().expect("stderr");
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
+            let stderr = common::collect_stderr(&mut child);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut django = Django {
                 child,

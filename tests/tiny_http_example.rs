@@ -5,7 +5,9 @@
 //! so the binary is built here (`cargo build --example tiny_http`) when it is missing or
 //! older than its sources.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,20 +36,7 @@ impl Example {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the tiny_http example");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stderr = common::collect_stderr(&mut child);
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let addr = lines.by_ref().map_while(Result::ok).find_map(|line| {
             line.strip_prefix("Listening on http://")

@@ -19,21 +19,27 @@ fn open_files_text() -> String {
     }
 }
 
+/// The address to listen on and the demo app over the store the settings name; `Err` is
+/// the exit after the message saying why not.
+fn demo_app(addrport: &str, settings: Settings) -> Result<(std::net::SocketAddr, App), ExitCode> {
+    let addr = parse_addrport(addrport).map_err(fail)?;
+    let store = file_store(&settings).map_err(fail)?;
+    Ok((
+        addr,
+        App::new(demo_router(), SessionMiddleware::new(store, settings)),
+    ))
+}
+
 pub(crate) fn runserver(addrport: &str, settings: Settings) -> ExitCode {
-    let addr = match parse_addrport(addrport) {
-        Ok(addr) => addr,
-        Err(e) => return fail(e),
-    };
-    let store = match file_store(&settings) {
-        Ok(store) => store,
-        Err(e) => return fail(e),
-    };
     let sessions = store_text(&settings);
     let locking = match settings.locking {
         Locking::Merge => "merge",
         Locking::Request => "request",
     };
-    let app = App::new(demo_router(), SessionMiddleware::new(store, settings));
+    let (addr, app) = match demo_app(addrport, settings) {
+        Ok(pair) => pair,
+        Err(code) => return code,
+    };
     let server = match Server::bind(addr, app) {
         Ok(server) => server,
         Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
@@ -144,15 +150,10 @@ pub(crate) fn worker(addrport: &str, settings: Settings) -> ExitCode {
     {
         return fail("the supervisor is gone");
     }
-    let addr = match parse_addrport(addrport) {
-        Ok(addr) => addr,
-        Err(e) => return fail(e),
+    let (addr, app) = match demo_app(addrport, settings) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
-    let store = match file_store(&settings) {
-        Ok(store) => store,
-        Err(e) => return fail(e),
-    };
-    let app = App::new(demo_router(), SessionMiddleware::new(store, settings));
     let server = match Server::bind_shared(addr, app) {
         Ok(server) => server,
         Err(e) => return fail(format!("worker cannot listen on {addr}: {e}")),

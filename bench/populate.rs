@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use filesession::{SessionKey, format_rfc3339};
+use filesession::SessionKey;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -23,8 +23,8 @@ fn main() {
     let expired_percent: u64 = args.get(2).map_or(0, |p| p.parse().expect("a percentage"));
     fs::create_dir_all(&dir).expect("create the directory");
     let now = SystemTime::now();
-    let live = format_rfc3339(now + Duration::from_secs(1_209_600));
-    let dead = format_rfc3339(now - Duration::from_secs(3600));
+    let live = humantime::format_rfc3339_seconds(now + Duration::from_secs(1_209_600));
+    let dead = humantime::format_rfc3339_seconds(now - Duration::from_secs(3600));
     let started = Instant::now();
     for i in 0..n {
         let expired = i % 100 < expired_percent;

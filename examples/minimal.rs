@@ -7,8 +7,7 @@
 //! ```
 
 use filesession::{
-    App, Method, Request, Response, Router, Server, Session, SessionMiddleware, Settings,
-    file_store,
+    App, Method, Request, Response, Router, Server, Session, SessionMiddleware, Settings, store,
 };
 
 /// Counts this browser's visits in its session.
@@ -26,7 +25,7 @@ fn logout(_: &Request, session: &mut Session) -> Response {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::default(); // Django's defaults, sessions in ./sessions
-    let store = file_store(&settings)?;
+    let store = store::open(&settings)?; // SESSION_ENGINE: the file store by default
     let router =
         Router::new()
             .route(Method::Get, "/", visits)

@@ -4,9 +4,58 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::session::{DEFAULT_COOKIE_AGE, SessionConfig};
-use crate::store::Locking;
-use crate::store::file::DEFAULT_LOCK_TIMEOUT;
+/// `SESSION_COOKIE_AGE` default: two weeks, in seconds, as Django.
+pub const DEFAULT_COOKIE_AGE: Duration = Duration::from_secs(1_209_600);
+
+/// How long a writer waits for a session's lock before giving up with
+/// [`StoreError::LockTimeout`](crate::StoreError::LockTimeout) (`SESSION_LOCK_TIMEOUT`). Default: 3 seconds.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The settings a session needs to answer expiry questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// `SESSION_COOKIE_AGE`: the lifetime of a session with the default expiry.
+    /// Default: [`DEFAULT_COOKIE_AGE`] (1209600 s, two weeks), as Django.
+    pub cookie_age: Duration,
+    /// `SESSION_EXPIRE_AT_BROWSER_CLOSE`: whether sessions with the default expiry get a
+    /// browser-session cookie. Default: `false`, as Django.
+    pub expire_at_browser_close: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            cookie_age: DEFAULT_COOKIE_AGE,
+            expire_at_browser_close: false,
+        }
+    }
+}
+
+/// How concurrent requests on one session are kept from losing each other's changes.
+/// Setting `SESSION_LOCKING`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locking {
+    /// Default. A save locks the session for a few microseconds, re-reads the newest copy,
+    /// applies only what this request changed, and writes. Requests never wait for each
+    /// other's handlers; for one key the last save wins.
+    #[default]
+    Merge,
+    /// The session's lock is held from its first access until the end of the request, as
+    /// PHP does: requests of one session run one after the other, so a read-modify-write
+    /// (a visit counter) is exact.
+    Request,
+}
+
+impl Locking {
+    /// Parses `merge` or `request`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "merge" => Some(Locking::Merge),
+            "request" => Some(Locking::Request),
+            _ => None,
+        }
+    }
+}
 
 /// The `SameSite` attribute of the session cookie (`SESSION_COOKIE_SAMESITE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +88,33 @@ impl SameSite {
 }
 
 /// Every setting of the session machinery. `Settings::default()` is Django's defaults, with
-/// `SESSION_FILE_PATH` = `./sessions`.
+/// `SESSION_FILE_PATH` = `./sessions`. Each field is one of Django's settings (the table
+/// [`SETTINGS`](crate::SETTINGS) gives its environment variable, range and help); durations
+/// are [`Duration`]s, sizes bytes.
+///
+/// ```
+/// use std::time::Duration;
+/// use filesession::{Locking, Settings};
+///
+/// // In code:
+/// let settings = Settings {
+///     cookie_age: Duration::from_secs(3600),  // SESSION_COOKIE_AGE=3600
+///     locking: Locking::Request,              // SESSION_LOCKING=request
+///     ..Settings::default()
+/// };
+/// assert_eq!(settings.cookie_name, "sessionid");
+///
+/// // From Django's names (what the binary does with its environment and flags),
+/// // checked as at startup:
+/// let from_env = Settings::from_values(|name| match name {
+///     "SESSION_COOKIE_AGE" => Some("3600".to_string()),
+///     "SESSION_LOCKING" => Some("request".to_string()),
+///     _ => None,
+/// })?;
+/// assert_eq!(from_env, settings);
+/// assert!(Settings::from_values(|name| (name == "SESSION_LOCKING").then(|| "php".into())).is_err());
+/// # Ok::<(), filesession::SettingError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// `SESSION_COOKIE_NAME`. Default: `sessionid`.

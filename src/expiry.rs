@@ -127,7 +127,7 @@ pub(crate) fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
 }
 
 /// RFC 3339 text of a time, UTC, whole seconds: `2026-12-10T11:37:46Z`.
-pub fn format_rfc3339(t: SystemTime) -> String {
+pub(crate) fn format_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(clamp_time(t)).to_string()
 }
 

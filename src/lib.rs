@@ -36,7 +36,7 @@
 //!
 //! ```no_run
 //! use filesession::{App, Method, Request, Response, Router, Server, Session,
-//!                   SessionMiddleware, Settings, file_store};
+//!                   SessionMiddleware, Settings, store};
 //!
 //! fn visits(_: &Request, session: &mut Session) -> Response {
 //!     let n = session.get_as::<u64>("visits").ok().flatten().unwrap_or(0) + 1;
@@ -45,13 +45,28 @@
 //! }
 //!
 //! let settings = Settings::default();
-//! let store = file_store(&settings)?;
+//! let store = store::open(&settings)?; // SESSION_ENGINE: ./sessions by default
 //! let router = Router::new().route(Method::Get, "/", visits);
 //! let server = Server::bind("127.0.0.1:8001", App::new(router, SessionMiddleware::new(store, settings)))?;
 //! server.stop_handle().stop_on_signals()?;
 //! server.run()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Contents
+//!
+//! | part | items |
+//! |---|---|
+//! | the session (Django's `SessionBase`) | [`Session`], [`SessionKey`], [`Expiry`], [`SessionConfig`] |
+//! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`] |
+//! | the store contract ([`store`]) | [`SessionStore`] (storage), [`LockPreflight`] (waiting for a lock off the one thread), [`ExpiredDeletion`] (cleanup); [`store::open`]; [`Record`], [`ChangeSet`], [`SessionLock`], [`Lease`], [`Acquired`], [`StoreError`] |
+//! | stores | [`FileStore`] (the default), [`MemoryStore`] (tests), `RedisStore` (feature `redis`) |
+//! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
+//! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
+//!
+//! The `filesession` binary (`runserver`, `clearsessions`) and its demo app live in
+//! `src/bin/filesession/`, built with the default feature `cli`; with
+//! `default-features = false` this library has no CLI, HTML or signal dependencies.
 //!
 //! ## The concurrency contract
 //!
@@ -89,49 +104,55 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-#[cfg(feature = "demo")]
-mod app;
+// The modules in layers, bottom up; a module uses only modules of the layers below it
+// (tests/layers.rs checks):
+//
+//   key, expiry, http   SessionKey; Expiry and RFC 3339 times; hyper under one thread
+//   config              Settings (Django's names and defaults), settings_table (the one
+//                       table every setting is read, shown and documented from)
+//   store               SessionStore, LockPreflight, ExpiredDeletion; File/Memory/Redis
+//   session             Session: Django's request.session
+//   guard, router,      ALLOWED_HOSTS and the origin check; method + path to a function;
+//   middleware          SessionMiddleware: Django's cookie rules
+//   pipeline, cleanup   App: prepare (route, cookie, lock) then run; cleanup in slices
+//   server              Server: the one thread, sockets, stop
+//   supervisor          runserver --workers N
+mod cleanup;
 mod config;
 mod expiry;
 mod guard;
 pub mod http;
 mod key;
 mod middleware;
+mod pipeline;
 mod router;
 mod server;
 mod session;
 mod settings_table;
-mod store;
+pub mod store;
 #[cfg(feature = "signals")]
 mod supervisor;
 
-#[cfg(feature = "demo")]
-pub use app::demo_router;
 pub use config::{
-    DEFAULT_ALLOWED_HOSTS, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, SameSite, SettingError,
-    Settings, redacted,
+    DEFAULT_ALLOWED_HOSTS, DEFAULT_COOKIE_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY,
+    DEFAULT_REDIS_URL, Engine, Locking, SameSite, SessionConfig, SettingError, Settings, redacted,
 };
+pub use expiry::{Expiry, parse_rfc3339};
 pub use http::{Limits, Method, Request, Response};
-pub use middleware::{Preflight, SESSION_INTERRUPTED, SessionMiddleware};
-pub use router::{Handler, Routed, Router, safe_location};
-pub use server::{
-    App, LISTEN_BACKLOG, Server, StopHandle, file_store, open_file_store, raise_open_files_limit,
-};
-
-pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
 pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
-pub use session::{
-    DEFAULT_COOKIE_AGE, Session, SessionConfig, TEST_COOKIE_NAME, TEST_COOKIE_VALUE,
-};
+pub use middleware::{CookieKey, SESSION_INTERRUPTED, SessionMiddleware};
+pub use pipeline::{App, Ticket};
+pub use router::{Handler, Routed, Router};
+pub use server::{LISTEN_BACKLOG, Server, StopHandle, raise_open_files_limit};
+pub use session::{Session, TEST_COOKIE_NAME, TEST_COOKIE_VALUE};
 pub use settings_table::{SETTINGS, Setting};
-pub use store::file::{
-    DEFAULT_LEFTOVER_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileStore, REFRESH_SLACK,
-};
+pub use store::file::{DEFAULT_LEFTOVER_AGE, DEFAULT_MAX_FILE_SIZE, FileStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{
-    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
+    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, Loaded, LockPreflight, Merged,
+    REFRESH_SLACK, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
 };
 #[cfg(feature = "signals")]
-pub use supervisor::{Supervisor, WORKER_READY};
+pub use supervisor::Supervisor;

@@ -13,7 +13,7 @@ use crate::expiry::add_clamped;
 use crate::http::{Request, Response};
 use crate::key::SessionKey;
 use crate::session::Session;
-use crate::store::{SessionLock, SessionStore, StoreError};
+use crate::store::{Acquired, SessionStore, StoreError};
 
 /// Loads the session a request names and applies Django's rules to the response.
 ///
@@ -36,15 +36,14 @@ pub struct SessionMiddleware {
     settings: Arc<Settings>,
 }
 
-/// What a lock preflight that does not wait found ([`SessionMiddleware::try_preflight`]).
-#[derive(Debug)]
-pub enum Preflight {
-    /// Go on: what the store handed on for the load (a held lock, an open file), if anything.
-    Ready(Option<SessionLock>),
-    /// The session's lock is held by another request or process: wait for it elsewhere.
-    Busy,
-    /// Answer this at once (the store failed).
-    Refused(Response),
+/// What the request's session cookie named: Django reads the cookie once, the last of
+/// several with the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieKey {
+    /// The key, if the cookie's value is a canonical key (anything else names no session).
+    pub key: Option<SessionKey>,
+    /// Whether the request carried the cookie at all (a malformed one is then deleted).
+    pub present: bool,
 }
 
 /// Django's message for a save that found the session deleted meanwhile.
@@ -74,61 +73,24 @@ impl SessionMiddleware {
     /// carried the cookie at all. With several cookies of the name, the last one counts, as
     /// in Django. A value that is not a canonical key means no session.
     pub fn session_for(&self, request: &Request) -> (Session, bool) {
+        let cookie = self.cookie_key(request);
+        (self.session(cookie.key, None), cookie.present)
+    }
+
+    /// What the request's session cookie names (`SESSION_COOKIE_NAME`).
+    pub fn cookie_key(&self, request: &Request) -> CookieKey {
         let value = request.cookie(&self.settings.cookie_name);
-        let key = value.as_deref().and_then(SessionKey::parse);
-        let session = Session::new(self.store.clone(), key, self.settings.session_config());
-        (session, value.is_some())
-    }
-
-    /// Waits, off the handler thread, until the session the request names is not locked by
-    /// another request or process (bounded by `SESSION_LOCK_TIMEOUT`). What the store hands
-    /// on goes to [`Session::with_lock`]: in `request` locking mode the held lock, in `merge`
-    /// mode the open file, which the load uses only if it is still current. `Err` is the
-    /// answer to give at once: 503 when the lock stayed taken, 5xx when the store failed.
-    pub fn preflight(&self, request: &Request) -> Result<Option<SessionLock>, Response> {
-        let now = std::time::Instant::now();
-        self.preflight_until(
-            request,
-            crate::expiry::later(now, self.settings.lock_timeout),
-        )
-    }
-
-    /// [`preflight`](SessionMiddleware::preflight) that waits no later than `deadline`
-    /// (then 503, as for `SESSION_LOCK_TIMEOUT`).
-    pub fn preflight_until(
-        &self,
-        request: &Request,
-        deadline: std::time::Instant,
-    ) -> Result<Option<SessionLock>, Response> {
-        let Some(key) = request
-            .cookie(&self.settings.cookie_name)
-            .as_deref()
-            .and_then(SessionKey::parse)
-        else {
-            return Ok(None);
-        };
-        let wait = deadline.saturating_duration_since(std::time::Instant::now());
-        self.store
-            .acquire_within(&key, wait)
-            .map_err(|e| store_failure(request.path(), &e))
-    }
-
-    /// [`preflight`](SessionMiddleware::preflight) that never waits: the lock is tried once.
-    /// [`Preflight::Busy`] when it is held elsewhere: then call `preflight` on a thread that
-    /// may wait.
-    pub fn try_preflight(&self, request: &Request) -> Preflight {
-        let Some(key) = request
-            .cookie(&self.settings.cookie_name)
-            .as_deref()
-            .and_then(SessionKey::parse)
-        else {
-            return Preflight::Ready(None);
-        };
-        match self.store.acquire_within(&key, Duration::ZERO) {
-            Ok(lock) => Preflight::Ready(lock),
-            Err(StoreError::LockTimeout { .. }) => Preflight::Busy,
-            Err(e) => Preflight::Refused(store_failure(request.path(), &e)),
+        CookieKey {
+            key: value.as_deref().and_then(SessionKey::parse),
+            present: value.is_some(),
         }
+    }
+
+    /// The session of `key`, not loaded yet, with what the store's lock preflight handed on
+    /// for it, if anything.
+    pub fn session(&self, key: Option<SessionKey>, acquired: Option<Acquired>) -> Session {
+        Session::new(self.store.clone(), key, self.settings.session_config())
+            .with_acquired(acquired)
     }
 
     /// Applies Django's `process_response` to the handler's response: save when modified
@@ -312,7 +274,7 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
              saved. Restart the server to create it again."
                 .to_string(),
         ),
-        StoreError::Unavailable(_) => (
+        StoreError::Unavailable(_) | StoreError::Backend { .. } => (
             503,
             "The session store is unavailable; nothing was saved. Try again shortly.".to_string(),
         ),

@@ -167,7 +167,7 @@ const PATH_UNSAFE: &AsciiSet = &LOCATION_UNSAFE.add(b'%').add(b'?');
 /// request's `query` as sent: unsafe bytes are percent-encoded (in the path also `%` and
 /// `?`, as Django's `escape_uri_path`) and a leading `//` (which a browser reads as another
 /// host) becomes `/%2F`, as Django's `escape_leading_slashes`.
-pub fn safe_location(path: &str, query: Option<&str>) -> String {
+pub(crate) fn safe_location(path: &str, query: Option<&str>) -> String {
     let mut location: String = utf8_percent_encode(path, PATH_UNSAFE).collect();
     if location.starts_with("//") {
         location.replace_range(..2, "/%2F");
@@ -254,5 +254,35 @@ mod tests {
         assert_eq!(safe_location("/é/", None), "/%C3%A9/");
         // A decoded path reads back as itself.
         assert_eq!(safe_location("/a?b%/", Some("q=%20")), "/a%3Fb%25/?q=%20");
+    }
+
+    mod locations {
+        use super::super::safe_location;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            /// Any path and query (hostile bytes, `//`, backslashes, controls) gives a
+            /// Location that stays on this site and cannot split a header.
+            #[test]
+            fn every_redirect_location_is_safe(
+                path in prop_oneof![
+                    any::<String>(),
+                    any::<String>().prop_map(|s| format!("//{s}")),
+                    "[/\\\\ .%a-z\t\r\n]{0,12}",
+                ],
+                query in proptest::option::of(any::<String>()),
+            ) {
+                let location = safe_location(&path, query.as_deref());
+                prop_assert!(!location.starts_with("//"), "{:?}", location);
+                prop_assert!(
+                    location.is_ascii()
+                        && !location.contains(['\\', '\r', '\n', ' ', '\0'])
+                        && !location.bytes().any(|b| b.is_ascii_control()),
+                    "unsafe Location {:?}",
+                    location
+                );
+            }
+        }
     }
 }

@@ -4,43 +4,21 @@
 use std::cell::{Cell, OnceCell};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::config::SessionConfig;
 use crate::expiry::Expiry;
 use crate::key::SessionKey;
-use crate::store::{ChangeSet, SessionLock, SessionStore, StoreError};
-
-/// `SESSION_COOKIE_AGE` default: two weeks, in seconds, as Django.
-pub const DEFAULT_COOKIE_AGE: Duration = Duration::from_secs(1_209_600);
+use crate::store::{Acquired, ChangeSet, SessionLock, SessionStore, StoreError};
 
 /// Django's test cookie key, set by [`Session::set_test_cookie`].
 pub const TEST_COOKIE_NAME: &str = "testcookie";
 /// Django's test cookie value.
 pub const TEST_COOKIE_VALUE: &str = "worked";
-
-/// The settings a session needs to answer expiry questions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// `SESSION_COOKIE_AGE`: the lifetime of a session with the default expiry.
-    /// Default: [`DEFAULT_COOKIE_AGE`] (1209600 s, two weeks), as Django.
-    pub cookie_age: Duration,
-    /// `SESSION_EXPIRE_AT_BROWSER_CLOSE`: whether sessions with the default expiry get a
-    /// browser-session cookie. Default: `false`, as Django.
-    pub expire_at_browser_close: bool,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            cookie_age: DEFAULT_COOKIE_AGE,
-            expire_at_browser_close: false,
-        }
-    }
-}
 
 /// What was found under the key, loaded on first access.
 struct State {
@@ -105,8 +83,9 @@ pub struct Session {
     cycle: bool,
     /// `flush` was called on this stored session: the next save deletes it.
     flushed: Option<SessionKey>,
-    /// A lock taken before the handler ran (see [`Session::with_lock`]), used by the load.
-    held: Cell<Option<SessionLock>>,
+    /// What a lock preflight handed on before the handler ran (see
+    /// [`Session::with_acquired`]), used by the load.
+    acquired: Cell<Option<Acquired>>,
 }
 
 impl fmt::Debug for Session {
@@ -138,14 +117,15 @@ impl Session {
             changes: ChangeSet::new(config.cookie_age),
             cycle: false,
             flushed: None,
-            held: Cell::new(None),
+            acquired: Cell::new(None),
         }
     }
 
-    /// Gives the session the lock its key's session was already locked with (by
-    /// [`SessionStore::acquire`], on another thread), so that the load does not wait.
-    pub fn with_lock(self, lock: Option<SessionLock>) -> Self {
-        self.held.set(lock);
+    /// Gives the session what the store's lock preflight handed on for its key
+    /// ([`LockPreflight::acquire`](crate::LockPreflight::acquire), run before the handler,
+    /// perhaps on another thread), so that the load does not wait.
+    pub fn with_acquired(self, acquired: Option<Acquired>) -> Self {
+        self.acquired.set(acquired);
         self
     }
 
@@ -153,9 +133,9 @@ impl Session {
         let Some(key) = self.key else {
             return State::empty();
         };
-        let loaded = match self.held.take() {
-            Some(lock) => self.store.load_locked(&key, lock),
-            None => self.store.load(&key),
+        let loaded = match (self.acquired.take(), self.store.preflight()) {
+            (Some(acquired), Some(preflight)) => preflight.load_acquired(&key, acquired),
+            _ => self.store.load(&key),
         };
         match loaded {
             Ok(Some(loaded)) => State {
@@ -411,7 +391,7 @@ impl Session {
             return;
         }
         state.expiry = expiry;
-        self.changes.expiry = Some(expiry);
+        self.changes.set_expiry(expiry);
         self.modified = true;
     }
 
@@ -475,16 +455,10 @@ impl Session {
     /// the load error if loading failed, and the store's errors. The data in memory is
     /// unchanged by a failed save.
     pub fn save(&mut self) -> Result<(), StoreError> {
-        let mut lock = None;
-        if let Some(state) = self.state.get_mut() {
-            if let Some(error) = state.error.take() {
-                return Err(error);
-            }
-            lock = state.lock.take();
+        if let Some(error) = self.state.get_mut().and_then(|s| s.error.take()) {
+            return Err(error);
         }
-        if lock.is_none() {
-            lock = self.held.take();
-        }
+        let mut lock = self.take_lock();
         if let Some(old) = self.flushed.take()
             && let Err(e) = self.store.delete(&old, lock.take())
         {
@@ -525,15 +499,21 @@ impl Session {
     /// # Errors
     /// The store's errors.
     pub fn delete(&mut self) -> Result<(), StoreError> {
-        let lock = self
-            .state
-            .get_mut()
-            .and_then(|s| s.lock.take())
-            .or_else(|| self.held.take());
+        let lock = self.take_lock();
         match self.session_key().copied() {
             Some(key) => self.store.delete(&key, lock),
             None => Ok(()),
         }
+    }
+
+    /// The session's lock, if this request holds one: the load's, or, if the session was
+    /// never loaded, the one its preflight took.
+    fn take_lock(&mut self) -> Option<SessionLock> {
+        let loaded = self.state.get_mut().and_then(|s| s.lock.take());
+        loaded.or_else(|| match self.acquired.take() {
+            Some(Acquired::Locked(lock)) => Some(lock),
+            _ => None,
+        })
     }
 }
 

@@ -1,9 +1,10 @@
 //! Django's `SessionTestsMixin`, one behaviour per test, over the memory and file stores.
 
 use super::*;
-use crate::store::Locking;
+use crate::config::Locking;
 use crate::{FileStore, MemoryStore};
 use serde_json::json;
+use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
 fn memory() -> Arc<MemoryStore> {

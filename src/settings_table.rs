@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::Locking;
 use crate::config::{Engine, SameSite, SettingError, Settings};
-use crate::store::Locking;
 
 /// One setting, as [`SETTINGS`] lists it.
 pub struct Setting {

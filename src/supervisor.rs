@@ -14,8 +14,8 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use crate::server::shared_socket;
 
-/// The line a worker prints on stdout once it listens.
-pub const WORKER_READY: &str = "filesession worker ready";
+/// The line a worker prints on stdout once it listens ([`Supervisor::announce_ready`]).
+const WORKER_READY: &str = "filesession worker ready";
 /// How long a worker may take to start listening.
 const WORKER_START: Duration = Duration::from_secs(10);
 /// How long workers get to finish their requests after SIGTERM before SIGKILL.
@@ -33,10 +33,22 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Called by a worker once it listens: tells the supervisor that started it (the
+    /// worker protocol: one line on the worker's stdout, with its process id).
+    ///
+    /// # Errors
+    /// Stdout cannot be written (the supervisor is gone).
+    pub fn announce_ready() -> io::Result<()> {
+        use std::io::Write;
+        let mut out = io::stdout().lock();
+        writeln!(out, "{WORKER_READY} {}", std::process::id())?;
+        out.flush()
+    }
+
     /// Holds `addr` (resolving port 0 to a real port) and starts `count` workers, each a
     /// command from `spawn(addr)`, which must bind `addr` with `SO_REUSEPORT`
-    /// ([`Server::bind_shared`](crate::Server::bind_shared)) and print [`WORKER_READY`] on
-    /// stdout. Returns once every worker listens. SIGINT and SIGTERM are caught from here on.
+    /// ([`Server::bind_shared`](crate::Server::bind_shared)) and then call
+    /// [`Supervisor::announce_ready`]. Returns once every worker listens. SIGINT and SIGTERM are caught from here on.
     ///
     /// # Errors
     /// The port cannot be held, or a worker does not start.

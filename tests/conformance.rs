@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use filesession::{
-    Expiry, FileStore, Locking, MemoryStore, Record, Session, SessionConfig, SessionKey,
+    Acquired, Expiry, FileStore, Locking, MemoryStore, Record, Session, SessionConfig, SessionKey,
     SessionStore, StoreError,
 };
 use serde_json::{Map, json};
@@ -278,7 +278,9 @@ fn expiry(store: Arc<dyn SessionStore>) {
         session(&store, Some(keeper)).get("long"),
         Some(&json!("lived"))
     );
-    store.clear_expired().expect("clear_expired");
+    if let Some(deletion) = store.expired_deletion() {
+        deletion.clear_expired().expect("clear_expired");
+    }
     assert_eq!(
         session(&store, Some(keeper)).get("long"),
         Some(&json!("lived"))
@@ -368,8 +370,11 @@ fn lock_timeout(store: Arc<dyn SessionStore>) {
         other => panic!("expected LockTimeout, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+    let preflight = store
+        .preflight()
+        .expect("a store with request locking has a lock preflight");
     assert!(matches!(
-        store.acquire(&key),
+        preflight.acquire(&key, Duration::from_millis(200)),
         Err(StoreError::LockTimeout { .. })
     ));
     let mut blocked = session(&store, Some(key));
@@ -379,8 +384,15 @@ fn lock_timeout(store: Arc<dyn SessionStore>) {
         Err(StoreError::LockTimeout { .. })
     ));
     drop(holder);
-    let lock = store.acquire(&key).expect("acquire").expect("held");
-    let loaded = store.load_locked(&key, lock).expect("load").expect("live");
+    let acquired = preflight
+        .acquire(&key, Duration::from_secs(3))
+        .expect("acquire")
+        .expect("held");
+    assert!(matches!(acquired, Acquired::Locked(_)), "{acquired:?}");
+    let loaded = preflight
+        .load_acquired(&key, acquired)
+        .expect("load")
+        .expect("live");
     assert_eq!(loaded.record.data.get("count"), Some(&json!(0)));
     let mut changes = filesession::ChangeSet::new(Duration::from_secs(60));
     changes.set("count", json!(1));
@@ -524,14 +536,21 @@ fn redis_layout_and_corrupt_fields() {
     assert_eq!(s.session_key(), None);
 }
 
-/// Redis only: an unreachable server is `Unavailable`, and a dropped connection is
-/// replaced transparently.
+/// Redis only: an unreachable server is a `Backend` error that keeps Redis' own error as
+/// its cause, and a dropped connection is replaced transparently.
 #[cfg(feature = "redis")]
 #[test]
 fn redis_unreachable_and_reconnect() {
     match filesession::RedisStore::open("redis://127.0.0.1:1/0") {
-        Err(StoreError::Unavailable(why)) => assert!(why.contains("is unreachable"), "{why}"),
-        other => panic!("expected Unavailable, got {other:?}"),
+        Err(e @ StoreError::Backend { .. }) => {
+            assert!(e.to_string().contains("is unreachable"), "{e}");
+            let cause = std::error::Error::source(&e).expect("the cause is kept");
+            assert!(
+                cause.downcast_ref::<::redis::RedisError>().is_some(),
+                "{cause:?}"
+            );
+        }
+        other => panic!("expected Backend, got {other:?}"),
     }
     let Some(fixture) = redis(Locking::Request, Duration::from_secs(10)) else {
         return;

@@ -17,9 +17,14 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use filesession::{
-    App, ChangeSet, ClearReport, FileStore, Loaded, Method, Record, Request, SessionKey,
-    SessionLock, SessionMiddleware, SessionStore, Settings, StoreError, demo_router,
+    Acquired, App, ChangeSet, FileStore, Loaded, LockPreflight, Method, Record, Request,
+    SessionKey, SessionLock, SessionMiddleware, SessionStore, Settings, StoreError,
 };
+
+#[path = "../src/bin/filesession/app/mod.rs"]
+#[allow(dead_code)]
+mod app;
+use app::demo_router;
 
 // ---- 1. In process: each errno injected into the load ----
 
@@ -49,10 +54,6 @@ impl SessionStore for FailingLoads {
         self.fault()?;
         self.inner.load(key)
     }
-    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
-        self.fault()?;
-        self.inner.acquire(key)
-    }
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
         self.inner.create(record)
     }
@@ -78,8 +79,23 @@ impl SessionStore for FailingLoads {
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
         self.inner.exists(key)
     }
-    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
-        self.inner.clear_expired()
+    fn preflight(&self) -> Option<&dyn LockPreflight> {
+        Some(self)
+    }
+}
+
+impl LockPreflight for FailingLoads {
+    fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
+        self.fault()?;
+        self.inner.acquire(key, wait)
+    }
+    fn load_acquired(
+        &self,
+        key: &SessionKey,
+        acquired: Acquired,
+    ) -> Result<Option<Loaded>, StoreError> {
+        self.fault()?;
+        self.inner.load_acquired(key, acquired)
     }
 }
 
@@ -151,10 +167,12 @@ fn a_load_that_fails_answers_5xx_keeps_the_cookie_and_the_file() {
                 "{what} {path}: file untouched"
             );
         }
-        // The lock preflight (a connection thread's wait) fails the same way.
-        let r = app
-            .preflight(&request(Method::Get, "/getsession/", &key, b""))
-            .unwrap_err();
+        // The lock preflight (before the handler, on the server's thread) fails the same way.
+        let filesession::http::Prepared::Answer(r) =
+            app.prepare(&request(Method::Get, "/getsession/", &key, b""))
+        else {
+            panic!("{what}: the preflight must answer at once");
+        };
         assert_eq!(r.status(), status, "{what} preflight");
         assert_eq!(r.header("set-cookie"), None);
 

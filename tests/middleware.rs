@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use filesession::{
-    App, FileStore, Method, Request, Response, Router, Session, SessionKey, SessionMiddleware,
-    SessionStore, Settings,
+    App, ExpiredDeletion, FileStore, Method, Request, Response, Router, Session, SessionKey,
+    SessionMiddleware, SessionStore, Settings,
 };
 
 fn write_then_500(_: &Request, s: &mut Session) -> Response {
@@ -69,13 +69,13 @@ fn panics(_: &Request, _: &mut Session) -> Response {
 
 struct Fixture {
     dir: tempfile::TempDir,
-    store: Arc<dyn SessionStore>,
+    store: Arc<FileStore>,
     app: App,
 }
 
 fn fixture(settings: Settings) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn SessionStore> = Arc::new(FileStore::open(dir.path()).unwrap());
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
     let router = Router::new()
         .route(Method::Get, "/500", write_then_500)
         .route(Method::Get, "/503", write_then_503)

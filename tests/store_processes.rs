@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use filesession::{
-    FileStore, Locking, Session, SessionConfig, SessionKey, SessionStore, StoreError,
+    ExpiredDeletion, FileStore, Locking, Session, SessionConfig, SessionKey, SessionStore,
+    StoreError,
 };
 use serde_json::{Value, json};
 

@@ -7,7 +7,21 @@ use std::time::Duration;
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 
 /// Limits and deadlines of the HTTP layer. Every one is a defence against a client that
-/// would otherwise hold a connection, the one thread or memory for ever.
+/// would otherwise hold a connection, the one thread or memory for ever. Sizes are bytes,
+/// times [`Duration`]s; `Limits::default()` is what `runserver` uses.
+///
+/// ```
+/// use std::time::Duration;
+/// use filesession::Limits;
+///
+/// let limits = Limits {
+///     idle_timeout: Duration::from_secs(30),  // behind a proxy that keeps connections
+///     max_connections_per_address: 4096,      // ... and sends them all from one address
+///     ..Limits::default()
+/// };
+/// assert_eq!(limits.max_head_bytes, 32 * 1024);
+/// // Server::bind(addr, app)?.with_limits(limits).run()
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// The largest request head (request line and headers), in bytes. Default: 32 KiB;

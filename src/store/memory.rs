@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use super::{ChangeSet, ClearReport, Loaded, Record, SessionLock, SessionStore, StoreError};
+use super::{
+    ChangeSet, ClearReport, ExpiredDeletion, Loaded, Record, SessionLock, SessionStore, StoreError,
+};
 use crate::key::SessionKey;
 
 /// Sessions kept in memory by one process, lost when it exits. Every operation runs under one
@@ -111,6 +113,12 @@ impl SessionStore for MemoryStore {
         Ok(self.map().contains_key(key))
     }
 
+    fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
+        Some(self)
+    }
+}
+
+impl ExpiredDeletion for MemoryStore {
     fn clear_expired(&self) -> Result<ClearReport, StoreError> {
         let now = SystemTime::now();
         let mut map = self.map();

@@ -4,18 +4,22 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use filesession::{Engine, Settings, Sweep, open_file_store};
+use filesession::{Engine, Settings, Sweep, store};
 
 use crate::fail;
 
 pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
-    if settings.engine == Engine::Redis {
-        println!("Redis expires sessions by itself (each session's TTL): nothing to clear.");
-        return ExitCode::SUCCESS;
-    }
-    let store = match open_file_store(settings) {
+    let store = match store::open(settings) {
         Ok(store) => store,
         Err(e) => return fail(e),
+    };
+    let Some(deletion) = store.expired_deletion() else {
+        let name = match settings.engine {
+            Engine::Redis => "Redis",
+            Engine::File => "This store",
+        };
+        println!("{name} expires sessions by itself (each session's TTL): nothing to clear.");
+        return ExitCode::SUCCESS;
     };
     let started = Instant::now();
     let terminal = std::io::stdout().is_terminal();
@@ -36,7 +40,7 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
             shown = true;
         }
     };
-    let result = store.clear_expired_with_progress(Duration::from_millis(250), &mut progress);
+    let result = deletion.clear_expired_with_progress(Duration::from_millis(250), &mut progress);
     if shown {
         println!();
     }

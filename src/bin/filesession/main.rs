@@ -1,6 +1,7 @@
 //! `filesession`: the command line. Reads the settings, then runs `runserver` (one process,
 //! or N workers) or `clearsessions` from the library.
 
+mod app;
 mod clear;
 mod cli;
 mod serve;

@@ -3,10 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use filesession::{
-    App, Engine, Locking, Server, SessionMiddleware, Settings, Supervisor, WORKER_READY,
-    demo_router, file_store,
-};
+use filesession::{App, Engine, Locking, Server, SessionMiddleware, Settings, Supervisor, store};
+
+use crate::app::demo_router;
 
 use crate::cli::parse_addrport;
 use crate::fail;
@@ -23,7 +22,7 @@ fn open_files_text() -> String {
 /// the exit after the message saying why not.
 fn demo_app(addrport: &str, settings: Settings) -> Result<(std::net::SocketAddr, App), ExitCode> {
     let addr = parse_addrport(addrport).map_err(fail)?;
-    let store = file_store(&settings).map_err(fail)?;
+    let store = store::open(&settings).map_err(fail)?;
     Ok((
         addr,
         App::new(demo_router(), SessionMiddleware::new(store, settings)),
@@ -98,7 +97,7 @@ pub(crate) fn supervise(addrport: &str, settings: Settings) -> ExitCode {
         Err(e) => return fail(e),
     };
     // Check the store once here, so a bad SESSION_FILE_PATH is refused before any worker.
-    if let Err(e) = file_store(&settings) {
+    if let Err(e) = store::open(&settings) {
         return fail(e);
     }
     let exe = match std::env::current_exe() {
@@ -161,8 +160,11 @@ pub(crate) fn worker(addrport: &str, settings: Settings) -> ExitCode {
     if let Err(e) = server.stop_handle().stop_on_signals() {
         return fail(format!("cannot install the signal handlers: {e}"));
     }
-    println!("{WORKER_READY} {}", std::process::id());
-    let _ = std::io::stdout().flush();
+    if let Err(e) = Supervisor::announce_ready() {
+        return fail(format!(
+            "cannot tell the supervisor this worker listens: {e}"
+        ));
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),

@@ -27,13 +27,13 @@ impl FileStore {
     }
 
     /// The live session under a held lock, which stays held with it.
-    pub(super) fn loaded_locked(&self, held: LockedFile) -> Result<Option<Loaded>, StoreError> {
+    pub(super) fn loaded_locked(&self, held: FileLock) -> Result<Option<Loaded>, StoreError> {
         let Some(record) = self.live_record(&held.entry, &held.name)? else {
             return Ok(None);
         };
         Ok(Some(Loaded {
             record,
-            lock: Some(SessionLock::new(held)),
+            lock: Some(SessionLock::File(held)),
         }))
     }
 
@@ -44,7 +44,7 @@ impl FileStore {
         key: &SessionKey,
         name: &str,
         wait: Duration,
-    ) -> Result<Option<LockedFile>, StoreError> {
+    ) -> Result<Option<FileLock>, StoreError> {
         let start = Instant::now();
         let deadline = later(start, wait);
         loop {
@@ -53,7 +53,7 @@ impl FileStore {
                 Opened::File(entry) => entry,
             };
             self.lock_by(key, &entry, name, start, deadline)?;
-            let held = LockedFile {
+            let held = FileLock {
                 entry,
                 name: name.to_owned(),
             };
@@ -71,9 +71,9 @@ impl FileStore {
         &self,
         key: &SessionKey,
         held: Option<SessionLock>,
-    ) -> Result<Option<LockedFile>, StoreError> {
+    ) -> Result<Option<FileLock>, StoreError> {
         let name = key.file_name();
-        if let Some(held) = held.and_then(|l| l.into_inner::<LockedFile>().ok())
+        if let Some(SessionLock::File(held)) = held
             && held.name == name
         {
             match self.is_current(&held.entry, &held.name)? {
@@ -103,7 +103,10 @@ impl FileStore {
     /// store changed no name since the candidate was opened, it is current (a change by
     /// another process after the open is concurrent with the request, and a read that
     /// takes effect at the open is linearizable); otherwise `statat` compares inodes.
-    pub(super) fn candidate_is_current(&self, candidate: &Candidate) -> Result<bool, StoreError> {
+    pub(super) fn candidate_is_current(
+        &self,
+        candidate: &FileCandidate,
+    ) -> Result<bool, StoreError> {
         if candidate
             .quiet_since
             .is_some_and(|begun| self.changes.begun.load(Ordering::SeqCst) == begun)

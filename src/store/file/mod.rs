@@ -78,6 +78,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+mod flock;
 mod format;
 mod locking;
 mod read;
@@ -89,19 +90,15 @@ mod write;
 use format::DecodeError;
 use read::ReadError;
 
-use write::Merged;
+use flock::{lock_exclusive_until, unlock};
 
-use super::lock::{lock_exclusive_until, unlock};
 use super::{
-    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError, Sweep,
+    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Loaded, LockPreflight, Merged, Record,
+    SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
 };
+use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
 use crate::expiry::later;
 use crate::key::SessionKey;
-pub use write::REFRESH_SLACK;
-
-/// How long a writer waits for a session's lock before giving up with
-/// [`StoreError::LockTimeout`]. Default: 3 seconds.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The largest session file the store writes or reads. Default: 1 MiB.
 pub const DEFAULT_MAX_FILE_SIZE: usize = 1 << 20;
@@ -172,9 +169,10 @@ impl Drop for Changing<'_> {
     }
 }
 
-/// A session file locked exclusively, checked to be the file now at its name.
+/// A session file of a [`FileStore`] locked exclusively (`flock`), checked to be the file
+/// now at its name: [`SessionLock::File`]. Closing it releases the lock.
 #[derive(Debug)]
-struct LockedFile {
+pub struct FileLock {
     entry: Entry,
     name: String,
 }
@@ -189,14 +187,25 @@ struct Entry {
     dev: u64,
 }
 
-/// A session file opened (and found unlocked) by `acquire` in `merge` mode: the load reads
-/// it only after checking that it is still the file with its name.
+/// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
+/// preflight, [`Acquired::Candidate`]: the load reads it only after checking that it is
+/// still the file with its name.
 #[derive(Debug)]
-struct Candidate {
+pub struct FileCandidate {
     entry: Entry,
     name: String,
     /// [`Changes::begun`] when it was opened, if no change was under way then.
     quiet_since: Option<u64>,
+}
+
+/// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
+/// ([`SweepCursor::Directory`]).
+pub struct DirCursor(Dir);
+
+impl std::fmt::Debug for DirCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirCursor")
+    }
 }
 
 /// What is at a session's name.
@@ -324,6 +333,64 @@ impl FileStore {
     }
 }
 
+impl LockPreflight for FileStore {
+    fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
+        let name = key.file_name();
+        if self.locking == Locking::Request {
+            return match self.lock_current(key, &name, wait) {
+                Ok(Some(held)) => Ok(Some(Acquired::Locked(SessionLock::File(held)))),
+                Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        // merge: wait until no one holds the lock, and let go at once. The open file goes to
+        // the load only as a candidate: the load uses it if it is still the file with that
+        // name when the handler runs (a file is never modified in place, so the same inode
+        // means the same content), and opens the name afresh otherwise.
+        let quiet_since = self.quiet_now();
+        let entry = match self.open_entry(&name) {
+            Ok(Opened::File(entry)) => entry,
+            Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let start = Instant::now();
+        self.lock_by(key, &entry, &name, start, later(start, wait))?;
+        unlock(&entry.file)
+            .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
+        Ok(Some(Acquired::Candidate(FileCandidate {
+            entry,
+            name,
+            quiet_since,
+        })))
+    }
+
+    fn load_acquired(
+        &self,
+        key: &SessionKey,
+        acquired: Acquired,
+    ) -> Result<Option<Loaded>, StoreError> {
+        match acquired {
+            Acquired::Candidate(candidate) if candidate.name == key.file_name() => {
+                // Checked now, when the handler runs: the copy is current or not used.
+                if self.candidate_is_current(&candidate)? {
+                    return Ok(self
+                        .live_record(&candidate.entry, &candidate.name)?
+                        .map(|record| Loaded { record, lock: None }));
+                }
+                self.load(key)
+            }
+            Acquired::Locked(SessionLock::File(held))
+                if held.name == key.file_name()
+                    && matches!(self.is_current(&held.entry, &held.name), Ok(Some(true))) =>
+            {
+                self.loaded_locked(held)
+            }
+            // Another session's, or replaced meanwhile: a fresh load.
+            _ => self.load(key),
+        }
+    }
+}
+
 impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let name = key.file_name();
@@ -351,71 +418,6 @@ impl SessionStore for FileStore {
             }
             other => other,
         }
-    }
-
-    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
-        self.acquire_within(key, self.lock_timeout)
-    }
-
-    fn acquire_within(
-        &self,
-        key: &SessionKey,
-        wait: Duration,
-    ) -> Result<Option<SessionLock>, StoreError> {
-        let name = key.file_name();
-        if self.locking == Locking::Request {
-            return match self.lock_current(key, &name, wait) {
-                Ok(Some(held)) => Ok(Some(SessionLock::new(held))),
-                Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
-                Err(e) => Err(e),
-            };
-        }
-        // merge: wait until no one holds the lock, and let go at once. The open file goes to
-        // the load only as a candidate: the load uses it if it is still the file with that
-        // name when the handler runs (a file is never modified in place, so the same inode
-        // means the same content), and opens the name afresh otherwise.
-        let quiet_since = self.quiet_now();
-        let entry = match self.open_entry(&name) {
-            Ok(Opened::File(entry)) => entry,
-            Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let start = Instant::now();
-        self.lock_by(key, &entry, &name, start, later(start, wait))?;
-        unlock(&entry.file)
-            .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
-        Ok(Some(SessionLock::new(Candidate {
-            entry,
-            name,
-            quiet_since,
-        })))
-    }
-
-    fn load_locked(
-        &self,
-        key: &SessionKey,
-        lock: SessionLock,
-    ) -> Result<Option<Loaded>, StoreError> {
-        let lock = match lock.into_inner::<Candidate>() {
-            Ok(candidate) if candidate.name == key.file_name() => {
-                // Checked now, when the handler runs: the copy is current or not used.
-                if self.candidate_is_current(&candidate)? {
-                    return Ok(self
-                        .live_record(&candidate.entry, &candidate.name)?
-                        .map(|record| Loaded { record, lock: None }));
-                }
-                return self.load(key);
-            }
-            Ok(_) => return self.load(key),
-            Err(lock) => lock,
-        };
-        if let Ok(held) = lock.into_inner::<LockedFile>()
-            && held.name == key.file_name()
-            && matches!(self.is_current(&held.entry, &held.name), Ok(Some(true)))
-        {
-            return self.loaded_locked(held);
-        }
-        self.load(key)
     }
 
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
@@ -478,7 +480,7 @@ impl SessionStore for FileStore {
         let held = self
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
-        let (Merged::Changed(record) | Merged::Unchanged(record)) = self.merged(&held, changes)?;
+        let record = self.merged(&held, changes)?.into_record();
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
@@ -512,14 +514,34 @@ impl SessionStore for FileStore {
         }
     }
 
+    fn preflight(&self) -> Option<&dyn LockPreflight> {
+        Some(self)
+    }
+
+    fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
+        Some(self)
+    }
+}
+
+impl ExpiredDeletion for FileStore {
     fn clear_expired(&self) -> Result<ClearReport, StoreError> {
-        let mut sweep = Sweep::new();
-        while !self.sweep_with(&mut sweep, Duration::from_secs(3600), self.lock_timeout)? {}
-        Ok(sweep.report().clone())
+        self.clear_expired_with_progress(Duration::from_secs(3600), &mut |_| {})
     }
 
     fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
         // Within a short budget a locked session is left for the next pass, not waited for.
         self.sweep_with(sweep, budget, budget.min(self.lock_timeout))
+    }
+
+    fn clear_expired_with_progress(
+        &self,
+        every: Duration,
+        progress: &mut dyn FnMut(&Sweep),
+    ) -> Result<ClearReport, StoreError> {
+        // A whole pass waits for a locked session (the lock timeout) rather than leave it.
+        super::sweep::whole_pass(
+            |sweep| self.sweep_with(sweep, every, self.lock_timeout),
+            progress,
+        )
     }
 }

@@ -103,26 +103,6 @@ impl FileStore {
 }
 
 impl FileStore {
-    /// `clear_expired` with a progress report: `progress` is called about every `every`
-    /// with the pass so far (entries scanned, the counts).
-    ///
-    /// # Errors
-    /// The directory cannot be listed.
-    pub fn clear_expired_with_progress(
-        &self,
-        every: Duration,
-        progress: &mut dyn FnMut(&Sweep),
-    ) -> Result<ClearReport, StoreError> {
-        let mut sweep = Sweep::new();
-        loop {
-            let done = self.sweep_with(&mut sweep, every, self.lock_timeout)?;
-            progress(&sweep);
-            if done {
-                return Ok(sweep.report().clone());
-            }
-        }
-    }
-
     /// Goes on with a pass over the directory for about `budget`; `Ok(true)` when the pass
     /// is complete (the next call starts a new one).
     pub(super) fn sweep_with(
@@ -132,25 +112,26 @@ impl FileStore {
         wait: Duration,
     ) -> Result<bool, StoreError> {
         let deadline = later(Instant::now(), budget);
-        if sweep.cursor.is_none() {
+        if !sweep.in_progress() {
             self.check_dir()?;
             let entries = Dir::read_from(&self.dirfd)
                 .map_err(|e| StoreError::io("list session directory", &self.dir, e.into()))?;
-            sweep.begin(Box::new(entries));
+            sweep.begin(SweepCursor::Directory(DirCursor(entries)));
         }
-        let now = sweep.now;
+        let now = sweep.now();
         loop {
-            let Some(entries) = sweep.cursor.as_mut().and_then(|c| c.downcast_mut::<Dir>()) else {
-                sweep.cursor = None;
+            let SweepCursor::Directory(DirCursor(entries)) = sweep.cursor_mut() else {
+                // Another store's position: this store starts its own pass next time.
+                sweep.finish();
                 return Ok(true);
             };
             match entries.next() {
                 None => {
-                    sweep.cursor = None;
+                    sweep.finish();
                     return Ok(true);
                 }
                 Some(Err(e)) => {
-                    sweep.cursor = None;
+                    sweep.finish();
                     return Err(StoreError::io(
                         "list session directory",
                         &self.dir,
@@ -164,11 +145,12 @@ impl FileStore {
                     }
                     match std::str::from_utf8(name) {
                         Ok(name) => {
-                            self.clear_entry(name, entry.file_type(), now, wait, &mut sweep.report)
+                            let file_type = entry.file_type();
+                            self.clear_entry(name, file_type, now, wait, sweep.report_mut())
                         }
-                        Err(_) => sweep.report.skipped += 1,
+                        Err(_) => sweep.report_mut().skipped += 1,
                     }
-                    sweep.scanned += 1;
+                    sweep.count_scanned(1);
                 }
             }
             if Instant::now() >= deadline {

@@ -1,6 +1,6 @@
 //! Atomic writes: a new inode filled in a temp file (or `O_TMPFILE`) and given the session's
 //! name in one step (`renameat2` exchange or no-replace, `linkat`), the old copy unlinked;
-//! the merge of a request's changes into the newest copy, and the skip-write policy.
+//! the merge of a request's changes into the newest copy.
 
 use super::*;
 
@@ -13,66 +13,17 @@ pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::R
     }
 }
 
-/// The most a skipped refresh lets the stored expiry lag behind the cookie's.
-pub const REFRESH_SLACK: Duration = Duration::from_secs(60);
-
-/// What a save would store.
-pub(super) enum Merged {
-    /// The data and the expiry rule as stored: only the expiry would move, a little.
-    Unchanged(Record),
-    /// A new copy to write.
-    Changed(Record),
-}
-
-/// Whether moving `stored`'s expiry to `new_expires_at` is a move by less than 1% of the
-/// session's lifetime, and at most [`REFRESH_SLACK`]: then a save that changes nothing else
-/// is skipped (as PHP's `lazy_write`).
-pub(super) fn expiry_moved_little(
-    stored: &Record,
-    new_expires_at: SystemTime,
-    cookie_age: Duration,
-) -> bool {
-    let lifetime = new_expires_at
-        .duration_since(SystemTime::now())
-        .unwrap_or_default()
-        .max(match stored.expiry {
-            crate::expiry::Expiry::Seconds(n) => Duration::from_secs(n),
-            _ => cookie_age,
-        });
-    let slack = (lifetime / 100).min(REFRESH_SLACK);
-    let moved = new_expires_at
-        .duration_since(stored.expires_at)
-        .unwrap_or_else(|e| e.duration());
-    moved < slack
-}
-
 impl FileStore {
-    /// The newest stored copy under a held lock with `changes` applied. A file that became
-    /// unreadable is replaced by the changes alone rather than blocking the session forever.
-    /// `Merged::Unchanged` when the changes would only move the expiry a little.
+    /// The newest stored copy under a held lock with `changes` applied, or `Unchanged` by
+    /// the skip-write policy ([`ChangeSet::merge_into`]). A file that became unreadable is
+    /// replaced by the changes alone rather than blocking the session forever.
     pub(super) fn merged(
         &self,
-        held: &LockedFile,
+        held: &FileLock,
         changes: &ChangeSet,
     ) -> Result<Merged, StoreError> {
-        let now = SystemTime::now();
-        Ok(match self.stored_record(&held.entry, &held.name)? {
-            Some(stored)
-                if !changes.alters(&stored)
-                    && expiry_moved_little(
-                        &stored,
-                        stored.expiry.date(now, changes.cookie_age),
-                        changes.cookie_age,
-                    ) =>
-            {
-                Merged::Unchanged(stored)
-            }
-            Some(mut record) => {
-                changes.apply_to(&mut record, now);
-                Merged::Changed(record)
-            }
-            None => Merged::Changed(changes.to_new_record(now)),
-        })
+        let stored = self.stored_record(&held.entry, &held.name)?;
+        Ok(changes.merge_into(stored, SystemTime::now()))
     }
 
     /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not

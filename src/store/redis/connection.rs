@@ -68,9 +68,9 @@ impl Shared {
             Err(e) if broken(&e) => {
                 *slot = None;
                 if !reused || !retry {
-                    return Err(self.unavailable(what, &e));
+                    return Err(self.unavailable(what, e));
                 }
-                let mut conn = self.connect().map_err(|e| self.unavailable(what, &e))?;
+                let mut conn = self.connect().map_err(|e| self.unavailable(what, e))?;
                 let r = f(&mut conn);
                 match r {
                     Ok(v) => {
@@ -81,16 +81,19 @@ impl Shared {
                         if !broken(&e) {
                             *slot = Some(conn);
                         }
-                        Err(self.unavailable(what, &e))
+                        Err(self.unavailable(what, e))
                     }
                 }
             }
-            Err(e) => Err(self.unavailable(what, &e)),
+            Err(e) => Err(self.unavailable(what, e)),
         }
     }
 
-    pub(super) fn unavailable(&self, what: &str, e: &RedisError) -> StoreError {
-        StoreError::Unavailable(format!("Redis at {}: cannot {what}: {e}", self.url))
+    pub(super) fn unavailable(&self, what: &str, e: RedisError) -> StoreError {
+        StoreError::Backend {
+            action: format!("Redis at {}: cannot {what}", self.url),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -99,30 +102,21 @@ pub(super) fn broken(e: &RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
-/// A request lock: the Redis key `<prefix>lock:<key>` holding `token`. Released on drop,
-/// only if it still holds our token.
-pub(super) struct RedisLock {
-    pub(super) shared: Arc<Shared>,
-    pub(super) session: SessionKey,
-    pub(super) lock_key: String,
-    pub(super) token: String,
-}
-
-impl Drop for RedisLock {
-    fn drop(&mut self) {
-        let result = self.shared.run("release a session lock", |conn| {
-            redis::cmd("EVAL")
-                .arg(UNLOCK_SCRIPT)
-                .arg(1)
-                .arg(&self.lock_key)
-                .arg(&self.token)
-                .query::<i64>(conn)
-        });
-        if let Err(e) = result {
-            log::warn!(
-                "session {}: {e}; the lock expires by itself",
-                self.session.short()
-            );
-        }
+/// Releases a request lock: deletes `lock_key` only if it still holds `token` (a lease
+/// that outlived its expiry may be someone else's by now).
+pub(super) fn release(shared: &Shared, lock_key: &str, session: &SessionKey, token: &str) {
+    let result = shared.run("release a session lock", |conn| {
+        redis::cmd("EVAL")
+            .arg(UNLOCK_SCRIPT)
+            .arg(1)
+            .arg(lock_key)
+            .arg(token)
+            .query::<i64>(conn)
+    });
+    if let Err(e) = result {
+        log::warn!(
+            "session {}: {e}; the lock expires by itself",
+            session.short()
+        );
     }
 }

@@ -14,7 +14,6 @@
 //! A concurrent `set_expiry` landing between the two may leave the key with the TTL of the
 //! old rule until the next save; the rule stored is always the newest one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,17 +21,18 @@ use redis::{Connection, RedisError, RedisResult};
 use serde_json::Map;
 
 use super::{
-    ChangeSet, ClearReport, Loaded, Locking, Record, SessionLock, SessionStore, StoreError,
+    Acquired, ChangeSet, Lease, Loaded, LockPreflight, Record, SessionLock, SessionStore,
+    StoreError,
 };
+use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
 use crate::key::SessionKey;
-use crate::store::file::DEFAULT_LOCK_TIMEOUT;
 
 mod connection;
 mod fields;
 mod scripts;
 
 use crate::config::redacted;
-use connection::{RedisLock, Shared};
+use connection::{Shared, release};
 use fields::{EXPIRY_FIELD, decode, epoch_ms, expiry_json, field_of};
 use scripts::*;
 
@@ -67,7 +67,6 @@ pub struct RedisStore {
     prefix: String,
     locking: Locking,
     lock_timeout: Duration,
-    clear_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -86,11 +85,13 @@ impl RedisStore {
     /// answers `PING`. Merge locking, the default lock timeout, prefix `filesession:`.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] if the URL is invalid or Redis does not answer.
+    /// [`StoreError::Backend`] (the URL without its password, and Redis' own error) if the
+    /// URL is invalid or Redis does not answer.
     pub fn open(url: &str) -> Result<RedisStore, StoreError> {
         let shown = redacted(url);
-        let unreachable = |e: RedisError| {
-            StoreError::Unavailable(format!("Redis at {shown} is unreachable: {e}"))
+        let unreachable = |e: RedisError| StoreError::Backend {
+            action: format!("Redis at {shown} is unreachable"),
+            source: Box::new(e),
         };
         let client = redis::Client::open(url).map_err(unreachable)?;
         let shared = Shared {
@@ -108,7 +109,6 @@ impl RedisStore {
             prefix: "filesession:".to_owned(),
             locking: Locking::Merge,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            clear_logged: AtomicBool::new(false),
         })
     }
 
@@ -140,12 +140,12 @@ impl RedisStore {
     }
 
     /// Takes the request lock of `key` within the lock timeout.
-    fn lock(&self, key: &SessionKey) -> Result<RedisLock, StoreError> {
+    fn lock(&self, key: &SessionKey) -> Result<Lease, StoreError> {
         self.lock_within(key, self.lock_timeout)
     }
 
     /// [`lock`](RedisStore::lock) waiting at most `wait` (zero: one try).
-    fn lock_within(&self, key: &SessionKey, wait: Duration) -> Result<RedisLock, StoreError> {
+    fn lock_within(&self, key: &SessionKey, wait: Duration) -> Result<Lease, StoreError> {
         let lock_key = self.lock_key(key);
         let token = uuid::Uuid::new_v4().to_string();
         let lease =
@@ -162,12 +162,10 @@ impl RedisStore {
                     .query::<i64>(conn)
             })?;
             if taken == 1 {
-                return Ok(RedisLock {
-                    shared: Arc::clone(&self.shared),
-                    session: *key,
-                    lock_key,
-                    token,
-                });
+                let shared = Arc::clone(&self.shared);
+                return Ok(Lease::new(*key, token, move |session, token| {
+                    release(&shared, &lock_key, session, token)
+                }));
             }
             let waited = start.elapsed();
             if waited >= wait {
@@ -183,11 +181,11 @@ impl RedisStore {
         &self,
         key: &SessionKey,
         held: Option<SessionLock>,
-    ) -> Result<Option<RedisLock>, StoreError> {
-        if let Some(lock) = held.and_then(|l| l.into_inner::<RedisLock>().ok())
-            && lock.session == *key
+    ) -> Result<Option<Lease>, StoreError> {
+        if let Some(SessionLock::Lease(lease)) = held
+            && lease.session() == key
         {
-            return Ok(Some(lock));
+            return Ok(Some(lease));
         }
         match self.locking {
             Locking::Merge => Ok(None),
@@ -238,7 +236,7 @@ impl RedisStore {
         changes: &ChangeSet,
     ) -> Result<Option<Record>, StoreError> {
         let old_key = self.redis_key(old);
-        let rule = match changes.expiry {
+        let rule = match changes.expiry() {
             Some(rule) => rule,
             None => {
                 let stored = self.shared.run("read a session's expiry", |conn| {
@@ -253,22 +251,22 @@ impl RedisStore {
             }
         };
         let now = SystemTime::now();
-        let expires_at = rule.date(now, changes.cookie_age);
+        let expires_at = rule.date(now, changes.cookie_age());
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(APPLY_SCRIPT).arg(1 + usize::from(new.is_some()));
         cmd.arg(&old_key);
         if let Some(new) = new {
             cmd.arg(self.redis_key(new));
         }
-        cmd.arg(if changes.cleared { "1" } else { "0" })
+        cmd.arg(if changes.cleared() { "1" } else { "0" })
             .arg(epoch_ms(expires_at))
             .arg(expiry_json(&rule))
-            .arg(if changes.expiry.is_some() { "1" } else { "0" })
-            .arg(changes.removals.len());
-        for name in &changes.removals {
+            .arg(if changes.expiry().is_some() { "1" } else { "0" })
+            .arg(changes.removals().len());
+        for name in changes.removals() {
             cmd.arg(field_of(name));
         }
-        for (name, value) in &changes.writes {
+        for (name, value) in changes.writes() {
             cmd.arg(field_of(name)).arg(value.to_string());
         }
         let query = |conn: &mut Connection| cmd.query::<(i64, Vec<String>)>(conn);
@@ -303,47 +301,9 @@ impl SessionStore for RedisStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let lock = match self.locking {
             Locking::Merge => None,
-            Locking::Request => Some(SessionLock::new(self.lock(key)?)),
+            Locking::Request => Some(SessionLock::Lease(self.lock(key)?)),
         };
         Ok(self.read(key)?.map(|record| Loaded { record, lock }))
-    }
-
-    fn acquire(&self, key: &SessionKey) -> Result<Option<SessionLock>, StoreError> {
-        self.acquire_within(key, self.lock_timeout)
-    }
-
-    fn acquire_within(
-        &self,
-        key: &SessionKey,
-        wait: Duration,
-    ) -> Result<Option<SessionLock>, StoreError> {
-        if self.locking == Locking::Merge {
-            return Ok(None);
-        }
-        let lock = self.lock_within(key, wait)?;
-        let exists = self.exists(key)?;
-        Ok(exists.then(|| SessionLock::new(lock)))
-    }
-
-    fn load_locked(
-        &self,
-        key: &SessionKey,
-        lock: SessionLock,
-    ) -> Result<Option<Loaded>, StoreError> {
-        match lock.into_inner::<RedisLock>() {
-            Ok(lock) if lock.session == *key => Ok(self.read(key)?.map(|record| Loaded {
-                record,
-                lock: Some(SessionLock::new(lock)),
-            })),
-            Ok(other) => {
-                drop(other);
-                self.load(key)
-            }
-            Err(other) => {
-                drop(other);
-                self.load(key)
-            }
-        }
     }
 
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
@@ -425,11 +385,41 @@ impl SessionStore for RedisStore {
         })
     }
 
-    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
-        if !self.clear_logged.swap(true, Ordering::Relaxed) {
-            log::info!("Redis expires sessions itself; nothing to clear");
+    fn preflight(&self) -> Option<&dyn LockPreflight> {
+        // In merge mode every write is one atomic script: nothing to wait for.
+        (self.locking == Locking::Request).then_some(self as &dyn LockPreflight)
+    }
+    // No expired_deletion: Redis removes ended sessions by itself (each hash's TTL).
+}
+
+impl LockPreflight for RedisStore {
+    fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
+        if self.locking == Locking::Merge {
+            return Ok(None);
         }
-        Ok(ClearReport::default())
+        let lease = self.lock_within(key, wait)?;
+        let exists = self.exists(key)?;
+        Ok(exists.then(|| Acquired::Locked(SessionLock::Lease(lease))))
+    }
+
+    fn load_acquired(
+        &self,
+        key: &SessionKey,
+        acquired: Acquired,
+    ) -> Result<Option<Loaded>, StoreError> {
+        match acquired {
+            Acquired::Locked(SessionLock::Lease(lease)) if lease.session() == key => {
+                Ok(self.read(key)?.map(|record| Loaded {
+                    record,
+                    lock: Some(SessionLock::Lease(lease)),
+                }))
+            }
+            // Not this session's lease: let it go and load afresh.
+            other => {
+                drop(other);
+                self.load(key)
+            }
+        }
     }
 }
 

@@ -1,11 +1,10 @@
 //! FileStore's own tests: the directory, the protocol, hostile entries, cleanup.
 
-use super::write::expiry_moved_little;
 use super::*;
 
 mod sweep;
 use crate::expiry::Expiry;
-use serde_json::{Map, json};
+use serde_json::json;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
@@ -215,24 +214,36 @@ fn a_merge_mode_load_sees_every_change_made_after_the_lock_preflight() {
         .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
         .unwrap();
     // Nothing changed between acquire and load: the candidate is used.
-    let lock = store.acquire(&key).unwrap().expect("a candidate");
-    let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
+    let lock = store
+        .acquire(&key, DEFAULT_LOCK_TIMEOUT)
+        .unwrap()
+        .expect("a candidate");
+    let loaded = store.load_acquired(&key, lock).unwrap().unwrap().record;
     assert_eq!(loaded.data.get("n"), Some(&json!(1)));
     // A save in between: the load sees it.
-    let lock = store.acquire(&key).unwrap().expect("a candidate");
+    let lock = store
+        .acquire(&key, DEFAULT_LOCK_TIMEOUT)
+        .unwrap()
+        .expect("a candidate");
     store
         .save(&key, &changes(&[("n", json!(2))]), None)
         .unwrap();
-    let loaded = store.load_locked(&key, lock).unwrap().unwrap().record;
+    let loaded = store.load_acquired(&key, lock).unwrap().unwrap().record;
     assert_eq!(loaded.data.get("n"), Some(&json!(2)));
     // A cycle in between: the old key is dead.
-    let lock = store.acquire(&key).unwrap().expect("a candidate");
+    let lock = store
+        .acquire(&key, DEFAULT_LOCK_TIMEOUT)
+        .unwrap()
+        .expect("a candidate");
     let (new, _) = store.cycle(&key, &changes(&[]), None).unwrap();
-    assert!(store.load_locked(&key, lock).unwrap().is_none());
+    assert!(store.load_acquired(&key, lock).unwrap().is_none());
     // A delete (a logout) in between: nothing.
-    let lock = store.acquire(&new).unwrap().expect("a candidate");
+    let lock = store
+        .acquire(&new, DEFAULT_LOCK_TIMEOUT)
+        .unwrap()
+        .expect("a candidate");
     store.delete(&new, None).unwrap();
-    assert!(store.load_locked(&new, lock).unwrap().is_none());
+    assert!(store.load_acquired(&new, lock).unwrap().is_none());
 }
 
 #[test]
@@ -351,22 +362,17 @@ fn acquire_within_zero_tries_the_lock_once_in_both_modes() {
             .unwrap()
             .with_locking(locking)
             .with_lock_timeout(Duration::from_secs(60));
-        let err = store.acquire_within(&key, Duration::ZERO).unwrap_err();
+        let err = store.acquire(&key, Duration::ZERO).unwrap_err();
         assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
     }
     drop(holder);
     let request = FileStore::open(store.dir())
         .unwrap()
         .with_locking(Locking::Request);
-    let lock = request.acquire_within(&key, Duration::ZERO).unwrap();
+    let lock = request.acquire(&key, Duration::ZERO).unwrap();
     assert!(lock.is_some(), "free: taken at once and handed on");
     drop(lock);
-    assert!(
-        store
-            .acquire_within(&key, Duration::ZERO)
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.acquire(&key, Duration::ZERO).unwrap().is_some());
 }
 
 #[test]
@@ -390,41 +396,10 @@ fn a_save_that_only_refreshes_the_expiry_is_skipped_but_a_change_is_written() {
         .unwrap();
     assert_ne!(ino(), before, "a change is written");
     let mut longer = changes(&[]);
-    longer.expiry = Some(Expiry::Seconds(7200));
+    longer.set_expiry(Expiry::Seconds(7200));
     let after_change = ino();
     store.save(&key, &longer, None).unwrap();
     assert_ne!(ino(), after_change, "a new expiry rule is written");
-}
-
-#[test]
-fn a_refresh_is_written_once_the_expiry_moved_more_than_the_slack() {
-    let now = SystemTime::now();
-    let stored = Record {
-        data: Map::new(),
-        expiry: Expiry::Default,
-        expires_at: now,
-    };
-    let age = Duration::from_secs(1_209_600);
-    assert!(expiry_moved_little(
-        &stored,
-        now + Duration::from_secs(59),
-        age
-    ));
-    assert!(!expiry_moved_little(
-        &stored,
-        now + Duration::from_secs(61),
-        age
-    ));
-    // A short session: 1% of 10 s.
-    let short = Record {
-        expiry: Expiry::Seconds(10),
-        ..stored.clone()
-    };
-    assert!(!expiry_moved_little(
-        &short,
-        now + Duration::from_secs(1),
-        age
-    ));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::*;
 fn expired_sessions_load_as_none_and_are_cleared() {
     let (_tmp, store) = store();
     let mut c = changes(&[("a", json!(1))]);
-    c.expiry = Some(Expiry::Seconds(0));
+    c.set_expiry(Expiry::Seconds(0));
     let expired = store.create(&c.to_new_record(SystemTime::now())).unwrap();
     let live = store
         .create(&changes(&[("b", json!(2))]).to_new_record(SystemTime::now()))
@@ -50,7 +50,7 @@ fn clear_expired_removes_old_leftovers_and_corrupt_files_only() {
 fn a_sweep_in_small_steps_does_what_clear_expired_does() {
     let (_tmp, store) = store();
     let mut expire_now = changes(&[("a", json!(1))]);
-    expire_now.expiry = Some(Expiry::Seconds(0));
+    expire_now.set_expiry(Expiry::Seconds(0));
     for i in 0..60 {
         let c = if i % 3 == 0 {
             expire_now.clone()
@@ -79,7 +79,7 @@ fn a_sweep_in_small_steps_does_what_clear_expired_does() {
 fn a_sweep_leaves_a_locked_expired_session_for_later_instead_of_waiting() {
     let (_tmp, store) = store();
     let mut expire_now = changes(&[("a", json!(1))]);
-    expire_now.expiry = Some(Expiry::Seconds(0));
+    expire_now.set_expiry(Expiry::Seconds(0));
     let key = store
         .create(&expire_now.to_new_record(SystemTime::now()))
         .unwrap();
@@ -103,12 +103,14 @@ fn clear_expired_never_removes_a_session_refreshed_while_it_waited() {
     let (_tmp, store) = store();
     let store = std::sync::Arc::new(store.with_locking(Locking::Request));
     let mut expire_now = changes(&[("a", json!(1))]);
-    expire_now.expiry = Some(Expiry::Seconds(0));
+    expire_now.set_expiry(Expiry::Seconds(0));
     let key = store
         .create(&expire_now.to_new_record(SystemTime::now()))
         .unwrap();
     // A request holds the session (it is writing it)...
-    let lock = store.acquire(&key).unwrap().expect("the lock");
+    let Some(Acquired::Locked(lock)) = store.acquire(&key, DEFAULT_LOCK_TIMEOUT).unwrap() else {
+        panic!("request mode: the preflight holds the lock");
+    };
     let cleaner = {
         let store = store.clone();
         std::thread::spawn(move || store.clear_expired().unwrap())
@@ -116,7 +118,7 @@ fn clear_expired_never_removes_a_session_refreshed_while_it_waited() {
     std::thread::sleep(Duration::from_millis(150));
     // ...and refreshes it while clearsessions waits for the lock.
     let mut refresh = changes(&[]);
-    refresh.expiry = Some(Expiry::Default);
+    refresh.set_expiry(Expiry::Default);
     store.save(&key, &refresh, Some(lock)).unwrap();
     let report = cleaner.join().unwrap();
     assert_eq!((report.expired, report.kept), (0, 1), "{report:?}");
@@ -127,7 +129,7 @@ fn clear_expired_never_removes_a_session_refreshed_while_it_waited() {
 fn a_session_files_mtime_is_its_expiry_and_cleanup_trusts_it() {
     let (_tmp, store) = store();
     let mut c = changes(&[("a", json!(1))]);
-    c.expiry = Some(Expiry::Seconds(3600));
+    c.set_expiry(Expiry::Seconds(3600));
     let record = c.to_new_record(SystemTime::now());
     let key = store.create(&record).unwrap();
     let mtime = fs::metadata(store.path_of(&key))

@@ -4,8 +4,7 @@
 
 use serde_json::Value;
 
-use crate::http::Request;
-use crate::session::Session;
+use filesession::{Request, Session};
 
 /// The session key the messages live under (Django's session storage uses `_messages`).
 pub(crate) const MESSAGES_KEY: &str = "_messages";

@@ -1,8 +1,7 @@
 //! CSRF protection as Django's default: a `csrftoken` cookie and a hidden form field that
 //! must match (double submit), compared in constant time.
 
-use crate::http::Request;
-use crate::key::SessionKey;
+use filesession::{Request, SessionKey};
 
 /// The cookie's name, as Django.
 pub(crate) const CSRF_COOKIE: &str = "csrftoken";
@@ -68,7 +67,7 @@ pub(crate) fn verify(request: &Request, field: Option<&str>) -> Result<(), &'sta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Method;
+    use filesession::Method;
 
     fn post(cookie: Option<&str>) -> Request {
         let header = cookie.map(|c| format!("{CSRF_COOKIE}={c}"));

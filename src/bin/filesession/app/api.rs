@@ -2,9 +2,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::expiry::{Expiry, format_rfc3339};
-use crate::http::{Request, Response};
-use crate::session::Session;
+use super::format_rfc3339;
+use filesession::{Expiry, Request, Response, Session};
 
 /// `{"session_key", "expires_at", "expire_at_browser_close", "data"}`, after the save.
 fn describe(session: &Session) -> Value {

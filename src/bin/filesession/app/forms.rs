@@ -8,9 +8,7 @@ use serde_json::Value;
 use super::csrf::{self, CSRF_FIELD};
 use super::messages;
 use super::page::{form_error, short};
-use crate::expiry::Expiry;
-use crate::http::{Request, Response};
-use crate::session::Session;
+use filesession::{Expiry, Request, Response, Session};
 
 /// The form's fields after the CSRF check, or the answer to give instead.
 fn form(request: &Request) -> Result<HashMap<String, String>, Response> {

@@ -5,10 +5,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
 use super::csrf::{self, CSRF_FIELD};
+use super::format_rfc3339;
 use super::messages;
-use crate::expiry::format_rfc3339;
-use crate::http::{Request, Response};
-use crate::session::Session;
+use filesession::{Request, Response, Session};
 
 const STYLE: &str = r#"
 *{box-sizing:border-box}

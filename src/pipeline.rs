@@ -1,0 +1,183 @@
+//! One request's way through the app, in two typed steps: [`App::prepare`] resolves
+//! everything about the request once (allowed host and origin, route, session cookie and
+//! key, the session's lock) without waiting, and [`App::run`] uses what it resolved
+//! (session, handler, the middleware's decision, the save).
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use crate::expiry::later;
+use crate::http::{Prepared, Request, Response};
+use crate::middleware::{CookieKey, SessionMiddleware, store_failure};
+use crate::router::{Handler, Routed, Router};
+use crate::store::{Acquired, StoreError};
+
+/// The router and the session middleware: what the server's one thread runs for each
+/// request.
+///
+/// The session middleware runs around every answer, the router's own included (404, 405,
+/// the `APPEND_SLASH` redirect), as Django's does: a malformed cookie is deleted and
+/// `SESSION_SAVE_EVERY_REQUEST` saves on a 404 too. Before routing, as Django's
+/// middleware: a `Host` not in `ALLOWED_HOSTS` is answered 400, and an unsafe request to the
+/// JSON API from another origin 403 (`Origin`, `Sec-Fetch-Site`, `CSRF_TRUSTED_ORIGINS`).
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    middleware: SessionMiddleware,
+}
+
+/// What [`App::prepare`] resolved for one request, for [`App::run`]: nothing is resolved
+/// twice.
+#[derive(Debug)]
+pub struct Ticket {
+    target: Target,
+    cookie: CookieKey,
+    acquired: Option<Acquired>,
+}
+
+/// Where the request goes: a handler with the route's captures, or an answer decided
+/// before any handler (refused host or origin, 404, 405, the `APPEND_SLASH` 301).
+enum Target {
+    Handler(Handler, HashMap<String, String>),
+    Answer(Response),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Handler(..) => f.write_str("Handler"),
+            Target::Answer(r) => write!(f, "Answer({})", r.status()),
+        }
+    }
+}
+
+impl App {
+    /// An app from its routes and its middleware.
+    pub fn new(router: Router, middleware: SessionMiddleware) -> Self {
+        App { router, middleware }
+    }
+
+    /// The session middleware.
+    pub fn middleware(&self) -> &SessionMiddleware {
+        &self.middleware
+    }
+
+    /// Resolves the request without waiting: host and origin checks, route, the session
+    /// cookie and its key, and the session's lock, tried once. When the lock is held by
+    /// another request or process the answer is [`Prepared::Wait`], a bounded wait
+    /// (`SESSION_LOCK_TIMEOUT`, counted from this call) to run on a thread that may wait;
+    /// when the store fails, [`Prepared::Answer`] with the error (5xx; 503 for a lock that
+    /// stayed held).
+    pub fn prepare(&self, request: &Request) -> Prepared<Ticket> {
+        let mut ticket = Ticket {
+            target: self.target(request),
+            cookie: self.middleware.cookie_key(request),
+            acquired: None,
+        };
+        let (Some(key), Some(preflight)) = (ticket.cookie.key, self.middleware.store().preflight())
+        else {
+            return Prepared::Ready(ticket);
+        };
+        match preflight.acquire(&key, Duration::ZERO) {
+            Ok(acquired) => {
+                ticket.acquired = acquired;
+                Prepared::Ready(ticket)
+            }
+            Err(StoreError::LockTimeout { .. }) => {
+                // The deadline starts now: time spent waiting for a thread counts.
+                let deadline = later(Instant::now(), self.middleware.settings().lock_timeout);
+                let store = self.middleware.store().clone();
+                Prepared::Wait(Box::new(move |request: &Request| {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    let Some(preflight) = store.preflight() else {
+                        return Ok(ticket);
+                    };
+                    match preflight.acquire(&key, wait) {
+                        Ok(acquired) => {
+                            ticket.acquired = acquired;
+                            Ok(ticket)
+                        }
+                        Err(e) => Err(store_failure(request.path(), &e)),
+                    }
+                }))
+            }
+            Err(e) => Prepared::Answer(store_failure(request.path(), &e)),
+        }
+    }
+
+    /// Answers a prepared request: the session (with the lock `prepare` took), the handler,
+    /// and the middleware's `process_response` (save, `Set-Cookie`, `Vary`). A panic in the
+    /// handler unwinds out of here (the server answers 500; [`App::handle`] catches it).
+    pub fn run(&self, mut request: Request, ticket: Ticket) -> Response {
+        let Ticket {
+            target,
+            cookie,
+            acquired,
+        } = ticket;
+        let mut session = self.middleware.session(cookie.key, acquired);
+        let response = match target {
+            Target::Handler(handler, params) => {
+                request.params = params;
+                handler(&request, &mut session)
+            }
+            Target::Answer(answer) => answer,
+        };
+        self.middleware
+            .finish(session, cookie.present, request.path(), response)
+    }
+
+    /// Answers one request on this thread, for a server of your own (see
+    /// `examples/tiny_http.rs`): [`prepare`](App::prepare), waiting here if the session's
+    /// lock is held, then [`run`](App::run). A handler that panics gets a 500 and the app
+    /// goes on.
+    pub fn handle(&self, request: Request) -> Response {
+        let path = request.path().to_owned();
+        let answered = catch_unwind(AssertUnwindSafe(|| {
+            let ticket = match self.prepare(&request) {
+                Prepared::Ready(ticket) => ticket,
+                Prepared::Wait(wait) => match wait(&request) {
+                    Ok(ticket) => ticket,
+                    Err(answer) => return answer,
+                },
+                Prepared::Answer(answer) => return answer,
+            };
+            self.run(request, ticket)
+        }));
+        answered.unwrap_or_else(|_| {
+            log::error!("handler for {path} panicked; answered 500");
+            Response::error(&path, 500, "Internal server error.")
+        })
+    }
+
+    /// Where the request goes, checked and routed once.
+    fn target(&self, request: &Request) -> Target {
+        let path = request.path();
+        let settings = self.middleware.settings();
+        if let Err((status, message)) = crate::guard::check(
+            request,
+            &settings.allowed_hosts,
+            &settings.csrf_trusted_origins,
+        ) {
+            return Target::Answer(Response::error(path, status, &message));
+        }
+        match self.router.resolve(request.method(), path, request.query()) {
+            Routed::Found(handler, params) => Target::Handler(handler, params),
+            Routed::NotFound => {
+                Target::Answer(Response::error(path, 404, &format!("Not found: {path}")))
+            }
+            Routed::MethodNotAllowed(methods) => {
+                let allow: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                Target::Answer(
+                    Response::error(
+                        path,
+                        405,
+                        &format!("Method {} not allowed here.", request.method_token()),
+                    )
+                    .with_header("Allow", &allow.join(", ")),
+                )
+            }
+            Routed::AppendSlash(location) => Target::Answer(Response::redirect(301, &location)),
+        }
+    }
+}

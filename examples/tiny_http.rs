@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // The one handler thread. `App::handle` routes, loads the session, runs the handler and
-    // saves; a handler that panics gets a 500. (`App::preflight` exists to wait for a
+    // saves; a handler that panics gets a 500. (`App::prepare` exists to wait for a
     // session's lock off the handler thread; with one thread there is no "off", so the
     // session simply takes its lock when it needs it.)
     for mut request in server.incoming_requests() {

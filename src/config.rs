@@ -8,7 +8,7 @@ use std::time::Duration;
 pub const DEFAULT_COOKIE_AGE: Duration = Duration::from_secs(1_209_600);
 
 /// How long a writer waits for a session's lock before giving up with
-/// [`StoreError::LockTimeout`](crate::StoreError::LockTimeout) (`SESSION_LOCK_TIMEOUT`). Default: 3 seconds.
+/// `StoreError::LockTimeout` (`SESSION_LOCK_TIMEOUT`). Default: 3 seconds.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The settings a session needs to answer expiry questions.
@@ -147,6 +147,14 @@ pub struct Settings {
     pub max_body: usize,
     /// `SESSION_ENGINE`: where sessions live. Default: [`Engine::File`].
     pub engine: Engine,
+    /// `DATABASE_URL`: the database of [`Engine::Db`], as dj-database-url reads it:
+    /// `sqlite:///relative/path`, `sqlite:////absolute/path`, or
+    /// `postgres://user:password@host:port/dbname`. Default: `sqlite:///db.sqlite3`
+    /// (Django's `./db.sqlite3`).
+    pub database_url: String,
+    /// `SESSION_DB_TABLE`: the table of [`Engine::Db`], created if missing. Default:
+    /// `filesession_session` (never Django's `django_session`, whose rows are signed).
+    pub db_table: String,
     /// `SESSION_REDIS_URL`: the Redis of [`Engine::Redis`].
     /// Default: `redis://127.0.0.1:6379/0`.
     pub redis_url: String,
@@ -191,6 +199,12 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// `DATABASE_URL` default: SQLite at `./db.sqlite3`, Django's default database file.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:///db.sqlite3";
+
+/// `SESSION_DB_TABLE` default.
+pub const DEFAULT_DB_TABLE: &str = "filesession_session";
+
 /// `SESSION_REDIS_URL` default.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
@@ -202,10 +216,14 @@ pub enum Engine {
     /// `redis`: one Redis hash per session at `SESSION_REDIS_URL`, expired by Redis
     /// itself; needs a build with the `redis` feature.
     Redis,
+    /// `db`: one row per session in the database at `DATABASE_URL` (SQLite, or PostgreSQL
+    /// with the `postgres` feature), Django's default engine.
+    Db,
 }
 
 impl Engine {
-    /// Parses `file` or `redis` (also Django's `django.contrib.sessions.backends.file`).
+    /// Parses `file`, `db` or `redis` (also Django's `django.contrib.sessions.backends.file`
+    /// and `...backends.db`).
     ///
     /// # Errors
     /// Any other value, with a message naming the setting.
@@ -213,8 +231,9 @@ impl Engine {
         match text.rsplit('.').next().unwrap_or(text) {
             "file" => Ok(Engine::File),
             "redis" => Ok(Engine::Redis),
+            "db" => Ok(Engine::Db),
             _ => Err(format!(
-                "SESSION_ENGINE must be file or redis, not {text:?}"
+                "SESSION_ENGINE must be file, db or redis, not {text:?}"
             )),
         }
     }
@@ -241,6 +260,8 @@ impl Default for Settings {
             max_body: DEFAULT_MAX_BODY,
             gc_interval: None,
             engine: Engine::File,
+            database_url: DEFAULT_DATABASE_URL.into(),
+            db_table: DEFAULT_DB_TABLE.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
             allowed_hosts: DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
             csrf_trusted_origins: Vec::new(),
@@ -356,7 +377,7 @@ impl Settings {
         Ok(())
     }
 
-    /// The part a [`Session`](crate::Session) needs.
+    /// The part a `Session` needs.
     pub fn session_config(&self) -> SessionConfig {
         SessionConfig {
             cookie_age: self.cookie_age,

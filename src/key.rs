@@ -62,6 +62,12 @@ impl SessionKey {
             .then_some(SessionKey(uuid))
     }
 
+    /// The key's 16 bytes (122 of them random).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
     /// The name of this session's file: `<key>.json`.
     pub fn file_name(&self) -> String {
         format!("{}.json", self.0.hyphenated())

@@ -60,7 +60,7 @@
 //! | the session (Django's `SessionBase`) | [`Session`], [`SessionKey`], [`Expiry`], [`SessionConfig`] |
 //! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`] |
 //! | the store contract ([`store`]) | [`SessionStore`] (storage), [`LockPreflight`] (waiting for a lock off the one thread), [`ExpiredDeletion`] (cleanup); [`store::open`]; [`Record`], [`ChangeSet`], [`SessionLock`], [`Lease`], [`Acquired`], [`StoreError`] |
-//! | stores | [`FileStore`] (the default), [`MemoryStore`] (tests), `RedisStore` (feature `redis`) |
+//! | stores | [`FileStore`] (the default), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` (feature `redis`) |
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
 //!
@@ -134,8 +134,9 @@ pub mod store;
 mod supervisor;
 
 pub use config::{
-    DEFAULT_ALLOWED_HOSTS, DEFAULT_COOKIE_AGE, DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY,
-    DEFAULT_REDIS_URL, Engine, Locking, SameSite, SessionConfig, SettingError, Settings, redacted,
+    DEFAULT_ALLOWED_HOSTS, DEFAULT_COOKIE_AGE, DEFAULT_DATABASE_URL, DEFAULT_DB_TABLE,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, Locking, SameSite,
+    SessionConfig, SettingError, Settings, redacted,
 };
 pub use expiry::{Expiry, parse_rfc3339};
 pub use http::{Limits, Method, Request, Response};
@@ -151,8 +152,9 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{
-    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, Loaded, LockPreflight, Merged,
-    REFRESH_SLACK, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+    Acquired, ChangeSet, ClearReport, DbStore, ExpiredDeletion, Lease, LeaseIssuer, Loaded,
+    LockPreflight, Merged, REFRESH_SLACK, Record, SessionLock, SessionStore, StoreError, Sweep,
+    SweepCursor,
 };
 #[cfg(feature = "signals")]
 pub use supervisor::Supervisor;

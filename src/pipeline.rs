@@ -70,11 +70,7 @@ impl App {
     /// when the store fails, [`Prepared::Answer`] with the error (5xx; 503 for a lock that
     /// stayed held).
     pub fn prepare(&self, request: &Request) -> Prepared<Ticket> {
-        let mut ticket = Ticket {
-            target: self.target(request),
-            cookie: self.middleware.cookie_key(request),
-            acquired: None,
-        };
+        let mut ticket = self.resolve(request);
         let (Some(key), Some(preflight)) = (ticket.cookie.key, self.middleware.store().preflight())
         else {
             return Prepared::Ready(ticket);
@@ -128,26 +124,29 @@ impl App {
     }
 
     /// Answers one request on this thread, for a server of your own (see
-    /// `examples/tiny_http.rs`): [`prepare`](App::prepare), waiting here if the session's
-    /// lock is held, then [`run`](App::run). A handler that panics gets a 500 and the app
-    /// goes on.
+    /// `examples/tiny_http.rs`): what [`prepare`](App::prepare) resolves but the lock, then
+    /// [`run`](App::run). With one thread there is nowhere else to wait, so the session
+    /// takes its lock when the handler first touches it (a handler that never does never
+    /// waits). A handler that panics gets a 500 and the app goes on.
     pub fn handle(&self, request: Request) -> Response {
         let path = request.path().to_owned();
         let answered = catch_unwind(AssertUnwindSafe(|| {
-            let ticket = match self.prepare(&request) {
-                Prepared::Ready(ticket) => ticket,
-                Prepared::Wait(wait) => match wait(&request) {
-                    Ok(ticket) => ticket,
-                    Err(answer) => return answer,
-                },
-                Prepared::Answer(answer) => return answer,
-            };
+            let ticket = self.resolve(&request);
             self.run(request, ticket)
         }));
         answered.unwrap_or_else(|_| {
             log::error!("handler for {path} panicked; answered 500");
             Response::error(&path, 500, "Internal server error.")
         })
+    }
+
+    /// Everything about the request but the lock: where it goes, and its session cookie.
+    fn resolve(&self, request: &Request) -> Ticket {
+        Ticket {
+            target: self.target(request),
+            cookie: self.middleware.cookie_key(request),
+            acquired: None,
+        }
     }
 
     /// Where the request goes, checked and routed once.

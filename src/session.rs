@@ -135,7 +135,10 @@ impl Session {
         };
         let loaded = match (self.acquired.take(), self.store.preflight()) {
             (Some(acquired), Some(preflight)) => preflight.load_acquired(&key, acquired),
-            _ => self.store.load(&key),
+            (unused, _) => {
+                drop(unused); // before the load, which may take the same lock
+                self.store.load(&key)
+            }
         };
         match loaded {
             Ok(Some(loaded)) => State {

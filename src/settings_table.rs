@@ -291,7 +291,8 @@ pub static SETTINGS: &[Setting] = &[
         name: "SESSION_ENGINE",
         flag: "session-engine",
         default: "file",
-        help: "Where sessions live: file (one JSON file each) or redis (needs --features redis).",
+        help: "Where sessions live: file (one JSON file each), db (a row each in DATABASE_URL) \
+               or redis (needs --features redis).",
         boolean: false,
         set: |s, t| {
             s.engine = Engine::parse_setting(t)?;
@@ -302,10 +303,37 @@ pub static SETTINGS: &[Setting] = &[
                 match s.engine {
                     Engine::File => "file",
                     Engine::Redis => "redis",
+                    Engine::Db => "db",
                 }
                 .to_owned(),
             )
         },
+    },
+    Setting {
+        name: "DATABASE_URL",
+        flag: "database-url",
+        default: crate::config::DEFAULT_DATABASE_URL,
+        help: "The database of SESSION_ENGINE=db: sqlite:///relative/path, \
+               sqlite:////absolute/path or postgres://user:password@host:port/db \
+               (needs --features postgres).",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.database_url);
+            Ok(())
+        },
+        show: |s| Some(s.database_url.clone()),
+    },
+    Setting {
+        name: "SESSION_DB_TABLE",
+        flag: "session-db-table",
+        default: crate::config::DEFAULT_DB_TABLE,
+        help: "The table of SESSION_ENGINE=db, created if missing.",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.db_table);
+            Ok(())
+        },
+        show: |s| Some(s.db_table.clone()),
     },
     Setting {
         name: "SESSION_REDIS_URL",
@@ -423,6 +451,8 @@ mod tests {
                 "CSRF_TRUSTED_ORIGINS" => "https://*.example.com",
                 "SESSION_FILE_PATH" => "/tmp/x",
                 "SESSION_REDIS_URL" => "redis://h:1/2",
+                "DATABASE_URL" => "postgres://u:p@h:1/d",
+                "SESSION_DB_TABLE" => "t",
                 "SESSION_COOKIE_NAME" => "sid",
                 "SESSION_COOKIE_PATH" => "/app",
                 _ if setting.boolean => "yes",

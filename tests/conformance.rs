@@ -4,6 +4,15 @@
 //! Redis (feature `redis`): the server at `FILESESSION_REDIS_URL` (default
 //! `redis://127.0.0.1:6390/0`). If it is unreachable the Redis cases print
 //! `SKIPPED redis conformance: ...` and pass, unless `FILESESSION_REDIS_TEST=require`.
+//!
+//! SQLite (feature `sqlite`, on by default): a database file in a temp dir, always.
+//! PostgreSQL (feature `postgres`): the server at `FILESESSION_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5439/postgres`), a table of its own per test, dropped
+//! after; unreachable, the cases print `SKIPPED` and pass, unless
+//! `FILESESSION_POSTGRES_TEST=require`.
+
+#[cfg(feature = "postgres")]
+mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,6 +31,34 @@ struct Fixture {
     _dir: Option<tempfile::TempDir>,
     #[cfg(feature = "redis")]
     _redis: Option<RedisCleanup>,
+    #[cfg(feature = "postgres")]
+    _table: Option<TableCleanup>,
+}
+
+/// Drops a PostgreSQL test's table when the test ends.
+#[cfg(feature = "postgres")]
+struct TableCleanup {
+    url: String,
+    table: String,
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for TableCleanup {
+    fn drop(&mut self) {
+        if let Ok(mut client) = common::Pg::connect(&self.url) {
+            let _ = client.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {t}; DELETE FROM filesession_schema WHERE table_name = '{t}'",
+                t = self.table
+            ));
+        }
+    }
+}
+
+/// `FILESESSION_POSTGRES_URL`, or the throwaway cluster `.ci/run` starts.
+#[cfg(feature = "postgres")]
+fn postgres_url() -> String {
+    std::env::var("FILESESSION_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5439/postgres".to_owned())
 }
 
 /// Deletes a Redis test's keys (its own prefix) when the test ends.
@@ -59,7 +96,49 @@ fn memory(locking: Locking, _lock_timeout: Duration) -> Option<Fixture> {
         _dir: None,
         #[cfg(feature = "redis")]
         _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
     })
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+    let store = filesession::DbStore::open(&url, "filesession_session")
+        .expect("open SQLite")
+        .with_locking(locking)
+        .with_lock_timeout(lock_timeout);
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        #[cfg(feature = "redis")]
+        _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
+    })
+}
+
+#[cfg(feature = "postgres")]
+fn postgres(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let url = postgres_url();
+    let required = std::env::var("FILESESSION_POSTGRES_TEST").is_ok_and(|v| v == "require");
+    // A table of its own per test: tests run in parallel on one database.
+    let table = format!("t_{}", SessionKey::generate().to_string().replace('-', ""));
+    match filesession::DbStore::open(&url, &table) {
+        Ok(store) => Some(Fixture {
+            store: Arc::new(store.with_locking(locking).with_lock_timeout(lock_timeout)),
+            _dir: None,
+            #[cfg(feature = "redis")]
+            _redis: None,
+            _table: Some(TableCleanup { url, table }),
+        }),
+        Err(e) if !required => {
+            eprintln!("SKIPPED postgres conformance: {e}");
+            None
+        }
+        Err(e) => panic!("FILESESSION_POSTGRES_TEST=require but {e}"),
+    }
 }
 
 fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
@@ -73,6 +152,8 @@ fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
         _dir: Some(dir),
         #[cfg(feature = "redis")]
         _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
     })
 }
 
@@ -93,6 +174,8 @@ fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
                 store: Arc::new(store),
                 _dir: None,
                 _redis: Some(RedisCleanup { url, prefix }),
+                #[cfg(feature = "postgres")]
+                _table: None,
             })
         }
         Err(e) if !required => {
@@ -493,6 +576,10 @@ macro_rules! conformance {
 
 conformance!(memory);
 conformance!(file);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite);
+#[cfg(feature = "postgres")]
+conformance!(postgres);
 #[cfg(feature = "redis")]
 conformance!(redis);
 

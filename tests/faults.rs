@@ -1114,3 +1114,42 @@ fn logout_race(locking: &str) {
     );
     assert_eq!(resurrections, 0);
 }
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_full_disk_under_the_sqlite_database_answers_507_and_writes_resume() {
+    let mnt = match Tmpfs::mount("2m") {
+        Ok(mnt) => mnt,
+        Err(why) => {
+            skipped_tmpfs("faults/disk-full-sqlite", &why);
+            return;
+        }
+    };
+    let dir = mnt.path.clone();
+    let url = format!("sqlite:///{}/db.sqlite3", mnt.path_str());
+    let mut server = TestServer::start(&[("SESSION_ENGINE", "db"), ("DATABASE_URL", &url)]);
+    let a = setsession(&server);
+    let filled = fill(&dir);
+    // A write that needs new pages: the database cannot grow.
+    let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(50 * 1024));
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
+    assert_eq!(r.status(), 507, "{}", body(r));
+    let r = post_json_as(&agent(), &server.url("/api/session"), None, &big);
+    assert_eq!(r.status(), 507);
+    assert!(set_cookies(&r).is_empty(), "{:?}", set_cookies(&r));
+    assert!(body(r).contains("out of space"));
+    // Reads go on; the session is as it was.
+    let r = get_as(&server.url("/getsession/"), Some(&a));
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r), "abc abc@gmail.com");
+    assert!(server.is_alive());
+    // Space again: the same write works.
+    fs::remove_file(dir.join("filler")).unwrap();
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
+    assert_eq!(r.status(), 200);
+    let r = get_as(&server.url("/api/session"), Some(&a));
+    let v: Value = serde_json::from_str(&body(r)).unwrap();
+    assert_eq!(v["data"]["blob"].as_str().map(str::len), Some(50 * 1024));
+    assert_eq!(v["data"]["sname"], json!("abc"));
+    eprintln!("faults/disk-full-sqlite: filler {filled} bytes; 507 while full, 200 after");
+}

@@ -18,7 +18,9 @@
 //! learns the new key before the cycle returns).
 //!
 //! Four configurations, each over [`OPS`] operations: `merge` and `request` locking, with one
-//! process or two processes sharing one sessions directory (clients alternate servers).
+//! process or two processes sharing one sessions directory (clients alternate servers);
+//! and the two-process ones again with `SESSION_ENGINE=db` on one SQLite file and (feature
+//! `postgres`) on one PostgreSQL table.
 //! In `merge` locking across two processes a read-modify-write is not atomic by design: a
 //! DELETE decides its 200 at load and removes at save, so there, and only there, a 200 to a
 //! DELETE counts as a blind write of "absent" (two processes can both answer 200 for one
@@ -1108,4 +1110,94 @@ fn request_locking_across_two_processes_is_linearizable() {
     let a = start("request");
     let b = start_second(&a, "request");
     run("request locking, two processes", &[&a, &b], false);
+}
+
+/// Two servers on one database (`SESSION_ENGINE=db`), each in a directory of its own.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn db_pair(mode: &str, database_url: &str, table: &str) -> (TestServer, TestServer) {
+    let env = [
+        ("SESSION_ENGINE", "db"),
+        ("DATABASE_URL", database_url),
+        ("SESSION_DB_TABLE", table),
+        ("SESSION_LOCKING", mode),
+    ];
+    (TestServer::start(&env), TestServer::start(&env))
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite:///{}", dir.path().join("db.sqlite3").display())
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn merge_locking_across_two_processes_on_sqlite_is_linearizable_with_blind_deletes() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let (a, b) = db_pair("merge", &sqlite_url(&db), "filesession_session");
+    run("merge locking, two processes, SQLite", &[&a, &b], true);
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn request_locking_across_two_processes_on_sqlite_is_linearizable() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let (a, b) = db_pair("request", &sqlite_url(&db), "filesession_session");
+    run("request locking, two processes, SQLite", &[&a, &b], false);
+}
+
+/// PostgreSQL at `FILESESSION_POSTGRES_URL` (default: the cluster `.ci/run` starts), a table
+/// of the test's own, dropped after; unreachable, `SKIPPED` unless
+/// `FILESESSION_POSTGRES_TEST=require`.
+#[cfg(feature = "postgres")]
+struct PgTable {
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgTable {
+    fn new() -> Option<PgTable> {
+        let url = std::env::var("FILESESSION_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5439/postgres".to_owned());
+        if let Err(e) = common::Pg::connect(&url) {
+            let required = std::env::var("FILESESSION_POSTGRES_TEST").as_deref() == Ok("require");
+            assert!(!required, "FILESESSION_POSTGRES_TEST=require but {e}");
+            eprintln!("SKIPPED postgres history: {e}");
+            return None;
+        }
+        let name = format!("h_{}", uuid::Uuid::new_v4().simple());
+        Some(PgTable { url, name })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for PgTable {
+    fn drop(&mut self) {
+        if let Ok(mut pg) = common::Pg::connect(&self.url) {
+            let _ = pg.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {t}; DELETE FROM filesession_schema WHERE table_name = '{t}'",
+                t = self.name
+            ));
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn merge_locking_across_two_processes_on_postgresql_is_linearizable_with_blind_deletes() {
+    let Some(table) = PgTable::new() else { return };
+    let (a, b) = db_pair("merge", &table.url, &table.name);
+    run("merge locking, two processes, PostgreSQL", &[&a, &b], true);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn request_locking_across_two_processes_on_postgresql_is_linearizable() {
+    let Some(table) = PgTable::new() else { return };
+    let (a, b) = db_pair("request", &table.url, &table.name);
+    run(
+        "request locking, two processes, PostgreSQL",
+        &[&a, &b],
+        false,
+    );
 }

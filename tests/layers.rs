@@ -51,7 +51,32 @@ fn sources(dir: &Path, module: Option<&str>, out: &mut Vec<(String, String, Stri
     }
 }
 
-/// The modules named by `crate::<name>` in `text`.
+/// What `src/lib.rs` re-exports at the root, item name to the module it comes from
+/// (`pub use store::{SessionStore, ...}` maps `SessionStore` to `store`).
+fn root_exports(lib: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut rest = lib;
+    while let Some(at) = rest.find("pub use ") {
+        rest = &rest[at + "pub use ".len()..];
+        let end = rest.find(';').unwrap_or(rest.len());
+        let statement = &rest[..end];
+        let module: String = statement
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        for item in statement
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .skip(1)
+            .filter(|w| !w.is_empty())
+        {
+            map.entry(item.to_owned()).or_insert_with(|| module.clone());
+        }
+        rest = &rest[end..];
+    }
+    map
+}
+
+/// The names after `crate::` in `text`: modules, or items re-exported at the root.
 fn crate_paths(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = text;
@@ -65,7 +90,7 @@ fn crate_paths(text: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        if !name.is_empty() {
             found.push(name);
         }
     }
@@ -81,19 +106,29 @@ fn no_module_uses_one_above_it() {
         &mut files,
     );
     assert!(files.len() > 30, "the sources were found: {}", files.len());
+    let lib = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("read lib.rs");
+    let exports = root_exports(&lib);
     let mut upward: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (path, owner, text) in &files {
         let Some(own) = layer_of(owner) else {
             panic!("{path}: module {owner} is in no layer; add it to LAYERS and src/lib.rs");
         };
-        for used in crate_paths(text) {
+        for name in crate_paths(text) {
+            // A root re-export counts as the module it comes from.
+            let used = match exports.get(&name) {
+                Some(module) if layer_of(&name).is_none() => module.clone(),
+                _ => name,
+            };
             match layer_of(&used) {
                 Some(layer) if layer > own => upward
                     .entry(path.clone())
                     .or_default()
                     .push(format!("{owner} uses {used}")),
                 Some(_) => {}
-                None => panic!("{path}: crate::{used} is not a module in LAYERS"),
+                None => panic!(
+                    "{path}: crate::{used} is neither a module in LAYERS nor a root re-export"
+                ),
             }
         }
     }
@@ -107,7 +142,10 @@ fn no_module_uses_one_above_it() {
 fn the_check_sees_an_upward_use() {
     assert_eq!(
         crate_paths("use crate::server::Server; x = mycrate::a; [`S`](crate::Session)"),
-        vec!["server".to_string()]
+        vec!["server".to_string(), "Session".to_string()]
     );
+    let exports = root_exports("pub use session::{Session, TEST};\npub use http::{Limits};");
+    assert_eq!(exports.get("Session").map(String::as_str), Some("session"));
+    assert_eq!(exports.get("Limits").map(String::as_str), Some("http"));
     assert!(layer_of("server") > layer_of("store"));
 }

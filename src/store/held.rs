@@ -3,6 +3,7 @@
 //! preflight hands on to the load). Typed: a store matches on the variant it made.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::file::{FileCandidate, FileLock};
 use super::record::Record;
@@ -22,27 +23,49 @@ pub enum SessionLock {
     Lease(Lease),
 }
 
-/// A lock kept in a shared store: a random token stored under the session's lock name
-/// with an expiry, so that a holder that dies cannot keep it for ever. The store that made
-/// it passes a function that releases it (deleting the lock only if it still holds the
-/// token); it runs when the lease is dropped.
+/// Who made a [`Lease`]: each store makes one issuer when it opens, and takes back only the
+/// leases it issued (a lease of another store, even for the same key, proves nothing here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseIssuer(u64);
+
+impl LeaseIssuer {
+    /// An issuer unlike every other of this process.
+    pub fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        LeaseIssuer(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for LeaseIssuer {
+    fn default() -> Self {
+        LeaseIssuer::new()
+    }
+}
+
+/// A lock kept in a shared store (a random token stored under the session's lock name with
+/// an expiry, so that a holder that dies cannot keep it for ever; or a database lock held
+/// on a connection). The store that made it passes a function that releases it (deleting
+/// the lock only if it still holds the token); it runs once, when the lease is dropped.
 ///
 /// ```
 /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
-/// use filesession::{Lease, SessionKey};
+/// use filesession::{Lease, LeaseIssuer, SessionKey};
 ///
+/// let store = LeaseIssuer::new();
 /// let released = Arc::new(AtomicBool::new(false));
 /// let flag = released.clone();
 /// let key = SessionKey::generate();
-/// let lease = Lease::new(key, "token-1".into(), move |_key, token| {
+/// let lease = Lease::new(store, key, "token-1".into(), move |_key, token| {
 ///     assert_eq!(token, "token-1");
 ///     flag.store(true, Ordering::SeqCst);
 /// });
-/// assert_eq!(lease.session(), &key);
+/// assert!(lease.is_for(store, &key));
+/// assert!(!lease.is_for(LeaseIssuer::new(), &key));
 /// drop(lease);
 /// assert!(released.load(Ordering::SeqCst));
 /// ```
 pub struct Lease {
+    issuer: LeaseIssuer,
     session: SessionKey,
     token: String,
     release: Option<Release>,
@@ -51,13 +74,16 @@ pub struct Lease {
 type Release = Box<dyn FnOnce(&SessionKey, &str) + Send>;
 
 impl Lease {
-    /// A lease on `session` holding `token`; `release(session, token)` runs on drop.
+    /// A lease `issuer` holds on `session` with `token`; `release(session, token)` runs on
+    /// drop.
     pub fn new(
+        issuer: LeaseIssuer,
         session: SessionKey,
         token: String,
         release: impl FnOnce(&SessionKey, &str) + Send + 'static,
     ) -> Self {
         Lease {
+            issuer,
             session,
             token,
             release: Some(Box::new(release)),
@@ -67,6 +93,12 @@ impl Lease {
     /// The session it locks.
     pub fn session(&self) -> &SessionKey {
         &self.session
+    }
+
+    /// Whether `issuer` made this lease for `key`: the check a store makes before it takes
+    /// a lease back as its lock.
+    pub fn is_for(&self, issuer: LeaseIssuer, key: &SessionKey) -> bool {
+        self.issuer == issuer && self.session == *key
     }
 
     /// The token that proves this holder owns the lock.

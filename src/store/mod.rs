@@ -80,8 +80,10 @@ use std::time::Duration;
 use crate::config::{Engine, Settings};
 use crate::key::SessionKey;
 
+pub(crate) mod db;
 mod error;
 pub(crate) mod file;
+mod format;
 mod held;
 pub(crate) mod memory;
 mod record;
@@ -89,9 +91,10 @@ mod record;
 pub(crate) mod redis;
 mod sweep;
 
+pub use db::DbStore;
 pub use error::StoreError;
 pub use file::{DirCursor, FileCandidate, FileLock};
-pub use held::{Acquired, Lease, Loaded, SessionLock};
+pub use held::{Acquired, Lease, LeaseIssuer, Loaded, SessionLock};
 pub use record::{ChangeSet, Merged, REFRESH_SLACK, Record};
 pub use sweep::{ClearReport, Sweep, SweepCursor};
 
@@ -240,8 +243,8 @@ pub trait ExpiredDeletion: Send + Sync {
 ///
 /// # Errors
 /// [`StoreError::Unavailable`]: the sessions directory cannot be created or written, or
-/// `redis` was asked of a build without the `redis` feature; [`StoreError::Backend`]:
-/// Redis does not answer.
+/// `redis` was asked of a build without the `redis` feature, the database's too;
+/// [`StoreError::Backend`]: Redis or the database does not answer.
 pub fn open(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
     match settings.engine {
         Engine::File => Ok(Arc::new(
@@ -249,6 +252,11 @@ pub fn open(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
                 .with_locking(settings.locking)
                 .with_lock_timeout(settings.lock_timeout)
                 .with_fsync(settings.file_fsync),
+        )),
+        Engine::Db => Ok(Arc::new(
+            db::DbStore::open(&settings.database_url, &settings.db_table)?
+                .with_locking(settings.locking)
+                .with_lock_timeout(settings.lock_timeout),
         )),
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(

@@ -439,3 +439,46 @@ pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     });
     text
 }
+
+/// A PostgreSQL connection for tests to look at tables with (synchronous: a runtime of its
+/// own, driven while a statement runs).
+#[cfg(feature = "postgres")]
+pub struct Pg {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+#[cfg(feature = "postgres")]
+impl Pg {
+    pub fn connect(url: &str) -> Result<Pg, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client = runtime
+            .block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Pg { runtime, client })
+    }
+
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), String> {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, String> {
+        self.runtime
+            .block_on(self.client.query_one(sql, params))
+            .map_err(|e| e.to_string())
+    }
+}

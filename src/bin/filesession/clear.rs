@@ -9,16 +9,18 @@ use filesession::{Engine, Settings, Sweep, store};
 use crate::fail;
 
 pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
+    const NOTHING: &str = "expires sessions by itself (each session's TTL): nothing to clear.";
+    if settings.engine == Engine::Redis {
+        // Said without connecting: there is nothing to ask Redis.
+        println!("Redis {NOTHING}");
+        return ExitCode::SUCCESS;
+    }
     let store = match store::open(settings) {
         Ok(store) => store,
         Err(e) => return fail(e),
     };
     let Some(deletion) = store.expired_deletion() else {
-        let name = match settings.engine {
-            Engine::Redis => "Redis",
-            Engine::File => "This store",
-        };
-        println!("{name} expires sessions by itself (each session's TTL): nothing to clear.");
+        println!("This store {NOTHING}");
         return ExitCode::SUCCESS;
     };
     let started = Instant::now();

@@ -86,6 +86,11 @@ fn store_text(settings: &Settings) -> String {
     match settings.engine {
         Engine::File => format!("{}/", settings.file_path.display()),
         Engine::Redis => format!("Redis at {}", filesession::redacted(&settings.redis_url)),
+        Engine::Db => format!(
+            "table {} of {}",
+            settings.db_table,
+            filesession::redacted(&settings.database_url)
+        ),
     }
 }
 
@@ -191,5 +196,12 @@ mod tests {
         settings.redis_url = "not a url with a secret".into();
         settings.engine = Engine::Redis;
         assert_eq!(store_text(&settings), "Redis at <unparsable URL>");
+        settings.engine = Engine::Db;
+        settings.database_url = "postgres://app:s3cret@db.internal:5432/app".into();
+        let text = store_text(&settings);
+        assert_eq!(
+            text,
+            "table filesession_session of postgres://app:***@db.internal:5432/app"
+        );
     }
 }

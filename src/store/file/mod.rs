@@ -1,8 +1,10 @@
 //! FileStore: one JSON file per session, advisory locks, atomic replacement.
 //!
 //! Split by job: `read` (opening entries safely, decoding, what is "no session"),
-//! `locking` (the lock protocol and the merge-mode candidate), `write` (atomic writes, the
-//! merge, the skip-write policy), `sweep` (cleanup in slices), `format` (the JSON document);
+//! `locking` (the lock protocol and the merge-mode candidate), `flock` (the bounded `flock`
+//! wait), `write` (atomic writes, the merge), `sweep` (cleanup in slices); the JSON
+//! document is `store::format`, shared with the database store, and the skip-write policy
+//! is [`ChangeSet::merge_into`];
 //! this file holds the store's state, its builder and the [`SessionStore`] contract.
 //!
 //! # The directory, by handle
@@ -50,7 +52,7 @@
 //! every save, delete and cycle that completed before it (real-time order, checked by
 //! `tests/history.rs`). No open file is
 //! read without checking, at the moment of the load, that it is still the file with that
-//! name: [`SessionStore::acquire`] in `merge` mode waits until the lock is free and hands its
+//! name: [`LockPreflight::acquire`] in `merge` mode waits until the lock is free and hands its
 //! open file on as a candidate, which the load uses only if `statat` finds the same inode
 //! under the name then (a file is never modified in place, so the same inode is the same
 //! content), and otherwise opens the name afresh; in `request` mode the lock it hands on
@@ -79,7 +81,6 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 mod flock;
-mod format;
 mod locking;
 mod read;
 mod sweep;
@@ -87,7 +88,7 @@ mod sweep;
 mod tests;
 mod write;
 
-use format::DecodeError;
+use super::format::{self, DecodeError};
 use read::ReadError;
 
 use flock::{lock_exclusive_until, unlock};
@@ -171,7 +172,6 @@ impl Drop for Changing<'_> {
 
 /// A session file of a [`FileStore`] locked exclusively (`flock`), checked to be the file
 /// now at its name: [`SessionLock::File`]. Closing it releases the lock.
-#[derive(Debug)]
 pub struct FileLock {
     entry: Entry,
     name: String,
@@ -190,12 +190,28 @@ struct Entry {
 /// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
 /// preflight, [`Acquired::Candidate`]: the load reads it only after checking that it is
 /// still the file with its name.
-#[derive(Debug)]
 pub struct FileCandidate {
     entry: Entry,
     name: String,
     /// [`Changes::begun`] when it was opened, if no change was under way then.
     quiet_since: Option<u64>,
+}
+
+// A whole key is a credential: these show its first characters only.
+impl std::fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FileLock")
+            .field(&crate::key::shown_name(&self.name))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FileCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FileCandidate")
+            .field(&crate::key::shown_name(&self.name))
+            .finish()
+    }
 }
 
 /// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
@@ -385,8 +401,12 @@ impl LockPreflight for FileStore {
             {
                 self.loaded_locked(held)
             }
-            // Another session's, or replaced meanwhile: a fresh load.
-            _ => self.load(key),
+            // Another session's, or replaced meanwhile: let it go (a lock held here would
+            // make the load wait for itself), then a fresh load.
+            other => {
+                drop(other);
+                self.load(key)
+            }
         }
     }
 }

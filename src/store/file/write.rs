@@ -26,30 +26,13 @@ impl FileStore {
         Ok(changes.merge_into(stored, SystemTime::now()))
     }
 
-    /// The bytes of `record`, or `TooDeep` / `TooLarge`: nothing is written that could not
-    /// be read back.
+    /// The bytes of `record`, within the size limit of one session file.
     pub(super) fn encode(
         &self,
         key: Option<&SessionKey>,
         record: &Record,
     ) -> Result<Vec<u8>, StoreError> {
-        let depth = format::depth(&record.data);
-        if depth > format::MAX_VALUE_DEPTH {
-            return Err(StoreError::TooDeep {
-                key: key.copied(),
-                depth,
-                limit: format::MAX_VALUE_DEPTH,
-            });
-        }
-        let bytes = format::encode(record);
-        if bytes.len() > self.max_file_size {
-            return Err(StoreError::TooLarge {
-                key: key.copied(),
-                size: bytes.len(),
-                limit: self.max_file_size,
-            });
-        }
-        Ok(bytes)
+        format::encode_within(key, record, self.max_file_size)
     }
 
     /// Writes `bytes` to a new temp file (0600) in the directory, `.<uuid>.tmp`, and returns

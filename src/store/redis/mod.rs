@@ -21,8 +21,8 @@ use redis::{Connection, RedisError, RedisResult};
 use serde_json::Map;
 
 use super::{
-    Acquired, ChangeSet, Lease, Loaded, LockPreflight, Record, SessionLock, SessionStore,
-    StoreError,
+    Acquired, ChangeSet, Lease, LeaseIssuer, Loaded, LockPreflight, Record, SessionLock,
+    SessionStore, StoreError,
 };
 use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
 use crate::key::SessionKey;
@@ -67,6 +67,7 @@ pub struct RedisStore {
     prefix: String,
     locking: Locking,
     lock_timeout: Duration,
+    issuer: LeaseIssuer,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -109,6 +110,7 @@ impl RedisStore {
             prefix: "filesession:".to_owned(),
             locking: Locking::Merge,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            issuer: LeaseIssuer::new(),
         })
     }
 
@@ -163,9 +165,12 @@ impl RedisStore {
             })?;
             if taken == 1 {
                 let shared = Arc::clone(&self.shared);
-                return Ok(Lease::new(*key, token, move |session, token| {
-                    release(&shared, &lock_key, session, token)
-                }));
+                return Ok(Lease::new(
+                    self.issuer,
+                    *key,
+                    token,
+                    move |session, token| release(&shared, &lock_key, session, token),
+                ));
             }
             let waited = start.elapsed();
             if waited >= wait {
@@ -183,7 +188,7 @@ impl RedisStore {
         held: Option<SessionLock>,
     ) -> Result<Option<Lease>, StoreError> {
         if let Some(SessionLock::Lease(lease)) = held
-            && lease.session() == key
+            && lease.is_for(self.issuer, key)
         {
             return Ok(Some(lease));
         }
@@ -408,7 +413,7 @@ impl LockPreflight for RedisStore {
         acquired: Acquired,
     ) -> Result<Option<Loaded>, StoreError> {
         match acquired {
-            Acquired::Locked(SessionLock::Lease(lease)) if lease.session() == key => {
+            Acquired::Locked(SessionLock::Lease(lease)) if lease.is_for(self.issuer, key) => {
                 Ok(self.read(key)?.map(|record| Loaded {
                     record,
                     lock: Some(SessionLock::Lease(lease)),

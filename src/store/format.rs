@@ -1,4 +1,5 @@
-//! The session file format: pretty JSON a person can `cat`.
+//! The session document: pretty JSON a person can `cat`, the content of a session file and
+//! of a database row's `session_data` alike.
 //!
 //! ```json
 //! {
@@ -15,8 +16,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Record;
+use super::{Record, StoreError};
 use crate::expiry::{Expiry, format_rfc3339, parse_rfc3339};
+use crate::key::SessionKey;
 
 /// The version written in every file's `"format"` field.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -106,6 +108,33 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         expiry: file.expiry,
         expires_at,
     })
+}
+
+/// The bytes of `record`, or `TooDeep` / `TooLarge` (more than `limit` bytes): nothing is
+/// stored that could not be read back. `key` names the session in the error (`None`: it is
+/// being created).
+pub(crate) fn encode_within(
+    key: Option<&SessionKey>,
+    record: &Record,
+    limit: usize,
+) -> Result<Vec<u8>, StoreError> {
+    let depth = depth(&record.data);
+    if depth > MAX_VALUE_DEPTH {
+        return Err(StoreError::TooDeep {
+            key: key.copied(),
+            depth,
+            limit: MAX_VALUE_DEPTH,
+        });
+    }
+    let bytes = encode(record);
+    if bytes.len() > limit {
+        return Err(StoreError::TooLarge {
+            key: key.copied(),
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -1,0 +1,570 @@
+//! DbStore: sessions in a database table, Django's default engine (`SESSION_ENGINE=db`):
+//! SQLite embedded (feature `sqlite`, on by default), PostgreSQL for many machines
+//! (feature `postgres`).
+//!
+//! # The table
+//!
+//! `filesession_session` (setting `SESSION_DB_TABLE`), created at start if missing:
+//!
+//! | column | SQLite | PostgreSQL | holds |
+//! |---|---|---|---|
+//! | `session_key` | `TEXT PRIMARY KEY` | `varchar(36) PRIMARY KEY` | the key, a UUID v4 |
+//! | `session_data` | `TEXT` | `text` | the JSON document a session file holds |
+//! | `expire_date` | `INTEGER`, Unix seconds | `timestamptz` | when it ends; indexed |
+//!
+//! Django's own `django_session` table is never used: its `session_data` is Django's signed
+//! format, and a Django app sharing the database would read our rows as corrupt. The
+//! version of the layout is kept in `filesession_schema` (one row per table); a table
+//! made by a newer layout is refused rather than misread.
+//!
+//! # The guarantees, as the file store's
+//!
+//! * **Exclusive create:** `INSERT ... ON CONFLICT DO NOTHING`; a key that exists is never
+//!   overwritten (a fresh key is tried).
+//! * **Merge saves in one transaction:** the row is read and locked (SQLite
+//!   `BEGIN IMMEDIATE`, PostgreSQL `SELECT ... FOR UPDATE`), the request's changes applied
+//!   to it ([`ChangeSet::merge_into`], with its skip-write policy) and written, so two
+//!   requests changing different keys both keep their change.
+//! * **No resurrection:** a row deleted meanwhile makes the save fail with
+//!   [`StoreError::Deleted`], writing nothing.
+//! * **`request` locking** across processes and machines: PostgreSQL, a session-level
+//!   advisory lock (`pg_try_advisory_lock(classid, objid)`, keyed by the table and the
+//!   session) held on a connection of its own until the request ends, released at once if
+//!   the holder dies; SQLite, a lease row in `<table>_lock` (a random token with an expiry,
+//!   as the Redis store's lock), since SQLite's own locks cover the whole database. Waits
+//!   are bounded by the lock timeout ([`StoreError::LockTimeout`], 503).
+//! * **Expiry enforced on load**; `clearsessions` deletes expired rows in batches by the
+//!   `expire_date` index.
+
+// Built without either database, DbStore only says which feature a URL needs.
+#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::format;
+use super::{
+    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, LeaseIssuer, Loaded, LockPreflight,
+    Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+};
+#[cfg(test)]
+use crate::config::DEFAULT_DB_TABLE;
+use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking, redacted};
+use crate::key::SessionKey;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// The layout of the table this version writes.
+const SCHEMA_VERSION: i64 = 1;
+/// The largest `session_data` written or read: 1 MiB, as a session file.
+const MAX_DOCUMENT_SIZE: usize = 1 << 20;
+/// Expired rows deleted per statement.
+const DELETE_BATCH: u32 = 1000;
+/// Expired rows deleted per cleanup slice between requests.
+const SLICE_BATCH: u32 = 200;
+/// How long a request lock outlives the lock timeout (SQLite's lease), in case its holder
+/// dies.
+const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
+/// Pause between attempts to take a request lock.
+const LOCK_POLL: Duration = Duration::from_millis(2);
+/// Attempts at a fresh key before giving up (a collision of 122 random bits never happens).
+const KEY_ATTEMPTS: usize = 16;
+
+/// One row: the JSON document and when the session ends.
+pub(crate) struct Row {
+    pub(crate) document: String,
+    pub(crate) expires_at: SystemTime,
+}
+
+/// What a transaction over one row does, decided from the row it read.
+pub(crate) enum Change {
+    /// Nothing to write.
+    Keep,
+    /// Replace the row's document and expiry.
+    Write(Row),
+    /// Insert this row under a new key and delete the old one (a cycle); if the new key is
+    /// taken, nothing is done.
+    Move(SessionKey, Row),
+}
+
+/// The handful of statements a database runs for [`DbStore`]. Every statement is
+/// parameterised; only the table name, checked to be a plain identifier, is written into
+/// the SQL.
+pub(crate) trait Database: Send + Sync {
+    /// The row of `key`, if any.
+    fn read(&self, key: &SessionKey) -> Result<Option<Row>, StoreError>;
+    /// Inserts a row; `Ok(false)` if the key exists (nothing changed).
+    fn insert(&self, key: &SessionKey, row: &Row) -> Result<bool, StoreError>;
+    /// In one transaction, with the row locked: `decide` gets the row (`None`: missing)
+    /// and what it returns is applied. `Ok(false)`: a [`Change::Move`]'s new key was taken,
+    /// nothing changed.
+    fn update(
+        &self,
+        key: &SessionKey,
+        decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
+    ) -> Result<bool, StoreError>;
+    /// Deletes the row of `key`, if any.
+    fn delete(&self, key: &SessionKey) -> Result<(), StoreError>;
+    /// Whether a row of `key` exists (expired or not).
+    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError>;
+    /// Deletes at most `batch` rows that ended at or before `now`; how many.
+    fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError>;
+    /// How many rows end after `now`.
+    fn count_live(&self, now: SystemTime) -> Result<u64, StoreError>;
+    /// Takes the request lock of `key`, waiting at most `wait`; a lease (SQLite) lasts
+    /// `lease` if its holder dies.
+    fn lock(
+        &self,
+        issuer: LeaseIssuer,
+        key: &SessionKey,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Lease, StoreError>;
+}
+
+/// Sessions as rows of a database table: Django's `django.contrib.sessions.backends.db`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use filesession::{DbStore, Session, SessionConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let url = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+/// let store = Arc::new(DbStore::open(&url, "filesession_session")?);
+/// let mut session = Session::new(store.clone(), None, SessionConfig::default());
+/// session.insert("sname", "abc");
+/// session.save()?;
+/// let key = session.session_key().copied();
+/// let again = Session::new(store, key, SessionConfig::default());
+/// assert_eq!(again.get("sname"), Some(&"abc".into()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct DbStore {
+    db: Box<dyn Database>,
+    shown: String,
+    locking: Locking,
+    lock_timeout: Duration,
+    issuer: LeaseIssuer,
+}
+
+impl std::fmt::Debug for DbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbStore")
+            .field("database", &self.shown)
+            .field("locking", &self.locking)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbStore {
+    /// Opens the database at `url` (`DATABASE_URL`, as dj-database-url reads it):
+    /// `sqlite:///relative/path`, `sqlite:////absolute/path` (a new file is made 0600), or
+    /// `postgres://user:password@host:port/dbname` (feature `postgres`); creates `table`
+    /// (and its index, lock and schema tables) if missing. Merge locking, the default lock
+    /// timeout.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]: the URL's scheme is not one of these (or its feature is
+    /// off), `table` is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 50
+    /// characters), or the table was made by a newer version; [`StoreError::Backend`]: the
+    /// database cannot be opened or reached (the URL is shown without its password).
+    pub fn open(url: &str, table: &str) -> Result<DbStore, StoreError> {
+        check_table_name(table)?;
+        let shown = redacted(url);
+        let db: Box<dyn Database> = if let Some(path) = url.strip_prefix("sqlite://") {
+            sqlite_open(path, table, &shown)?
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres_open(url, table, &shown)?
+        } else {
+            return Err(StoreError::Unavailable(format!(
+                "DATABASE_URL must start with sqlite:// or postgres://, not {shown:?}"
+            )));
+        };
+        Ok(DbStore {
+            db,
+            shown,
+            locking: Locking::Merge,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            issuer: LeaseIssuer::new(),
+        })
+    }
+
+    /// Sets the locking mode (`SESSION_LOCKING`).
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.locking = locking;
+        self
+    }
+
+    /// Sets how long a request waits for a session's lock (`SESSION_LOCK_TIMEOUT`).
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The database, as it may be shown (no password).
+    pub fn database(&self) -> &str {
+        &self.shown
+    }
+
+    fn lease(&self) -> Duration {
+        self.lock_timeout + LOCK_LEASE_EXTRA
+    }
+
+    /// The live record of a row; `None` if it ended or its document is corrupt (logged).
+    fn live(&self, key: &SessionKey, row: Row) -> Option<Record> {
+        let record = self.decode(key, &row)?;
+        (!record.is_expired(SystemTime::now())).then_some(record)
+    }
+
+    fn decode(&self, key: &SessionKey, row: &Row) -> Option<Record> {
+        if row.document.len() > MAX_DOCUMENT_SIZE {
+            log::warn!("session {}: its row is over 1 MiB; no session", key.short());
+            return None;
+        }
+        match format::decode(row.document.as_bytes()) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                log::warn!("session {}: corrupt row ({e}); no session", key.short());
+                None
+            }
+        }
+    }
+
+    fn row(&self, key: Option<&SessionKey>, record: &Record) -> Result<Row, StoreError> {
+        let bytes = format::encode_within(key, record, MAX_DOCUMENT_SIZE)?;
+        Ok(Row {
+            document: String::from_utf8_lossy(&bytes).into_owned(),
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// In `request` mode, the lock for a write: the lease given back if it is this
+    /// session's, else a fresh one. In `merge` mode none (each write is one transaction).
+    fn lock_for_write(
+        &self,
+        key: &SessionKey,
+        held: Option<SessionLock>,
+    ) -> Result<Option<Lease>, StoreError> {
+        if let Some(SessionLock::Lease(lease)) = held
+            && lease.is_for(self.issuer, key)
+        {
+            return Ok(Some(lease));
+        }
+        match self.locking {
+            Locking::Merge => Ok(None),
+            Locking::Request => self
+                .db
+                .lock(self.issuer, key, self.lock_timeout, self.lease())
+                .map(Some),
+        }
+    }
+
+    /// Reads the live session under a lease the caller holds.
+    fn load_with(
+        &self,
+        key: &SessionKey,
+        lease: Option<Lease>,
+    ) -> Result<Option<Loaded>, StoreError> {
+        let Some(row) = self.db.read(key)? else {
+            return Ok(None);
+        };
+        Ok(self.live(key, row).map(|record| Loaded {
+            record,
+            lock: lease.map(SessionLock::Lease),
+        }))
+    }
+
+    /// The newest copy with `changes` applied, as `decide` sees the locked row.
+    fn merged(
+        &self,
+        key: &SessionKey,
+        row: Option<Row>,
+        changes: &ChangeSet,
+    ) -> Result<Merged, StoreError> {
+        let Some(row) = row else {
+            return Err(StoreError::Deleted(*key));
+        };
+        let stored = self.decode(key, &row);
+        Ok(changes.merge_into(stored, SystemTime::now()))
+    }
+}
+
+impl SessionStore for DbStore {
+    fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
+        let lease = match self.locking {
+            Locking::Merge => None,
+            Locking::Request => {
+                Some(
+                    self.db
+                        .lock(self.issuer, key, self.lock_timeout, self.lease())?,
+                )
+            }
+        };
+        self.load_with(key, lease)
+    }
+
+    fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
+        let row = self.row(None, record)?;
+        for _ in 0..KEY_ATTEMPTS {
+            let key = SessionKey::generate();
+            if self.db.insert(&key, &row)? {
+                return Ok(key);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{}: no free session key after {KEY_ATTEMPTS} attempts",
+            self.shown
+        )))
+    }
+
+    fn save(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<Record, StoreError> {
+        let _lease = self.lock_for_write(key, lock)?;
+        let mut saved = None;
+        self.db.update(key, &mut |row| {
+            Ok(match self.merged(key, row, changes)? {
+                Merged::Unchanged(record) => {
+                    saved = Some(record);
+                    Change::Keep
+                }
+                Merged::Changed(record) => {
+                    let row = self.row(Some(key), &record)?;
+                    saved = Some(record);
+                    Change::Write(row)
+                }
+            })
+        })?;
+        saved.ok_or(StoreError::Deleted(*key))
+    }
+
+    fn cycle(
+        &self,
+        key: &SessionKey,
+        changes: &ChangeSet,
+        lock: Option<SessionLock>,
+    ) -> Result<(SessionKey, Record), StoreError> {
+        let _lease = self.lock_for_write(key, lock)?;
+        for _ in 0..KEY_ATTEMPTS {
+            let new_key = SessionKey::generate();
+            let mut moved = None;
+            let applied = self.db.update(key, &mut |row| {
+                let record = self.merged(key, row, changes)?.into_record();
+                let row = self.row(Some(key), &record)?;
+                moved = Some(record);
+                Ok(Change::Move(new_key, row))
+            })?;
+            if let (true, Some(record)) = (applied, moved) {
+                return Ok((new_key, record));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "{}: no free session key after {KEY_ATTEMPTS} attempts",
+            self.shown
+        )))
+    }
+
+    fn delete(&self, key: &SessionKey, lock: Option<SessionLock>) -> Result<(), StoreError> {
+        let _lease = self.lock_for_write(key, lock)?;
+        self.db.delete(key)
+    }
+
+    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.db.exists(key)
+    }
+
+    fn preflight(&self) -> Option<&dyn LockPreflight> {
+        // In merge mode each write is one short transaction: nothing to wait for first.
+        (self.locking == Locking::Request).then_some(self as &dyn LockPreflight)
+    }
+
+    fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
+        Some(self)
+    }
+}
+
+impl LockPreflight for DbStore {
+    fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
+        if self.locking == Locking::Merge {
+            return Ok(None);
+        }
+        let lease = self.db.lock(self.issuer, key, wait, self.lease())?;
+        Ok(self
+            .db
+            .exists(key)?
+            .then(|| Acquired::Locked(SessionLock::Lease(lease))))
+    }
+
+    fn load_acquired(
+        &self,
+        key: &SessionKey,
+        acquired: Acquired,
+    ) -> Result<Option<Loaded>, StoreError> {
+        match acquired {
+            Acquired::Locked(SessionLock::Lease(lease)) if lease.is_for(self.issuer, key) => {
+                self.load_with(key, Some(lease))
+            }
+            // Not this session's lock: let it go and load afresh.
+            other => {
+                drop(other);
+                self.load(key)
+            }
+        }
+    }
+}
+
+impl ExpiredDeletion for DbStore {
+    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
+        let now = SystemTime::now();
+        let mut report = ClearReport::default();
+        loop {
+            let deleted = self.db.delete_expired(now, DELETE_BATCH)?;
+            report.expired += deleted;
+            if deleted < u64::from(DELETE_BATCH) {
+                break;
+            }
+        }
+        report.kept = self.db.count_live(now)?;
+        Ok(report)
+    }
+
+    fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + budget;
+        if !sweep.in_progress() {
+            sweep.begin(SweepCursor::Position(String::new()));
+        }
+        loop {
+            let deleted = match self.db.delete_expired(sweep.now(), SLICE_BATCH) {
+                Ok(n) => n,
+                Err(e) => {
+                    sweep.finish();
+                    return Err(e);
+                }
+            };
+            sweep.report_mut().expired += deleted;
+            sweep.count_scanned(deleted);
+            if deleted < u64::from(SLICE_BATCH) {
+                let kept = self.db.count_live(sweep.now());
+                sweep.finish();
+                sweep.report_mut().kept = kept?;
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// A table name written into SQL: a plain identifier only.
+fn check_table_name(table: &str) -> Result<(), StoreError> {
+    let mut chars = table.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && table.len() <= 50;
+    if plain {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "SESSION_DB_TABLE must be a plain SQL name (letters, digits, _; at most 50), \
+             not {table:?}"
+        )))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_open(path: &str, table: &str, shown: &str) -> Result<Box<dyn Database>, StoreError> {
+    Ok(Box::new(sqlite::Sqlite::open(path, table, shown)?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_open(_: &str, _: &str, _: &str) -> Result<Box<dyn Database>, StoreError> {
+    Err(StoreError::Unavailable(
+        "a sqlite:// DATABASE_URL needs filesession built with the sqlite feature".into(),
+    ))
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_open(url: &str, table: &str, shown: &str) -> Result<Box<dyn Database>, StoreError> {
+    Ok(Box::new(postgres::Postgres::open(url, table, shown)?))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres_open(_: &str, _: &str, _: &str) -> Result<Box<dyn Database>, StoreError> {
+    Err(StoreError::Unavailable(
+        "a postgres:// DATABASE_URL needs filesession built with the postgres feature".into(),
+    ))
+}
+
+/// When `lock` waits: poll until `deadline`, then `LockTimeout` counted from `start`.
+pub(crate) fn wait_or_time_out(
+    key: &SessionKey,
+    start: Instant,
+    wait: Duration,
+) -> Result<(), StoreError> {
+    let waited = start.elapsed();
+    if waited >= wait {
+        return Err(StoreError::LockTimeout { key: *key, waited });
+    }
+    std::thread::sleep(LOCK_POLL.min(wait - waited));
+    Ok(())
+}
+
+/// The version check shared by both databases: `found` is what `filesession_schema` holds
+/// for the table.
+pub(crate) fn check_schema(found: i64, table: &str, shown: &str) -> Result<(), StoreError> {
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "{shown}: table {table} has layout version {found}, made by a newer filesession \
+             (this one writes version {SCHEMA_VERSION}); use another SESSION_DB_TABLE"
+        )));
+    }
+    Ok(())
+}
+
+/// `SCHEMA_VERSION`, for the databases' schema statements.
+pub(crate) const fn schema_version() -> i64 {
+    SCHEMA_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_table_names_are_written_into_sql() {
+        for good in ["filesession_session", "_t", "T1"] {
+            assert!(check_table_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1t",
+            "a b",
+            "t;drop table x",
+            "t\"",
+            "é",
+            &"x".repeat(51),
+        ] {
+            assert!(check_table_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_refused_without_its_password() {
+        let err = DbStore::open("mysql://u:secret@h/db", DEFAULT_DB_TABLE)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("sqlite://") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+}

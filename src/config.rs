@@ -462,4 +462,22 @@ mod tests {
             Ok(Some(SameSite::Strict))
         );
     }
+
+    #[test]
+    fn engines_take_our_names_and_djangos() {
+        for (text, engine) in [
+            ("file", Engine::File),
+            ("django.contrib.sessions.backends.file", Engine::File),
+            ("db", Engine::Db),
+            ("django.contrib.sessions.backends.db", Engine::Db),
+            ("redis", Engine::Redis),
+        ] {
+            assert_eq!(Engine::parse_setting(text), Ok(engine), "{text}");
+        }
+        // Django's cached_db and signed_cookies are not ours: refused, naming the setting.
+        for text in ["cache", "django.contrib.sessions.backends.cached_db", ""] {
+            let err = Engine::parse_setting(text).unwrap_err();
+            assert!(err.contains("SESSION_ENGINE"), "{err}");
+        }
+    }
 }

@@ -113,6 +113,9 @@ pub(crate) trait Database: Send + Sync {
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError>;
     /// How many rows end after `now`.
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError>;
+    /// Whether a read costs next to nothing (an embedded database): then a save that may
+    /// change nothing reads first and skips its write transaction when it would.
+    fn cheap_reads(&self) -> bool;
     /// Takes the request lock of `key`, waiting at most `wait`; a lease (SQLite) lasts
     /// `lease` if its holder dies.
     fn lock(
@@ -326,6 +329,15 @@ impl SessionStore for DbStore {
         lock: Option<SessionLock>,
     ) -> Result<Record, StoreError> {
         let _lease = self.lock_for_write(key, lock)?;
+        if self.db.cheap_reads()
+            && let Some(row) = self.db.read(key)?
+            && let Some(stored) = self.decode(key, &row)
+            && let Merged::Unchanged(record) = changes.merge_into(Some(stored), SystemTime::now())
+        {
+            // Nothing would change: the save takes effect at this read (a write of the same
+            // values in the transaction would be indistinguishable), and takes no write lock.
+            return Ok(record);
+        }
         let mut saved = None;
         self.db.update(key, &mut |row| {
             Ok(match self.merged(key, row, changes)? {

@@ -344,6 +344,10 @@ impl Database for Postgres {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn cheap_reads(&self) -> bool {
+        false
+    }
+
     fn lock(
         &self,
         issuer: LeaseIssuer,

@@ -281,6 +281,10 @@ impl Database for Sqlite {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    fn cheap_reads(&self) -> bool {
+        true
+    }
+
     fn lock(
         &self,
         issuer: LeaseIssuer,

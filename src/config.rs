@@ -186,16 +186,49 @@ pub const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// `ALLOWED_HOSTS` default.
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = [".localhost", "127.0.0.1", "[::1]"];
 
-/// A URL as it may be shown (banners, logs, errors): its password replaced by `***`; an
-/// unparsable one is not shown at all, since it might hold one.
+/// A URL as it may be shown (banners, logs, errors): its password replaced by `***`, in
+/// the user part and in the query options libpq reads it from (`?password=`,
+/// `?sslpassword=`); an unparsable one is not shown at all, since it might hold one.
+///
+/// ```
+/// use filesession::redacted;
+/// assert_eq!(redacted("redis://:s3cret@cache:6379/0"), "redis://:***@cache:6379/0");
+/// assert_eq!(redacted("postgres://app@db/app?password=s3cret&sslmode=disable"),
+///            "postgres://app@db/app?password=***&sslmode=disable");
+/// assert_eq!(redacted("not a url, maybe s3cret"), "<unparsable URL>");
+/// ```
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<unparsable URL>".to_owned(),
+    const SECRET_OPTIONS: [&str; 2] = ["password", "sslpassword"];
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<unparsable URL>".to_owned();
+    };
+    let mut changed = false;
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+        changed = true;
+    }
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    if pairs
+        .iter()
+        .any(|(k, _)| SECRET_OPTIONS.contains(&k.to_ascii_lowercase().as_str()))
+    {
+        let shown: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| {
+                if SECRET_OPTIONS.contains(&k.to_ascii_lowercase().as_str()) {
+                    (k, "***".to_owned())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(shown);
+        changed = true;
+    }
+    if changed {
+        parsed.to_string()
+    } else {
+        url.to_owned()
     }
 }
 

@@ -690,3 +690,54 @@ fn redis_unreachable_and_reconnect() {
         .arg(format!("{}{key}", cleanup.prefix))
         .query::<i64>(&mut conn);
 }
+
+/// PostgreSQL only: a table filesession did not make is refused, never adopted; and a request
+/// lock lost with its connection (the server ended it) makes the save write nothing.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_refuses_foreign_tables_and_writes_nothing_without_its_lock() {
+    let Some(fixture) = postgres(Locking::Request, Duration::from_secs(2)) else {
+        return;
+    };
+    let Some(table) = fixture._table.as_ref() else {
+        return;
+    };
+    let mut pg = common::Pg::connect(&table.url).expect("connect");
+    let foreign = format!("{}_django", table.table);
+    pg.batch_execute(&format!(
+        "CREATE TABLE {foreign} (session_key varchar(40) PRIMARY KEY, session_data text, \
+         expire_date timestamptz)"
+    ))
+    .expect("create a foreign table");
+    let refused = filesession::DbStore::open(&table.url, &foreign)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    pg.batch_execute(&format!("DROP TABLE {foreign}"))
+        .expect("drop");
+    assert!(refused.contains("was not made by filesession"), "{refused}");
+
+    let store = fixture.store.clone();
+    let key = stored(&store, &[("n", json!(0))]);
+    let loaded = store.load(&key).expect("load").expect("live");
+    // The server ends the connection that holds this table's advisory lock (the class is
+    // FNV-1a of the table name, as the store computes it; other tests' locks are left).
+    let class = table.table.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let ended = pg
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = $1",
+            &[&i64::from(class)],
+        )
+        .expect("terminate");
+    assert!(ended.get::<_, i64>(0) >= 1, "a lock holder was ended");
+    let mut changes = filesession::ChangeSet::new(Duration::from_secs(60));
+    changes.set("n", json!(1));
+    let err = store
+        .save(&key, &changes, loaded.lock)
+        .expect_err("no lock, no write");
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    assert_eq!(session(&store, Some(key)).get("n"), Some(&json!(0)));
+}

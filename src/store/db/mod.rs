@@ -99,10 +99,13 @@ pub(crate) trait Database: Send + Sync {
     fn insert(&self, key: &SessionKey, row: &Row) -> Result<bool, StoreError>;
     /// In one transaction, with the row locked: `decide` gets the row (`None`: missing)
     /// and what it returns is applied. `Ok(false)`: a [`Change::Move`]'s new key was taken,
-    /// nothing changed.
+    /// nothing changed. With `lease` (`request` locking), the transaction first checks that
+    /// the request still holds the session's lock, else writes nothing
+    /// ([`StoreError::LockTimeout`]).
     fn update(
         &self,
         key: &SessionKey,
+        lease: Option<&Lease>,
         decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
     ) -> Result<bool, StoreError>;
     /// Deletes the row of `key`, if any.
@@ -166,12 +169,13 @@ impl DbStore {
     /// `sqlite:///relative/path`, `sqlite:////absolute/path` (a new file is made 0600), or
     /// `postgres://user:password@host:port/dbname` (feature `postgres`); creates `table`
     /// (and its index, lock and schema tables) if missing. Merge locking, the default lock
-    /// timeout.
+    /// timeout. A table of that name that filesession did not make (Django's
+    /// `django_session`) is refused, never adopted.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`]: the URL's scheme is not one of these (or its feature is
-    /// off), `table` is not a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`, at most 50
-    /// characters), or the table was made by a newer version; [`StoreError::Backend`]: the
+    /// off), `table` is not a plain SQL identifier (`[a-z_][a-z0-9_]*`, at most 50
+    /// characters), exists without being ours, or was made by a newer version; [`StoreError::Backend`]: the
     /// database cannot be opened or reached (the URL is shown without its password).
     pub fn open(url: &str, table: &str) -> Result<DbStore, StoreError> {
         check_table_name(table)?;
@@ -339,7 +343,7 @@ impl SessionStore for DbStore {
             return Ok(record);
         }
         let mut saved = None;
-        self.db.update(key, &mut |row| {
+        self.db.update(key, _lease.as_ref(), &mut |row| {
             Ok(match self.merged(key, row, changes)? {
                 Merged::Unchanged(record) => {
                     saved = Some(record);
@@ -365,7 +369,7 @@ impl SessionStore for DbStore {
         for _ in 0..KEY_ATTEMPTS {
             let new_key = SessionKey::generate();
             let mut moved = None;
-            let applied = self.db.update(key, &mut |row| {
+            let applied = self.db.update(key, _lease.as_ref(), &mut |row| {
                 let record = self.merged(key, row, changes)?.into_record();
                 let row = self.row(Some(key), &record)?;
                 moved = Some(record);
@@ -478,15 +482,15 @@ fn check_table_name(table: &str) -> Result<(), StoreError> {
     let mut chars = table.chars();
     let plain = chars
         .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && table.len() <= 50;
     if plain {
         Ok(())
     } else {
         Err(StoreError::Unavailable(format!(
-            "SESSION_DB_TABLE must be a plain SQL name (letters, digits, _; at most 50), \
-             not {table:?}"
+            "SESSION_DB_TABLE must be a plain SQL name (lowercase letters, digits, _; at \
+             most 50), not {table:?}"
         )))
     }
 }
@@ -529,6 +533,16 @@ pub(crate) fn wait_or_time_out(
     Ok(())
 }
 
+/// The lock a request held is no longer its own (its lease ran out while the handler ran
+/// past the lock timeout and its margin, or its connection to PostgreSQL dropped): nothing
+/// is written, as for a lock not had (503).
+pub(crate) fn lost_lock(key: &SessionKey) -> StoreError {
+    StoreError::LockTimeout {
+        key: *key,
+        waited: Duration::ZERO,
+    }
+}
+
 /// The version check shared by both databases: `found` is what `filesession_schema` holds
 /// for the table.
 pub(crate) fn check_schema(found: i64, table: &str, shown: &str) -> Result<(), StoreError> {
@@ -552,7 +566,7 @@ mod tests {
 
     #[test]
     fn only_plain_table_names_are_written_into_sql() {
-        for good in ["filesession_session", "_t", "T1"] {
+        for good in ["filesession_session", "_t", "t1"] {
             assert!(check_table_name(good).is_ok(), "{good}");
         }
         for bad in [
@@ -578,5 +592,73 @@ mod tests {
             err.contains("sqlite://") && !err.contains("secret"),
             "{err}"
         );
+    }
+
+    #[cfg(feature = "sqlite")]
+    fn sqlite_url(dir: &tempfile::TempDir) -> String {
+        format!("sqlite:///{}", dir.path().join("db.sqlite3").display())
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_table_filesession_did_not_make_is_refused_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE django_session (session_key varchar(40) PRIMARY KEY,
+             session_data text NOT NULL, expire_date datetime NOT NULL);
+             INSERT INTO django_session VALUES ('k', 'signed:data', '2030-01-01');",
+        )
+        .unwrap();
+        let err = DbStore::open(&sqlite_url(&dir), "django_session")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("was not made by filesession"), "{err}");
+        let data: String = conn
+            .query_row("SELECT session_data FROM django_session", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(data, "signed:data", "untouched");
+        // Our own table opens again and again.
+        for _ in 0..2 {
+            DbStore::open(&sqlite_url(&dir), DEFAULT_DB_TABLE).unwrap();
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_request_lock_taken_over_meanwhile_makes_the_save_write_nothing() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            DbStore::open(&sqlite_url(&dir), DEFAULT_DB_TABLE)
+                .unwrap()
+                .with_locking(Locking::Request),
+        );
+        let key = store
+            .create(&ChangeSet::new(Duration::from_secs(60)).to_new_record(SystemTime::now()))
+            .unwrap();
+        let loaded = store.load(&key).unwrap().expect("live");
+        // The lease ran out and another request took the lock: its token is another's.
+        let conn = rusqlite::Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE filesession_session_lock SET token = 'someone else' WHERE session_key = ?1",
+                [key.to_string()],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        let mut changes = ChangeSet::new(Duration::from_secs(60));
+        changes.set("n", 1.into());
+        let err = store.save(&key, &changes, loaded.lock).unwrap_err();
+        assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+        let data: String = conn
+            .query_row(
+                "SELECT session_data FROM filesession_session WHERE session_key = ?1",
+                [key.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!data.contains("\"n\""), "nothing written: {data}");
     }
 }

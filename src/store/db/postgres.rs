@@ -1,4 +1,4 @@
-//! PostgreSQL through tokio-postgres, with a small pool of connections.
+//! PostgreSQL through tokio-postgres, with a bounded pool of connections.
 //!
 //! The connections' I/O runs on a runtime of its own, on one thread of its own
 //! ([`io_runtime`]); a caller waits for each answer with a plain executor
@@ -6,24 +6,36 @@
 //! thread, the server's one thread included, which already runs a tokio runtime (the
 //! synchronous `postgres` crate cannot: it starts a runtime inside the caller's). No TLS: a
 //! server on this machine or on a private network.
+//!
+//! Every wait is bounded: connecting (2 s), a statement and a row lock (10 s, by the server),
+//! a silent peer (TCP keepalives and `TCP_USER_TIMEOUT` on our side, 10 s; `tcp_keepalives_*`
+//! on the server's, so a holder that vanished loses its advisory lock), a free connection
+//! ([`MAX_CONNECTIONS`] per store, 5 s).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_executor::block_on;
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::{Change, Database, Row, check_schema, schema_version, wait_or_time_out};
+use super::{Change, Database, Row, check_schema, lost_lock, schema_version, wait_or_time_out};
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError};
 
 /// How long connecting may take. Short: a server has one handler thread to keep moving.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The longest one statement may run before PostgreSQL cancels it (503).
-const STATEMENT_TIMEOUT_MS: u64 = 10_000;
-/// Idle connections kept for reuse.
-const POOL_SIZE: usize = 8;
+/// How long a peer may leave data unacknowledged before the connection is dropped.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Set at connect: statements and row-lock waits cancelled after 10 s; a transaction left
+/// idle 30 s ended; the server probes a silent client after 5 s (every 1 s, 3 times).
+const SESSION_SETUP: &str = "SET statement_timeout = 10000; SET lock_timeout = 10000; \
+     SET idle_in_transaction_session_timeout = 30000; SET tcp_keepalives_idle = 5; \
+     SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; SET TIME ZONE 'UTC'";
+/// Connections one store opens at most (idle, in use, and holding request locks).
+pub(super) const MAX_CONNECTIONS: usize = 16;
+/// How long a caller waits for a free connection before 503.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// The runtime that drives every connection's I/O, on a thread of its own, started once.
 fn io_runtime() -> Result<&'static Handle, StoreError> {
@@ -47,14 +59,25 @@ fn io_runtime() -> Result<&'static Handle, StoreError> {
         })
 }
 
-/// Connections, made when needed and kept for reuse.
+/// Connections, made when needed, kept for reuse, at most [`MAX_CONNECTIONS`] open.
 struct Pool {
     config: Config,
     idle: Mutex<Vec<Client>>,
+    /// Connections open (idle or not).
+    open: Mutex<usize>,
+    freed: Condvar,
     shown: String,
 }
 
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 impl Pool {
+    /// Opens a connection; the caller holds a slot for it.
     fn connect(&self) -> Result<Client, StoreError> {
         let config = self.config.clone();
         let connected = block_on(io_runtime()?.spawn(async move {
@@ -74,35 +97,70 @@ impl Pool {
                 )));
             }
         };
-        block_on(client.batch_execute(&format!(
-            "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET TIME ZONE 'UTC'"
-        )))
-        .map_err(|e| backend(&self.shown, "connect", e))?;
+        block_on(client.batch_execute(SESSION_SETUP))
+            .map_err(|e| backend(&self.shown, "connect", e))?;
         Ok(client)
+    }
+
+    /// A slot for one more connection, waiting at most [`CONNECTION_WAIT`].
+    fn take_slot(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + CONNECTION_WAIT;
+        let mut open = locked(&self.open);
+        while *open >= MAX_CONNECTIONS {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: all {MAX_CONNECTIONS} connections busy for {} s",
+                    self.shown,
+                    CONNECTION_WAIT.as_secs()
+                )));
+            }
+            open = match self.freed.wait_timeout(open, deadline - now) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        *open += 1;
+        Ok(())
+    }
+
+    /// A connection gone (closed, broken, or not kept): its slot is free.
+    fn discard(&self, client: Client) {
+        drop(client);
+        let mut open = locked(&self.open);
+        *open = open.saturating_sub(1);
+        self.freed.notify_one();
     }
 
     /// An idle connection, or a new one; `true` if it was reused.
     fn get(&self) -> Result<(Client, bool), StoreError> {
-        let reused = match self.idle.lock() {
-            Ok(mut idle) => idle.pop(),
-            Err(poisoned) => poisoned.into_inner().pop(),
-        };
-        match reused {
-            Some(client) if !client.is_closed() => Ok((client, true)),
-            _ => Ok((self.connect()?, false)),
+        loop {
+            let reused = locked(&self.idle).pop();
+            match reused {
+                Some(client) if !client.is_closed() => return Ok((client, true)),
+                Some(closed) => self.discard(closed),
+                None => break,
+            }
+        }
+        self.take_slot()?;
+        match self.connect() {
+            Ok(client) => Ok((client, false)),
+            Err(e) => {
+                let mut open = locked(&self.open);
+                *open = open.saturating_sub(1);
+                self.freed.notify_one();
+                Err(e)
+            }
         }
     }
 
+    /// Gives a connection back for reuse (a closed one frees its slot).
     fn put(&self, client: Client) {
         if client.is_closed() {
-            return;
-        }
-        let mut idle = match self.idle.lock() {
-            Ok(idle) => idle,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if idle.len() < POOL_SIZE {
-            idle.push(client);
+            self.discard(client);
+        } else {
+            locked(&self.idle).push(client);
+            self.freed.notify_one();
         }
     }
 
@@ -121,8 +179,10 @@ impl Pool {
                 self.put(client);
                 Ok(v)
             }
-            Err(_) if retry && reused && client.is_closed() => {
-                let fresh = self.connect()?;
+            Err(e) if retry && reused && client.is_closed() => {
+                self.discard(client);
+                drop(e);
+                let (fresh, _) = self.get()?;
                 let r = f(&fresh).map_err(|e| backend(&self.shown, what, e));
                 self.put(fresh);
                 r
@@ -165,48 +225,91 @@ fn object_of(key: &SessionKey) -> i32 {
     i32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
 }
 
+/// How `pg_locks` shows an int4 advisory key (an `oid`, unsigned), as a bigint.
+fn as_oid(n: i32) -> i64 {
+    i64::from(u32::from_ne_bytes(n.to_ne_bytes()))
+}
+
 impl Postgres {
     pub(super) fn open(url: &str, table: &str, shown: &str) -> Result<Postgres, StoreError> {
         let mut config: Config = url.parse().map_err(|e| StoreError::Backend {
             action: format!("PostgreSQL at {shown}: cannot read DATABASE_URL"),
             source: Box::new(e),
         })?;
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_user_timeout(TCP_USER_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
         let pool = Pool {
             config,
             idle: Mutex::new(Vec::new()),
+            open: Mutex::new(0),
+            freed: Condvar::new(),
             shown: format!("PostgreSQL at {shown}"),
         };
-        let schema = format!(
-            "SET client_min_messages = warning;
-             CREATE TABLE IF NOT EXISTS {table} (
+        let schema_lock = class_of("filesession_schema");
+        let create = format!(
+            "CREATE TABLE {table} (
                  session_key varchar(36) PRIMARY KEY,
                  session_data text NOT NULL,
                  expire_date timestamptz NOT NULL);
-             CREATE INDEX IF NOT EXISTS {table}_expire_date ON {table} (expire_date);
-             CREATE TABLE IF NOT EXISTS filesession_schema (
-                 table_name text PRIMARY KEY,
-                 version integer NOT NULL);
-             INSERT INTO filesession_schema (table_name, version)
-                 VALUES ('{table}', {version}) ON CONFLICT DO NOTHING;
-             RESET client_min_messages;",
-            version = schema_version()
+             CREATE INDEX {table}_expire_date ON {table} (expire_date);"
         );
-        // Two processes creating the table at once may collide in the catalog: try again.
-        let create = |c: &Client| block_on(c.batch_execute(&schema));
-        let mut made = pool.run("create the session table", false, create);
-        if made.is_err() {
-            std::thread::sleep(Duration::from_millis(100));
-            made = pool.run("create the session table", false, create);
-        }
-        made?;
-        let found: i32 = pool.run("read the table's version", true, |c| {
-            block_on(c.query_one(
-                "SELECT version FROM filesession_schema WHERE table_name = $1",
-                &[&table],
-            ))
-            .map(|r| r.get(0))
+        // One creator at a time (an advisory lock for the transaction), and a table that
+        // exists without our version row is someone else's: never adopted.
+        let found: Option<i32> = pool.run("create the session table", false, |c| {
+            block_on(async {
+                c.batch_execute("BEGIN").await?;
+                let done = async {
+                    c.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&schema_lock])
+                        .await?;
+                    c.batch_execute(
+                        "SET LOCAL client_min_messages = warning;
+                         CREATE TABLE IF NOT EXISTS filesession_schema (
+                             table_name text PRIMARY KEY,
+                             version integer NOT NULL)",
+                    )
+                    .await?;
+                    let known = c
+                        .query_opt(
+                            "SELECT version FROM filesession_schema WHERE table_name = $1",
+                            &[&table],
+                        )
+                        .await?;
+                    if let Some(row) = known {
+                        return Ok(Some(row.try_get::<_, i32>(0)?));
+                    }
+                    let exists = c
+                        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                        .await?
+                        .try_get::<_, bool>(0)?;
+                    if exists {
+                        return Ok(None);
+                    }
+                    c.batch_execute(&create).await?;
+                    c.execute(
+                        "INSERT INTO filesession_schema (table_name, version) VALUES ($1, $2)",
+                        &[&table, &(schema_version() as i32)],
+                    )
+                    .await?;
+                    Ok(Some(schema_version() as i32))
+                }
+                .await;
+                let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                c.batch_execute(end).await?;
+                done
+            })
         })?;
+        let Some(found) = found else {
+            return Err(StoreError::Unavailable(format!(
+                "{}: table {table} exists and was not made by filesession (Django's \
+                 django_session holds signed data); choose another SESSION_DB_TABLE",
+                pool.shown
+            )));
+        };
         check_schema(i64::from(found), table, &pool.shown)?;
         Ok(Postgres {
             pool: Arc::new(pool),
@@ -216,11 +319,11 @@ impl Postgres {
     }
 }
 
-fn row_of(r: &tokio_postgres::Row) -> Row {
-    Row {
-        document: r.get(0),
-        expires_at: r.get(1),
-    }
+fn row_of(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
+    Ok(Row {
+        document: r.try_get(0)?,
+        expires_at: r.try_get(1)?,
+    })
 }
 
 impl Database for Postgres {
@@ -231,7 +334,10 @@ impl Database for Postgres {
         );
         let key = key.to_string();
         self.pool.run("load a session", true, |c| {
-            block_on(c.query_opt(&sql, &[&key])).map(|r| r.as_ref().map(row_of))
+            block_on(c.query_opt(&sql, &[&key]))?
+                .as_ref()
+                .map(row_of)
+                .transpose()
         })
     }
 
@@ -251,25 +357,43 @@ impl Database for Postgres {
     fn update(
         &self,
         key: &SessionKey,
+        lease: Option<&Lease>,
         decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
     ) -> Result<bool, StoreError> {
         let table = &self.table;
-        let key = key.to_string();
+        let key_text = key.to_string();
         let shown = &self.pool.shown;
         let fail = |e| backend(shown, "save a session", e);
         let (mut client, _) = self.pool.get()?;
         let outcome = (|| {
             // Dropped without commit (an error, a refusal), the transaction rolls back.
             let tx = block_on(client.transaction()).map_err(fail)?;
+            if let Some(lease) = lease {
+                // The lock is still ours: its connection (the lease's token is its backend
+                // pid) holds it. A lock lost with its connection writes nothing.
+                let holder: i32 = lease.token().parse().unwrap_or(0);
+                let held = block_on(tx.query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                     AND objsubid = 2 AND classid::bigint = $1 AND objid::bigint = $2 \
+                     AND pid = $3",
+                    &[&as_oid(self.lock_class), &as_oid(object_of(key)), &holder],
+                ))
+                .and_then(|r| r.try_get::<_, i64>(0))
+                .map_err(fail)?;
+                if held == 0 {
+                    return Err(lost_lock(key));
+                }
+            }
             let row = block_on(tx.query_opt(
                 &format!(
                     "SELECT session_data, expire_date FROM {table} \
                      WHERE session_key = $1 FOR UPDATE"
                 ),
-                &[&key],
+                &[&key_text],
             ))
             .map_err(fail)?;
-            match decide(row.as_ref().map(row_of))? {
+            let row = row.as_ref().map(row_of).transpose().map_err(fail)?;
+            match decide(row)? {
                 Change::Keep => return Ok(true),
                 Change::Write(row) => {
                     block_on(tx.execute(
@@ -277,7 +401,7 @@ impl Database for Postgres {
                             "UPDATE {table} SET session_data = $2, expire_date = $3 \
                              WHERE session_key = $1"
                         ),
-                        &[&key, &row.document, &row.expires_at],
+                        &[&key_text, &row.document, &row.expires_at],
                     ))
                     .map_err(fail)?;
                 }
@@ -295,7 +419,7 @@ impl Database for Postgres {
                     }
                     block_on(tx.execute(
                         &format!("DELETE FROM {table} WHERE session_key = $1"),
-                        &[&key],
+                        &[&key_text],
                     ))
                     .map_err(fail)?;
                 }
@@ -326,8 +450,10 @@ impl Database for Postgres {
 
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError> {
         let table = &self.table;
+        // The outer test again: PostgreSQL re-checks it on a row a save refreshed while
+        // this waited for its lock, which is then kept.
         let sql = format!(
-            "DELETE FROM {table} WHERE session_key IN \
+            "DELETE FROM {table} WHERE expire_date <= $1 AND session_key IN \
              (SELECT session_key FROM {table} WHERE expire_date <= $1 LIMIT $2)"
         );
         let batch = i64::from(batch);
@@ -339,7 +465,7 @@ impl Database for Postgres {
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {} WHERE expire_date > $1", self.table);
         let n: i64 = self.pool.run("count sessions", true, |c| {
-            block_on(c.query_one(&sql, &[&now])).map(|r| r.get(0))
+            block_on(c.query_one(&sql, &[&now]))?.try_get(0)
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -361,33 +487,40 @@ impl Database for Postgres {
         let (class, object) = (self.lock_class, object_of(key));
         let (client, _) = self.pool.get()?;
         let start = Instant::now();
-        loop {
-            let taken = block_on(
-                client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]),
-            )
-            .map(|r| r.get::<_, bool>(0));
+        let pid = loop {
+            let taken = block_on(client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+                &[&class, &object],
+            ))
+            .and_then(|r| Ok((r.try_get::<_, bool>(0)?, r.try_get::<_, i32>(1)?)));
             match taken {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return Err(backend(&self.pool.shown, "take a session lock", e)),
+                Ok((true, pid)) => break pid,
+                Ok((false, _)) => {}
+                Err(e) => {
+                    self.pool.put(client);
+                    return Err(backend(&self.pool.shown, "take a session lock", e));
+                }
             }
             if let Err(timeout) = wait_or_time_out(key, start, wait) {
                 self.pool.put(client);
                 return Err(timeout);
             }
-        }
+        };
         let pool = Arc::clone(&self.pool);
-        Ok(Lease::new(issuer, *key, String::new(), move |key, _| {
+        Ok(Lease::new(issuer, *key, pid.to_string(), move |key, _| {
             let unlock =
                 block_on(client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]));
             match unlock {
                 Ok(_) => pool.put(client),
-                // Dropping the connection ends its session, which releases the lock.
-                Err(e) => log::warn!(
-                    "{}: cannot release the lock of session {}: {e}; closing its connection",
-                    pool.shown,
-                    key.short()
-                ),
+                // Closing the connection ends its session, which releases the lock.
+                Err(e) => {
+                    log::warn!(
+                        "{}: cannot release the lock of session {}: {e}; closing its connection",
+                        pool.shown,
+                        key.short()
+                    );
+                    pool.discard(client);
+                }
             }
         }))
     }

@@ -1,24 +1,69 @@
-//! SQLite through rusqlite's bundled SQLite: one connection per store in WAL mode, with a
-//! busy timeout for other processes' writes.
+//! SQLite through rusqlite's bundled SQLite: one connection per store in WAL mode.
+//!
+//! Nothing waits while holding the connection: SQLite's own busy wait is off, and a
+//! statement that finds the database busy (another process writing) is retried after the
+//! connection is let go, until [`BUSY_TIMEOUT`].
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Change, Database, Row, check_schema, schema_version, wait_or_time_out};
+use super::{Change, Database, Row, check_schema, lost_lock, schema_version, wait_or_time_out};
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError};
 
-/// How long a statement waits for another process's write to the database.
+/// How long a statement retries while another process holds the database's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two tries of a busy statement (the connection is free meanwhile).
+const BUSY_PAUSE: Duration = Duration::from_millis(1);
 
-pub(super) struct Sqlite {
-    conn: Arc<Mutex<Connection>>,
+/// The connection and what messages say of it; shared with the leases (which release
+/// themselves on drop).
+struct Inner {
+    conn: Mutex<Connection>,
     path: PathBuf,
     shown: String,
+}
+
+impl Inner {
+    /// Runs `f` on the connection; while the database is busy (another process writes),
+    /// tries again with the connection let go, until [`BUSY_TIMEOUT`].
+    fn run<T>(
+        &self,
+        what: &'static str,
+        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        loop {
+            let result = {
+                let mut conn = match self.conn.lock() {
+                    Ok(conn) => conn,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                f(&mut conn)
+            };
+            match result {
+                Err(e) if is_busy(&e) && start.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(BUSY_PAUSE);
+                }
+                other => return other.map_err(|e| error(&self.shown, &self.path, what, e)),
+            }
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+pub(super) struct Sqlite {
+    inner: Arc<Inner>,
     table: String,
     locks: String,
 }
@@ -40,92 +85,8 @@ fn millis(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-impl Sqlite {
-    /// `path` is what follows `sqlite://` in the URL: `/relative` or `//absolute`.
-    pub(super) fn open(path: &str, table: &str, shown: &str) -> Result<Sqlite, StoreError> {
-        // dj-database-url: sqlite:///db.sqlite3 is the relative path db.sqlite3,
-        // sqlite:////var/db.sqlite3 the absolute /var/db.sqlite3.
-        let path = PathBuf::from(path.strip_prefix('/').unwrap_or(path));
-        if path.as_os_str().is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "{shown}: give a file, as sqlite:///db.sqlite3"
-            )));
-        }
-        let shown = format!("SQLite at {}", path.display());
-        let unusable = |e: rusqlite::Error| StoreError::Backend {
-            action: format!("{shown}: cannot open the database"),
-            source: Box::new(e),
-        };
-        let created = !path.exists();
-        let conn = Connection::open(&path).map_err(unusable)?;
-        if created {
-            restrict(&path).map_err(|e| StoreError::io("make private", &path, e))?;
-        }
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(unusable)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(unusable)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            log::warn!("{shown}: journal mode is {mode}, not WAL");
-        }
-        conn.execute_batch("PRAGMA synchronous=NORMAL")
-            .map_err(unusable)?;
-        let locks = format!("{table}_lock");
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS {table} (
-                 session_key TEXT PRIMARY KEY NOT NULL,
-                 session_data TEXT NOT NULL,
-                 expire_date INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS {table}_expire_date ON {table} (expire_date);
-             CREATE TABLE IF NOT EXISTS {locks} (
-                 session_key TEXT PRIMARY KEY NOT NULL,
-                 token TEXT NOT NULL,
-                 until_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS filesession_schema (
-                 table_name TEXT PRIMARY KEY NOT NULL,
-                 version INTEGER NOT NULL);
-             INSERT INTO filesession_schema (table_name, version)
-                 VALUES ('{table}', {version}) ON CONFLICT DO NOTHING;
-             COMMIT;",
-            version = schema_version()
-        ))
-        .map_err(unusable)?;
-        let found: i64 = conn
-            .query_row(
-                "SELECT version FROM filesession_schema WHERE table_name = ?1",
-                [table],
-                |r| r.get(0),
-            )
-            .map_err(unusable)?;
-        check_schema(found, table, &shown)?;
-        Ok(Sqlite {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-            shown,
-            table: table.to_owned(),
-            locks,
-        })
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        lock_conn(&self.conn)
-    }
-
-    fn error(&self, what: &'static str, e: rusqlite::Error) -> StoreError {
-        error(&self.shown, &self.path, what, e)
-    }
-}
-
-fn lock_conn(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    match conn.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-/// A full disk is `Io` with `StorageFull` (507); everything else names the database and
-/// keeps SQLite's error.
+/// A full disk is `Io` with `StorageFull` (507); a database still busy after the busy
+/// timeout, or any other failure, names the database and keeps SQLite's error (503).
 fn error(shown: &str, path: &Path, what: &'static str, e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => StoreError::io(
@@ -140,10 +101,122 @@ fn error(shown: &str, path: &Path, what: &'static str, e: rusqlite::Error) -> St
     }
 }
 
-/// A database file this store made is readable by its owner only (0600), as session files.
-fn restrict(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+/// Makes the database file readable by its owner only (0600), before SQLite opens it, if
+/// it does not exist yet; an existing file keeps its mode.
+fn create_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        document: r.get(0)?,
+        expires_at: time_of(r.get(1)?),
+    })
+}
+
+impl Sqlite {
+    /// `path` is what follows `sqlite://` in the URL: `/relative` or `//absolute`.
+    pub(super) fn open(path: &str, table: &str, shown: &str) -> Result<Sqlite, StoreError> {
+        // dj-database-url: sqlite:///db.sqlite3 is the relative path db.sqlite3,
+        // sqlite:////var/db.sqlite3 the absolute /var/db.sqlite3.
+        let path = PathBuf::from(path.strip_prefix('/').unwrap_or(path));
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{shown}: give a file, as sqlite:///db.sqlite3"
+            )));
+        }
+        let shown = format!("SQLite at {}", path.display());
+        create_private(&path).map_err(|e| StoreError::io("create the database", &path, e))?;
+        let conn = Connection::open(&path).map_err(|e| StoreError::Backend {
+            action: format!("{shown}: cannot open the database"),
+            source: Box::new(e),
+        })?;
+        let inner = Inner {
+            conn: Mutex::new(conn),
+            path,
+            shown,
+        };
+        let locks = format!("{table}_lock");
+        inner.run("open the database", |c| {
+            // No busy wait inside SQLite: `Inner::run` retries with the connection let go.
+            c.busy_timeout(Duration::ZERO)?;
+            c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+            c.execute_batch("PRAGMA synchronous=NORMAL")
+        })?;
+        inner.run("create the session table", |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS filesession_schema (
+                     table_name TEXT PRIMARY KEY NOT NULL,
+                     version INTEGER NOT NULL)",
+            )?;
+            let known: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM filesession_schema WHERE table_name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if known.is_none() {
+                let exists: bool = tx.query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    // Someone else's table (Django's django_session, say): never adopted.
+                    return tx.commit();
+                }
+                tx.execute_batch(&format!(
+                    "CREATE TABLE {table} (
+                         session_key TEXT PRIMARY KEY NOT NULL,
+                         session_data TEXT NOT NULL,
+                         expire_date INTEGER NOT NULL);
+                     CREATE INDEX {table}_expire_date ON {table} (expire_date);
+                     CREATE TABLE IF NOT EXISTS {locks} (
+                         session_key TEXT PRIMARY KEY NOT NULL,
+                         token TEXT NOT NULL,
+                         until_ms INTEGER NOT NULL);"
+                ))?;
+                tx.execute(
+                    "INSERT INTO filesession_schema (table_name, version) VALUES (?1, ?2)",
+                    params![table, schema_version()],
+                )?;
+            }
+            tx.commit()
+        })?;
+        let found: Option<i64> = inner.run("read the table's version", |c| {
+            c.query_row(
+                "SELECT version FROM filesession_schema WHERE table_name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        let Some(found) = found else {
+            return Err(StoreError::Unavailable(format!(
+                "{}: table {table} exists and was not made by filesession (Django's \
+                 django_session holds signed data); choose another SESSION_DB_TABLE",
+                inner.shown
+            )));
+        };
+        check_schema(found, table, &inner.shown)?;
+        Ok(Sqlite {
+            inner: Arc::new(inner),
+            table: table.to_owned(),
+            locks,
+        })
+    }
 }
 
 impl Database for Sqlite {
@@ -152,15 +225,10 @@ impl Database for Sqlite {
             "SELECT session_data, expire_date FROM {} WHERE session_key = ?1",
             self.table
         );
-        self.conn()
-            .query_row(&sql, [key.to_string()], |r| {
-                Ok(Row {
-                    document: r.get(0)?,
-                    expires_at: time_of(r.get(1)?),
-                })
-            })
-            .optional()
-            .map_err(|e| self.error("load a session", e))
+        let key = key.to_string();
+        self.inner.run("load a session", |c| {
+            c.query_row(&sql, [&key], row_of).optional()
+        })
     }
 
     fn insert(&self, key: &SessionKey, row: &Row) -> Result<bool, StoreError> {
@@ -169,115 +237,134 @@ impl Database for Sqlite {
              ON CONFLICT DO NOTHING",
             self.table
         );
-        let inserted = self
-            .conn()
-            .execute(
+        let inserted = self.inner.run("create a session", |c| {
+            c.execute(
                 &sql,
                 params![key.to_string(), row.document, seconds(row.expires_at)],
             )
-            .map_err(|e| self.error("create a session", e))?;
+        })?;
         Ok(inserted == 1)
     }
 
     fn update(
         &self,
         key: &SessionKey,
+        lease: Option<&Lease>,
         decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
     ) -> Result<bool, StoreError> {
-        let table = &self.table;
-        let mut conn = self.conn();
-        let fail = |e| self.error("save a session", e);
-        // IMMEDIATE: the write lock is taken before the read, so the row read is the one
-        // written over (no other writer between).
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail)?;
-        let row = tx
-            .query_row(
-                &format!("SELECT session_data, expire_date FROM {table} WHERE session_key = ?1"),
-                [key.to_string()],
-                |r| {
-                    Ok(Row {
-                        document: r.get(0)?,
-                        expires_at: time_of(r.get(1)?),
-                    })
-                },
-            )
-            .optional()
-            .map_err(fail)?;
-        match decide(row)? {
-            Change::Keep => return Ok(true),
-            Change::Write(row) => {
-                tx.execute(
-                    &format!(
-                        "UPDATE {table} SET session_data = ?2, expire_date = ?3 \
-                         WHERE session_key = ?1"
-                    ),
-                    params![key.to_string(), row.document, seconds(row.expires_at)],
-                )
-                .map_err(fail)?;
+        let (table, locks) = (&self.table, &self.locks);
+        let key_text = key.to_string();
+        // `decide`'s own errors (Deleted, TooLarge) come out through here, the database's
+        // through `run`.
+        let mut decided: Result<(), StoreError> = Ok(());
+        let applied = self.inner.run("save a session", |c| {
+            decided = Ok(());
+            // IMMEDIATE: the write lock is taken before the read, so the row read is the
+            // one written over (no other writer between).
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(lease) = lease {
+                let holder: Option<String> = tx
+                    .query_row(
+                        &format!("SELECT token FROM {locks} WHERE session_key = ?1"),
+                        [&key_text],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if holder.as_deref() != Some(lease.token()) {
+                    decided = Err(lost_lock(key));
+                    return Ok(false);
+                }
             }
-            Change::Move(new_key, row) => {
-                let inserted = tx
-                    .execute(
+            let row = tx
+                .query_row(
+                    &format!(
+                        "SELECT session_data, expire_date FROM {table} WHERE session_key = ?1"
+                    ),
+                    [&key_text],
+                    row_of,
+                )
+                .optional()?;
+            let change = match decide(row) {
+                Ok(change) => change,
+                Err(e) => {
+                    decided = Err(e);
+                    return Ok(false);
+                }
+            };
+            match change {
+                Change::Keep => return Ok(true),
+                Change::Write(row) => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE {table} SET session_data = ?2, expire_date = ?3 \
+                             WHERE session_key = ?1"
+                        ),
+                        params![key_text, row.document, seconds(row.expires_at)],
+                    )?;
+                }
+                Change::Move(new_key, row) => {
+                    let inserted = tx.execute(
                         &format!(
                             "INSERT INTO {table} (session_key, session_data, expire_date) \
                              VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
                         ),
                         params![new_key.to_string(), row.document, seconds(row.expires_at)],
-                    )
-                    .map_err(fail)?;
-                if inserted == 0 {
-                    return Ok(false); // dropped: rolled back
+                    )?;
+                    if inserted == 0 {
+                        return Ok(false); // dropped: rolled back
+                    }
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE session_key = ?1"),
+                        [&key_text],
+                    )?;
                 }
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE session_key = ?1"),
-                    [key.to_string()],
-                )
-                .map_err(fail)?;
             }
-        }
-        tx.commit().map_err(fail)?;
-        Ok(true)
+            tx.commit()?;
+            Ok(true)
+        })?;
+        decided.map(|()| applied)
     }
 
     fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE session_key = ?1", self.table);
-        self.conn()
-            .execute(&sql, [key.to_string()])
-            .map_err(|e| self.error("delete a session", e))?;
+        let key = key.to_string();
+        self.inner
+            .run("delete a session", |c| c.execute(&sql, [&key]))?;
         Ok(())
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
         let sql = format!("SELECT 1 FROM {} WHERE session_key = ?1", self.table);
-        let found: Option<i64> = self
-            .conn()
-            .query_row(&sql, [key.to_string()], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.error("look a session up", e))?;
+        let key = key.to_string();
+        let found: Option<i64> = self.inner.run("look a session up", |c| {
+            c.query_row(&sql, [&key], |r| r.get(0)).optional()
+        })?;
         Ok(found.is_some())
     }
 
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError> {
-        let table = &self.table;
+        let (table, locks) = (&self.table, &self.locks);
+        // The outer test again: a row a save refreshed meanwhile is kept.
         let sql = format!(
-            "DELETE FROM {table} WHERE session_key IN \
+            "DELETE FROM {table} WHERE expire_date <= ?1 AND session_key IN \
              (SELECT session_key FROM {table} WHERE expire_date <= ?1 LIMIT ?2)"
         );
-        let deleted = self
-            .conn()
-            .execute(&sql, params![seconds(now), batch])
-            .map_err(|e| self.error("delete expired sessions", e))?;
+        let deleted = self.inner.run("delete expired sessions", |c| {
+            c.execute(&sql, params![seconds(now), batch])
+        })?;
+        // Leases whose holders died (never released) go too.
+        let stale = format!("DELETE FROM {locks} WHERE until_ms <= ?1");
+        self.inner.run("delete stale session locks", |c| {
+            c.execute(&stale, [millis(now)])
+        })?;
         Ok(deleted as u64)
     }
 
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {} WHERE expire_date > ?1", self.table);
-        let n: i64 = self
-            .conn()
-            .query_row(&sql, [seconds(now)], |r| r.get(0))
-            .map_err(|e| self.error("count sessions", e))?;
+        let n: i64 = self.inner.run("count sessions", |c| {
+            c.query_row(&sql, [seconds(now)], |r| r.get(0))
+        })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -299,32 +386,28 @@ impl Database for Sqlite {
              until_ms = excluded.until_ms WHERE {locks}.until_ms <= ?4",
             locks = self.locks
         );
+        let key_text = key.to_string();
         let start = Instant::now();
         loop {
             let now = SystemTime::now();
-            let taken = self
-                .conn()
-                .execute(
+            let taken = self.inner.run("take a session lock", |c| {
+                c.execute(
                     &take,
-                    params![key.to_string(), token, millis(now + lease), millis(now)],
+                    params![key_text, token, millis(now + lease), millis(now)],
                 )
-                .map_err(|e| self.error("take a session lock", e))?;
+            })?;
             if taken == 1 {
-                let conn = Arc::clone(&self.conn);
+                let inner = Arc::clone(&self.inner);
                 let release = format!(
                     "DELETE FROM {} WHERE session_key = ?1 AND token = ?2",
                     self.locks
                 );
-                let shown = self.shown.clone();
                 return Ok(Lease::new(issuer, *key, token, move |key, token| {
-                    let done =
-                        lock_conn(&conn).execute(&release, [key.to_string(), token.to_owned()]);
+                    let done = inner.run("release a session lock", |c| {
+                        c.execute(&release, [key.to_string(), token.to_owned()])
+                    });
                     if let Err(e) = done {
-                        log::warn!(
-                            "{shown}: cannot release the lock of session {}: {e}; it expires \
-                             by itself",
-                            key.short()
-                        );
+                        log::warn!("session {}: {e}; the lock expires by itself", key.short());
                     }
                 }));
             }

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,8 +181,24 @@ fn storm_key(thread: usize, i: u64) -> String {
     format!("k{thread}_{i}")
 }
 
+/// Storm clients from this index on are counters: each rewrites one key of its session
+/// (`c<thread>`: i), a change that fits the file, so it is written in place.
+const COUNTER_FROM: usize = 6;
+
 /// Checks that every acknowledged write of `client` is in `data`; the number found.
 fn check_acked(client: &Client, data: &Value, round: usize) -> usize {
+    if client.thread >= COUNTER_FROM {
+        // A counter's file holds its last acknowledged value, or the one in flight.
+        let last = client.acked.last().copied().unwrap_or(0);
+        let name = format!("c{}", client.thread);
+        let held = data.get(&name).and_then(Value::as_u64);
+        assert!(
+            held == Some(last) || held == Some(last + 1),
+            "round {round}: session {} holds {name} = {held:?}, the last acknowledged {last}",
+            client.key
+        );
+        return client.acked.len();
+    }
     for &i in &client.acked {
         let name = storm_key(client.thread, i);
         assert_eq!(
@@ -197,13 +213,15 @@ fn check_acked(client: &Client, data: &Value, round: usize) -> usize {
 
 #[test]
 fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
-    const CLIENTS: usize = 6;
+    // 6 clients add a key each time (their files outgrow their room: new files and
+    // renames), 2 rewrite one key (in place); a reader reads every file all along.
+    const CLIENTS: usize = 8;
     const ROUNDS: usize = 3;
     let started = Instant::now();
     let mut dir = tempfile::tempdir().unwrap();
     let mut old: Vec<Client> = Vec::new();
     let (mut acked_total, mut found_total, mut files_checked, mut leftovers) = (0, 0, 0, 0);
-    let mut old_reread = 0;
+    let (mut old_reread, mut reads_total) = (0, 0);
     for round in 0..=ROUNDS {
         let mut server = TestServer::start_in(dir, &[]);
         // The sessions of the rounds before, through the new server, with the old cookies.
@@ -226,7 +244,14 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
                 let (stop, ready, url) = (stop.clone(), ready.clone(), url.clone());
                 thread::spawn(move || {
                     let a = agent();
-                    let first = post_json_as(&a, &url, None, &format!("{{\"k{t}_0\": 0}}"));
+                    let body_of = |i: u64| {
+                        if t >= COUNTER_FROM {
+                            format!("{{\"c{t}\": {i}}}")
+                        } else {
+                            format!("{{\"k{t}_{i}\": {i}}}")
+                        }
+                    };
+                    let first = post_json_as(&a, &url, None, &body_of(0));
                     assert_eq!(first.status(), 200);
                     let v: Value = serde_json::from_str(&body(first)).unwrap();
                     let key = v["session_key"].as_str().unwrap().to_owned();
@@ -240,7 +265,7 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
                         let sent = a
                             .post(&url)
                             .header("Content-Type", "application/json")
-                            .send(format!("{{\"k{t}_{i}\": {i}}}"));
+                            .send(body_of(i));
                         match sent {
                             Ok(r) if r.status().is_success() => acked.push(i),
                             Ok(_) => refused += 1,
@@ -258,11 +283,45 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
                 })
             })
             .collect();
+        // A reader, as another process would read: every session file under a shared lock,
+        // over and over; every one must parse.
+        let reader = {
+            let (stop, sessions) = (stop.clone(), server.sessions());
+            thread::spawn(move || {
+                let (mut reads, mut torn) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    for name in names_ending(&sessions, ".json") {
+                        let Ok(mut file) = fs::File::open(sessions.join(&name)) else {
+                            continue; // replaced or removed meanwhile
+                        };
+                        if file.lock_shared().is_err() {
+                            continue;
+                        }
+                        let mut bytes = Vec::new();
+                        if file.read_to_end(&mut bytes).is_err() {
+                            continue;
+                        }
+                        reads += 1;
+                        if serde_json::from_slice::<Value>(&bytes).is_err() {
+                            torn.push(name);
+                        }
+                    }
+                }
+                (reads, torn)
+            })
+        };
         ready.wait();
         thread::sleep(Duration::from_millis(1500));
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reap");
         stop.store(true, Ordering::Relaxed);
+        let (reads, torn) = reader.join().expect("reader thread");
+        assert!(
+            torn.is_empty(),
+            "round {round}: a reader saw torn files: {torn:?}"
+        );
+        assert!(reads > 0, "round {round}: the reader read");
+        reads_total += reads;
         let sessions = server.sessions();
         let mut round_acked = 0;
         let mut round_clients = Vec::new();
@@ -288,7 +347,7 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
         }
         let round_leftovers = names_ending(&sessions, ".tmp").len();
         eprintln!(
-            "faults/kill-9 round {round}: {round_acked} writes acknowledged by 6 clients in 1.5 s, \
+            "faults/kill-9 round {round}: {round_acked} writes acknowledged by 8 clients in 1.5 s, \
              {round_found} found after SIGKILL, {} files parsed, {round_leftovers} temp leftovers",
             files.len()
         );
@@ -304,7 +363,8 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
     eprintln!(
         "faults/kill-9: {ROUNDS} rounds: writes acknowledged {acked_total}, writes found \
          {found_total}, files checked {files_checked}, temp leftovers {leftovers}, \
-         old sessions re-read through a restarted server {old_reread}; {:.1} s",
+         old sessions re-read through a restarted server {old_reread}, files read whole by a \
+         reader during the storms {reads_total}; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
@@ -381,18 +441,22 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
     assert!(set_cookies(&r).is_empty());
     let v: Value = serde_json::from_str(&body(r)).unwrap();
     assert!(v["error"].as_str().unwrap().contains("out of space"), "{v}");
-    // Existing sessions.
-    let r = post_json_as(
-        &agent(),
-        &server.url("/api/session"),
-        Some(&a),
-        r#"{"more": "data"}"#,
-    );
-    statuses.push(("existing POST /api/session", r.status().as_u16()));
-    assert_eq!(r.status(), 507);
-    assert!(set_cookies(&r).is_empty());
+    // Existing sessions: a change that fits the file is written in place, which needs no
+    // new block: it works on a full disk.
     let r = post_empty_as(&agent(), &server.url("/api/session/incr/n"), &b);
-    statuses.push(("existing POST incr", r.status().as_u16()));
+    statuses.push(("existing POST incr (in place)", r.status().as_u16()));
+    assert_eq!(r.status(), 200);
+    let in_place_b = fs::read(file_of(&dir, &b)).unwrap();
+    assert_eq!(read_session(&dir, &b)["data"]["n"], json!(1));
+    assert_eq!(
+        in_place_b.len(),
+        before_b.len(),
+        "the same file, the same size"
+    );
+    // One that does not fit needs a new file: 507, and the file stays as it was.
+    let big = format!(r#"{{"more": "{}"}}"#, "d".repeat(3000));
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
+    statuses.push(("existing POST /api/session (grows)", r.status().as_u16()));
     assert_eq!(r.status(), 507);
     assert!(set_cookies(&r).is_empty());
     let text = body(r);
@@ -406,7 +470,7 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
     statuses.push(("existing GET /api/session", r.status().as_u16()));
     assert_eq!(r.status(), 200);
     let v: Value = serde_json::from_str(&body(r)).unwrap();
-    assert_eq!(v["data"], json!({"cart": [1, 2]}));
+    assert_eq!(v["data"], json!({"cart": [1, 2], "n": 1}));
     // A logout needs no space: it works, and says so.
     let r = post_empty_as(&agent(), &server.url("/api/session/flush"), &c);
     statuses.push(("existing POST flush", r.status().as_u16()));
@@ -417,9 +481,9 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
         "the cookie is deleted"
     );
     assert!(!file_of(&dir, &c).exists(), "the logged-out file is gone");
-    // Nothing changed, nothing left behind.
+    // Nothing else changed, nothing left behind.
     assert_eq!(fs::read(file_of(&dir, &a)).unwrap(), before_a);
-    assert_eq!(fs::read(file_of(&dir, &b)).unwrap(), before_b);
+    assert_eq!(fs::read(file_of(&dir, &b)).unwrap(), in_place_b);
     assert_eq!(
         names_ending(&dir, ".json"),
         {
@@ -438,23 +502,21 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
 
     // Space again: writes work.
     fs::remove_file(dir.join("filler")).unwrap();
-    let r = post_json_as(
-        &agent(),
-        &server.url("/api/session"),
-        Some(&a),
-        r#"{"more": "data"}"#,
-    );
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
     assert_eq!(r.status(), 200);
     assert_eq!(new_key(&r), a);
-    assert_eq!(read_session(&dir, &a)["data"]["more"], json!("data"));
+    assert_eq!(
+        read_session(&dir, &a)["data"]["more"],
+        json!("d".repeat(3000))
+    );
     let d = setsession(&server);
     assert_eq!(read_session(&dir, &d)["data"]["sname"], json!("abc"));
     eprintln!(
         "faults/disk-full: filler {filled} bytes on a 1 MiB tmpfs; while full: {statuses:?}; \
-         session files unchanged: {} bytes and {} bytes, byte for byte; 0 temp files left; \
-         after freeing: 200 with Set-Cookie; {:.1} s",
+         a session file unchanged by a refused write: {} bytes, byte for byte; one written in \
+         place: {} bytes; 0 temp files left; after freeing: 200 with Set-Cookie; {:.1} s",
         before_a.len(),
-        before_b.len(),
+        in_place_b.len(),
         started.elapsed().as_secs_f64()
     );
 }

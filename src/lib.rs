@@ -94,15 +94,12 @@
 //!   "data": {
 //!     "semail": "abc@gmail.com",
 //!     "sname": "abc"
-//!   },
-//!   "check": "6b1f0c2e"
+//!   }
 //! }
 //! ```
 //!
 //! `expiry` is `"default"`, `"browser_close"`, `{"seconds": N}` or `{"at": "<RFC 3339>"}`
-//! (see [`Expiry`]); `expires_at` is when the session ends, enforced on load; `check` is the
-//! CRC-32 of every byte before it (a save may write a small session in place: a reader that
-//! copies the page half written finds the check wrong and reads again).
+//! (see [`Expiry`]); `expires_at` is when the session ends, enforced on load.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -58,36 +58,9 @@ struct FileIn {
     #[serde(default)]
     expiry: Expiry,
     data: Map<String, Value>,
-    #[serde(default)]
-    check: Option<String>,
 }
 
-/// What comes before the last field, `"check"`: the CRC-32 (hex) of every byte of the
-/// document before this text. A reader that finds it wrong read a page while it was being
-/// written (a save writes small sessions in place) and reads again. A person who edits a
-/// file by hand removes the line (a document without it is read as it is).
-const CHECK_FIELD: &[u8] = b",\n  \"check\": \"";
-
-/// Where the check field starts: where `encode` put it (the document's end, before any
-/// padding: `,\n  "check": "xxxxxxxx"\n}`), or else its last occurrence.
-fn check_field_at(bytes: &[u8]) -> Option<usize> {
-    let end = bytes.len()
-        - bytes
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_whitespace())
-            .count();
-    let at = end.checked_sub(CHECK_FIELD.len() + 8 + 3)?;
-    if bytes[at..].starts_with(CHECK_FIELD) {
-        return Some(at);
-    }
-    bytes
-        .windows(CHECK_FIELD.len())
-        .rposition(|w| w == CHECK_FIELD)
-}
-
-/// The bytes of a session file for `record`, ending in a newline: the pretty JSON of the
-/// record, its last field the check of everything before it.
+/// The bytes of a session file for `record`, ending in a newline.
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
     let out = FileOut {
         format: FORMAT_VERSION,
@@ -98,13 +71,6 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
     // Serializing a Map of Values into memory cannot fail; fall back to an empty
     // session rather than panic should that ever change.
     let mut bytes = serde_json::to_vec_pretty(&out).unwrap_or_else(|_| b"{}".to_vec());
-    // The pretty object ends "\n}": the check goes in before it.
-    if bytes.ends_with(b"\n}") {
-        bytes.truncate(bytes.len() - 2);
-        let check = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(CHECK_FIELD);
-        bytes.extend_from_slice(format!("{check:08x}\"\n}}").as_bytes());
-    }
     bytes.push(b'\n');
     bytes
 }
@@ -118,8 +84,6 @@ pub(crate) enum DecodeError {
     Version(u32),
     /// `expires_at` is not an RFC 3339 time.
     Time(String),
-    /// The check does not match the document: read while being written, or edited by hand.
-    Check,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -128,9 +92,6 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Json(e) => write!(f, "not a session file: {e}"),
             DecodeError::Version(v) => write!(f, "unknown format version {v}"),
             DecodeError::Time(t) => write!(f, "expires_at {t:?} is not an RFC 3339 time"),
-            DecodeError::Check => f.write_str(
-                "its \"check\" does not match its content (edited by hand? remove that line)",
-            ),
         }
     }
 }
@@ -140,13 +101,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let file: FileIn = serde_json::from_slice(bytes).map_err(DecodeError::Json)?;
     if file.format != FORMAT_VERSION {
         return Err(DecodeError::Version(file.format));
-    }
-    if let Some(check) = &file.check {
-        let expected = u32::from_str_radix(check, 16).map_err(|_| DecodeError::Check)?;
-        let body = check_field_at(bytes).map(|at| &bytes[..at]);
-        if body.is_none_or(|body| crc32fast::hash(body) != expected) {
-            return Err(DecodeError::Check);
-        }
     }
     let expires_at = parse_rfc3339(&file.expires_at).ok_or(DecodeError::Time(file.expires_at))?;
     Ok(Record {
@@ -200,45 +154,13 @@ mod tests {
             expires_at: UNIX_EPOCH + Duration::from_secs(1_796_643_466),
         };
         let text = String::from_utf8(encode(&record)).unwrap();
-        let body = "{\n  \"format\": 1,\n  \"expires_at\": \"2026-12-07T11:37:46Z\",\n  \
+        assert_eq!(
+            text,
+            "{\n  \"format\": 1,\n  \"expires_at\": \"2026-12-07T11:37:46Z\",\n  \
              \"expiry\": \"default\",\n  \"data\": {\n    \"sname\": \"abc\",\n    \
-             \"semail\": \"abc@gmail.com\"\n  }";
-        let check = format!("{:08x}", crc32fast::hash(body.as_bytes()));
-        assert_eq!(text, format!("{body},\n  \"check\": \"{check}\"\n}}\n"));
+             \"semail\": \"abc@gmail.com\"\n  }\n}\n"
+        );
         assert_eq!(decode(text.as_bytes()).unwrap(), record);
-        // Without its check line (a file edited by hand), it reads as it is.
-        let edited = format!("{body}\n}}\n");
-        assert_eq!(decode(edited.as_bytes()).unwrap(), record);
-    }
-
-    #[test]
-    fn a_copy_caught_half_written_fails_its_check() {
-        let at = |n: u64, data: serde_json::Value| Record {
-            data: data.as_object().cloned().unwrap_or_default(),
-            expiry: Expiry::Default,
-            expires_at: UNIX_EPOCH + Duration::from_secs(n),
-        };
-        let old = encode(&at(1_796_643_466, json!({"n": 9, "cart": [1, 2]})));
-        let new = encode(&at(1_796_643_467, json!({"n": 8, "cart": [1, 3]})));
-        assert_eq!(old.len(), new.len());
-        // Every mix of a new prefix and an old suffix (a page copied while read) that
-        // differs from both is refused, never read as a session.
-        let mut refused = 0;
-        for cut in 1..old.len() {
-            let mut mixed = new[..cut].to_vec();
-            mixed.extend_from_slice(&old[cut..]);
-            if mixed == old || mixed == new {
-                continue;
-            }
-            assert!(decode(&mixed).is_err(), "cut at {cut} read as a session");
-            refused += 1;
-        }
-        assert!(refused > 0);
-        // A value changed in place by hand, check left: refused as not whole.
-        let text = String::from_utf8(old)
-            .unwrap()
-            .replace("\"n\": 9", "\"n\": 7");
-        assert!(matches!(decode(text.as_bytes()), Err(DecodeError::Check)));
     }
 
     #[test]

@@ -11,26 +11,13 @@ use std::time::{Duration, Instant};
 
 /// Tries to lock `file` exclusively until `deadline`. `Ok(true)` when locked, `Ok(false)` when
 /// the deadline passed first.
-pub(crate) fn lock_exclusive_until(file: &File, deadline: Instant) -> io::Result<bool> {
-    lock_until(file, deadline, fs2::FileExt::try_lock_exclusive)
-}
-
-/// Tries to lock `file` shared (readers; a writer in place holds it exclusively) until
-/// `deadline`. `Ok(true)` when locked, `Ok(false)` when the deadline passed first.
-pub(crate) fn lock_shared_until(file: &File, deadline: Instant) -> io::Result<bool> {
-    lock_until(file, deadline, fs2::FileExt::try_lock_shared)
-}
-
+///
 /// flock has no timed wait, so this polls with a short backoff (50 us doubling up to 2 ms):
 /// a stuck process costs a waiter at most its deadline, never a frozen server.
-fn lock_until(
-    file: &File,
-    deadline: Instant,
-    try_lock: fn(&File) -> io::Result<()>,
-) -> io::Result<bool> {
+pub(crate) fn lock_exclusive_until(file: &File, deadline: Instant) -> io::Result<bool> {
     let mut pause = Duration::from_micros(50);
     loop {
-        match try_lock(file) {
+        match fs2::FileExt::try_lock_exclusive(file) {
             Ok(()) => return Ok(true),
             Err(e) if is_contended(&e) => {}
             Err(e) => return Err(e),

@@ -48,22 +48,18 @@ impl FileStore {
         let start = Instant::now();
         let deadline = later(start, wait);
         loop {
-            let entry = match self.open_entry_for_writing(name)? {
+            let entry = match self.open_entry(name)? {
                 Opened::Missing => return Ok(None),
                 Opened::File(entry) => entry,
             };
             self.lock_by(key, &entry, name, start, deadline)?;
-            let mut held = FileLock {
+            let held = FileLock {
                 entry,
                 name: name.to_owned(),
             };
-            match self.current_len(&held.entry, &held.name)? {
-                // Its length now: it may have been written in place while we waited.
-                Some(Some(len)) => {
-                    held.entry.len = len;
-                    return Ok(Some(held));
-                }
-                Some(None) => continue, // replaced while we waited: lock the new one
+            match self.is_current(&held.entry, &held.name)? {
+                Some(true) => return Ok(Some(held)),
+                Some(false) => continue, // replaced while we waited: lock the new one
                 None => return Ok(None),
             }
         }
@@ -102,12 +98,11 @@ impl FileStore {
         (begun == done).then_some(begun)
     }
 
-    /// Whether a candidate is still the file with its session's name. Only a change of the
-    /// name can make it another file (a write in place changes the content of the same file,
-    /// which the load then reads, checked): if this store changed no name since
-    /// the candidate was opened, it is current (a change by another process after the open
-    /// is concurrent with the request, and a read that takes effect at the open is
-    /// linearizable); otherwise `statat` compares inodes.
+    /// Whether a candidate still holds the current copy of its session. A session file is
+    /// never modified in place, so only a change of its name can make it stale: if this
+    /// store changed no name since the candidate was opened, it is current (a change by
+    /// another process after the open is concurrent with the request, and a read that
+    /// takes effect at the open is linearizable); otherwise `statat` compares inodes.
     pub(super) fn candidate_is_current(
         &self,
         candidate: &FileCandidate,

@@ -18,17 +18,9 @@
 //!
 //! # The write protocol
 //!
-//! A save whose document fits the file it replaces (files are written with room to grow,
-//! up to one page: [`IN_PLACE_MAX`]) is written over it in place, under the file's
-//! exclusive lock: one `pwrite` of at most one page at offset 0, padded with JSON
-//! whitespace to the file's length (never shrinking, never growing, so no block is
-//! allocated and no `ftruncate` is needed). A process killed mid-`pwrite` leaves the old page
-//! or the new one. Readers take no lock: the document's last field is a check of everything
-//! before it (`store::format`), so a reader that copies the page while it is being written
-//! finds it wrong and reads again (after three tries, under a shared lock). Every other
-//! write (a larger document, a new session, and every save in fsync mode, where only a
-//! rename survives power loss) goes to a fresh temp file (`.<random uuid>.tmp`, mode 0600)
-//! in the same directory, which then takes the session's name in one atomic step:
+//! A session file is never modified in place. Every write goes to a fresh temp file
+//! (`.<random uuid>.tmp`, mode 0600) in the same directory, which then takes the session's
+//! name in one atomic step:
 //!
 //! * create: an unnamed file (`O_TMPFILE`) given its name by `linkat`, which fails rather
 //!   than replace (a collision retries with a new key); where the file system has no
@@ -38,10 +30,8 @@
 //!   existing file (which forces block allocation); where the file system lacks `renameat2`
 //!   the store falls back to `rename` and `link`.
 //!
-//! So a reader, and a process killed at any instant, see either the old or the new file,
-//! whole (`cat`, which does not check, may in principle catch a page being copied). Every
-//! process on one directory must be of this version or later: an older one reads without
-//! checking. Each file's mtime is stamped with the session's expiry, so that
+//! So a reader, locked or not, and a process killed at any instant, see either the old or
+//! the new file, whole. Each file's mtime is stamped with the session's expiry, so that
 //! cleanup can skip live sessions without reading them. A save that would change nothing
 //! but move the expiry by less than 1% of the lifetime (at most [`REFRESH_SLACK`]) is
 //! skipped, as PHP's `lazy_write`.
@@ -53,8 +43,8 @@
 //! before it may have replaced the file while it waited, in which case it retries on the new
 //! inode, or removed it, in which case the session was deleted meanwhile and the save fails
 //! with [`StoreError::Deleted`] rather than resurrect it. Holding a lock on the current inode,
-//! it re-reads the newest copy, applies its [`ChangeSet`], and writes it in place or swaps.
-//! Deletes take the same lock. Readers take no lock.
+//! it re-reads the newest copy, applies its [`ChangeSet`], writes and swaps. Deletes take the
+//! same lock. Readers take no lock: whole-file replacement already keeps them consistent.
 //!
 //! # Reads are fresh
 //!
@@ -64,8 +54,8 @@
 //! read without checking, at the moment of the load, that it is still the file with that
 //! name: [`LockPreflight::acquire`] in `merge` mode waits until the lock is free and hands its
 //! open file on as a candidate, which the load uses only if `statat` finds the same inode
-//! under the name then (the same inode may hold newer content, written in place: the load
-//! reads it then, checked), and otherwise opens the name afresh; in `request` mode the lock it hands on
+//! under the name then (a file is never modified in place, so the same inode is the same
+//! content), and otherwise opens the name afresh; in `request` mode the lock it hands on
 //! keeps every other writer out until the load, so the file it holds is the current one.
 //!
 //! # Errors are not "no session"
@@ -101,7 +91,7 @@ mod write;
 use super::format::{self, DecodeError};
 use read::ReadError;
 
-use flock::{lock_exclusive_until, lock_shared_until, unlock};
+use flock::{lock_exclusive_until, unlock};
 
 use super::{
     Acquired, ChangeSet, ClearReport, ExpiredDeletion, Loaded, LockPreflight, Merged, Record,
@@ -117,18 +107,6 @@ pub const DEFAULT_MAX_FILE_SIZE: usize = 1 << 20;
 /// How old a temp file must be before `clear_expired` takes it for the leftover of a crashed
 /// write and removes it. Default: 60 seconds.
 pub const DEFAULT_LEFTOVER_AGE: Duration = Duration::from_secs(60);
-
-/// The largest document a save writes in place: one page. A `pwrite` of one page at offset
-/// 0 is not split by a fatal signal (measured in issue 15: 0 torn files in 1 500 kills, 5 in
-/// 600 for writes of 5-60 KB); larger documents, and every save in fsync mode, go through a
-/// temp file and a rename instead. A concurrent reader may still copy the page while it is
-/// being written: the document's check tells it (`store::format`), and it reads again.
-pub(super) const IN_PLACE_MAX: usize = 4096;
-
-/// How many times an unlocked read that found a document not whole reads again before
-/// taking the shared lock, and the pause before each: a page is copied in microseconds.
-pub(super) const TORN_RETRIES: usize = 3;
-pub(super) const TORN_PAUSE: Duration = Duration::from_micros(50);
 
 /// How many corrupt files are remembered so that each is logged once.
 const CORRUPT_LOG_MEMORY: usize = 10_000;
@@ -174,8 +152,6 @@ pub struct FileStore {
     /// links, unlinks): a candidate opened with none in progress and none begun since is
     /// current without asking the file system ([`FileStore::candidate_is_current`]).
     changes: Changes,
-    /// This process's effective user id, read once: only files of ours are written in place.
-    euid: u32,
 }
 
 /// Counts of changes begun and finished ([`FileStore::changing`]).
@@ -201,18 +177,14 @@ pub struct FileLock {
     name: String,
 }
 
-/// An open session file and what its `fstat` said when it was opened. A write in place may
-/// make the file longer later (never shorter): a read reads to the end, and a locker
-/// refreshes the length once it holds the lock.
+/// An open session file and what its `fstat` said when it was opened. A session file is
+/// never modified in place, so its length stays true for as long as it is open.
 #[derive(Debug)]
 struct Entry {
     file: File,
     len: u64,
     ino: u64,
     dev: u64,
-    /// Opened for writing too (a locker's), and ours with mode 0600: a save may write it in
-    /// place (any other file is replaced by a fresh 0600 one, as before).
-    writable: bool,
 }
 
 /// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
@@ -318,7 +290,6 @@ impl FileStore {
             tmpfile: AtomicBool::new(true),
             corrupt_logged: Mutex::new(HashSet::new()),
             changes: Changes::default(),
-            euid: rustix::process::geteuid().as_raw(),
         };
         let (probe, _) = store
             .write_temp(b"probe\n", None)
@@ -390,8 +361,8 @@ impl LockPreflight for FileStore {
         }
         // merge: wait until no one holds the lock, and let go at once. The open file goes to
         // the load only as a candidate: the load uses it if it is still the file with that
-        // name when the handler runs (reading it then sees any write in place since), and
-        // opens the name afresh otherwise.
+        // name when the handler runs (a file is never modified in place, so the same inode
+        // means the same content), and opens the name afresh otherwise.
         let quiet_since = self.quiet_now();
         let entry = match self.open_entry(&name) {
             Ok(Opened::File(entry)) => entry,
@@ -419,7 +390,7 @@ impl LockPreflight for FileStore {
                 // Checked now, when the handler runs: the copy is current or not used.
                 if self.candidate_is_current(&candidate)? {
                     return Ok(self
-                        .live_record_unlocked(key, &candidate.entry, &candidate.name)?
+                        .live_record(&candidate.entry, &candidate.name)?
                         .map(|record| Loaded { record, lock: None }));
                 }
                 self.load(key)
@@ -447,7 +418,7 @@ impl SessionStore for FileStore {
             Locking::Merge => match self.open_entry(&name) {
                 Ok(Opened::File(entry)) => {
                     return Ok(self
-                        .live_record_unlocked(key, &entry, &name)?
+                        .live_record(&entry, &name)?
                         .map(|record| Loaded { record, lock: None }));
                 }
                 Ok(Opened::Missing) => return Ok(None),
@@ -515,10 +486,8 @@ impl SessionStore for FileStore {
             Merged::Changed(record) => record,
         };
         let bytes = self.encode(Some(key), &record)?;
-        if !self.write_in_place(&held, &bytes, record.expires_at)? {
-            let temp = self.write_temp_for(&held.name, &bytes, record.expires_at)?;
-            self.replace(&temp, &held.name)?;
-        }
+        let temp = self.write_temp_for(&held.name, &bytes, record.expires_at)?;
+        self.replace(&temp, &held.name)?;
         Ok(record)
     }
 

@@ -57,26 +57,7 @@ impl FileStore {
     /// Opens the entry `name` without following a symlink and without blocking on a FIFO,
     /// and refuses anything but a regular file.
     pub(super) fn open_entry(&self, name: &str) -> Result<Opened, StoreError> {
-        self.open_entry_as(name, OFlags::RDONLY)
-    }
-
-    /// [`open_entry`](FileStore::open_entry) for a writer, which may write in place: read
-    /// and write, or read only when the file is not writable to us (it is then replaced, not
-    /// written in place).
-    pub(super) fn open_entry_for_writing(&self, name: &str) -> Result<Opened, StoreError> {
-        match self.open_entry_as(name, OFlags::RDWR) {
-            Err(StoreError::Io { source, .. })
-                if source.kind() == io::ErrorKind::PermissionDenied
-                    || source.raw_os_error() == Some(Errno::ROFS.raw_os_error()) =>
-            {
-                self.open_entry_as(name, OFlags::RDONLY)
-            }
-            other => other,
-        }
-    }
-
-    fn open_entry_as(&self, name: &str, access: OFlags) -> Result<Opened, StoreError> {
-        let flags = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         match openat(&self.dirfd, name, flags, Mode::empty()) {
             Ok(fd) => {
                 let file = File::from(fd);
@@ -84,15 +65,11 @@ impl FileStore {
                     .metadata()
                     .map_err(|e| StoreError::io("inspect session file", self.shown(name), e))?;
                 if meta.is_file() {
-                    let writable = access == OFlags::RDWR
-                        && meta.uid() == self.euid
-                        && meta.mode() & 0o077 == 0;
                     Ok(Opened::File(Entry {
                         file,
                         len: meta.len(),
                         ino: meta.ino(),
                         dev: meta.dev(),
-                        writable,
                     }))
                 } else {
                     Err(StoreError::NotARegularFile(self.shown(name)))
@@ -102,11 +79,8 @@ impl FileStore {
                 self.check_dir()?;
                 Ok(Opened::Missing)
             }
-            // ELOOP: a symlink; ENXIO: a socket; EISDIR: a directory opened for writing.
-            // None is a session file.
-            Err(Errno::LOOP | Errno::NXIO | Errno::ISDIR) => {
-                Err(StoreError::NotARegularFile(self.shown(name)))
-            }
+            // ELOOP: a symlink; ENXIO: a socket. Neither is a session file.
+            Err(Errno::LOOP | Errno::NXIO) => Err(StoreError::NotARegularFile(self.shown(name))),
             Err(e) => Err(StoreError::io(
                 "open session file",
                 self.shown(name),
@@ -115,69 +89,17 @@ impl FileStore {
         }
     }
 
-    /// Reads a whole session file, to its end, refusing more than the size limit.
-    ///
-    /// A write in place keeps a file's length (a shorter document is padded, a longer one
-    /// goes to a new file), so `entry`'s `fstat` length holds; the read still asks for a
-    /// byte more and reads on if it comes, never trusting a length for the end of a file.
+    /// Reads a whole session file, refusing more than the size limit.
     pub(super) fn read_record(&self, entry: &Entry, name: &str) -> Result<Record, ReadError> {
-        let limit = self.max_file_size;
-        let mut bytes = vec![0; (entry.len as usize).min(limit) + 1];
-        let mut filled = 0;
-        loop {
-            let n = entry
-                .file
-                .read_at(&mut bytes[filled..], filled as u64)
-                .map_err(|e| {
-                    ReadError::Store(StoreError::io("read session file", self.shown(name), e))
-                })?;
-            filled += n;
-            if filled > limit {
-                return Err(ReadError::TooLarge);
-            }
-            if n == 0 || filled < bytes.len() {
-                break;
-            }
-            bytes.resize((bytes.len() * 2).max(IN_PLACE_MAX).min(limit + 1), 0);
+        if entry.len > self.max_file_size as u64 {
+            return Err(ReadError::TooLarge);
         }
-        bytes.truncate(filled);
+        // One pread of the length fstat gave: no seek, no read to find the end.
+        let mut bytes = vec![0; entry.len as usize];
+        entry.file.read_exact_at(&mut bytes, 0).map_err(|e| {
+            ReadError::Store(StoreError::io("read session file", self.shown(name), e))
+        })?;
         format::decode(&bytes).map_err(ReadError::Corrupt)
-    }
-
-    /// The live session in `entry`, read without a lock. A save may be writing the file in
-    /// place at that very moment: a read that catches the page half copied finds the
-    /// document's check wrong (or the JSON cut), and reads again, twice, a little later;
-    /// only if it is still not whole is the shared lock taken (bounded by the lock timeout)
-    /// for the last read, which decides. A reader never waits for a writer otherwise.
-    pub(super) fn live_record_unlocked(
-        &self,
-        key: &SessionKey,
-        entry: &Entry,
-        name: &str,
-    ) -> Result<Option<Record>, StoreError> {
-        for _ in 0..TORN_RETRIES {
-            match self.read_record(entry, name) {
-                Err(ReadError::Corrupt(DecodeError::Check | DecodeError::Json(_))) => {
-                    std::thread::sleep(TORN_PAUSE);
-                }
-                read => {
-                    return Ok(self
-                        .outcome(name, read)?
-                        .filter(|r| !r.is_expired(SystemTime::now())));
-                }
-            }
-        }
-        let start = Instant::now();
-        let locked = lock_shared_until(&entry.file, later(start, self.lock_timeout))
-            .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
-        if !locked {
-            return Err(StoreError::LockTimeout {
-                key: *key,
-                waited: start.elapsed(),
-            });
-        }
-        // Closing the file (when `entry` is dropped) lets the lock go.
-        self.live_record(entry, name)
     }
 
     /// The live session in `entry`: `Ok(None)` (logged) when it is corrupt, too large or
@@ -199,17 +121,7 @@ impl FileStore {
         entry: &Entry,
         name: &str,
     ) -> Result<Option<Record>, StoreError> {
-        self.outcome(name, self.read_record(entry, name))
-    }
-
-    /// What a read of `name` found: the record, `Ok(None)` (logged) when the file does not
-    /// hold one, `Err` when it could not be read at all.
-    fn outcome(
-        &self,
-        name: &str,
-        read: Result<Record, ReadError>,
-    ) -> Result<Option<Record>, StoreError> {
-        match read {
+        match self.read_record(entry, name) {
             Ok(record) => Ok(Some(record)),
             Err(ReadError::Store(e)) => Err(e),
             Err(ReadError::TooLarge) => {
@@ -242,25 +154,12 @@ impl FileStore {
         }
     }
 
-    /// Whether `entry` is, at this moment, the file named `name` (same inode). `Some(false)`:
-    /// replaced since it was opened; `None`: the name is gone. (The same inode may hold new
-    /// content, written in place: a reader checks what it read.)
+    /// Whether `entry` is, at this moment, the file named `name` (same inode; a session file
+    /// is never modified in place, so the same inode is the same content). `Some(false)`:
+    /// replaced since it was opened; `None`: the name is gone.
     pub(super) fn is_current(&self, entry: &Entry, name: &str) -> Result<Option<bool>, StoreError> {
-        Ok(self.current_len(entry, name)?.map(|len| len.is_some()))
-    }
-
-    /// [`is_current`](FileStore::is_current), with the file's length now when it is:
-    /// `Some(Some(len))` current, `Some(None)` replaced, `None` gone.
-    pub(super) fn current_len(
-        &self,
-        entry: &Entry,
-        name: &str,
-    ) -> Result<Option<Option<u64>>, StoreError> {
         match statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(now) => Ok(Some(
-                (now.st_ino == entry.ino && now.st_dev == entry.dev)
-                    .then(|| u64::try_from(now.st_size).unwrap_or(0)),
-            )),
+            Ok(now) => Ok(Some(now.st_ino == entry.ino && now.st_dev == entry.dev)),
             Err(Errno::NOENT) => {
                 self.check_dir()?;
                 Ok(None)

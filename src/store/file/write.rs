@@ -4,19 +4,6 @@
 
 use super::*;
 
-/// A small document as a file holds it: padded with spaces (JSON whitespace) to leave room
-/// to grow in place, to the next 256 bytes at least 64 bytes ahead, at most one page and
-/// never past `limit` (the largest file the store reads back).
-pub(super) fn with_room(mut bytes: Vec<u8>, limit: usize) -> Vec<u8> {
-    if bytes.len() < IN_PLACE_MAX {
-        let room = ((bytes.len() + 64).div_ceil(256) * 256)
-            .min(IN_PLACE_MAX)
-            .min(limit);
-        bytes.resize(room.max(bytes.len()), b' ');
-    }
-    bytes
-}
-
 /// Sets a new session file's modification time to when the session expires, so that
 /// cleanup can tell a live session from its metadata alone (as PHP's gc reads mtimes).
 pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::Result<()> {
@@ -39,58 +26,13 @@ impl FileStore {
         Ok(changes.merge_into(stored, SystemTime::now()))
     }
 
-    /// The bytes of `record`, within the size limit of one session file, with room to grow
-    /// ([`with_room`]).
+    /// The bytes of `record`, within the size limit of one session file.
     pub(super) fn encode(
         &self,
         key: Option<&SessionKey>,
         record: &Record,
     ) -> Result<Vec<u8>, StoreError> {
         format::encode_within(key, record, self.max_file_size)
-            .map(|bytes| with_room(bytes, self.max_file_size))
-    }
-
-    /// Writes a save over the locked file itself when it may: the file is at most one page,
-    /// the document fits in it, the file was opened for writing, and fsync mode is off. One
-    /// `pwrite` at offset 0 (padded with JSON whitespace to the file's length, so the file
-    /// never shrinks, never grows, and needs no `ftruncate`), then the mtime stamped with
-    /// the expiry. Files are written with room to grow ([`with_room`]).
-    /// A reader that copies the page half written finds its check wrong and reads again; a process
-    /// killed mid-`pwrite` leaves the old page or the new one (see [`IN_PLACE_MAX`]).
-    /// `Ok(false)`: not written (use a temp file and a rename).
-    pub(super) fn write_in_place(
-        &self,
-        held: &FileLock,
-        bytes: &[u8],
-        expires_at: SystemTime,
-    ) -> Result<bool, StoreError> {
-        let len = held.entry.len as usize;
-        // Within the file's length only: no block to allocate, so no ENOSPC half way.
-        if self.fsync || !held.entry.writable || bytes.len() > len || len > IN_PLACE_MAX {
-            return Ok(false);
-        }
-        let mut page = Vec::with_capacity(len);
-        page.extend_from_slice(bytes);
-        page.resize(len, b' ');
-        let written = held.entry.file.write_at(&page, 0);
-        if written.as_ref().is_ok_and(|n| *n == page.len()) {
-            // The data is written: the save happened. The expiry stamp only spares cleanup a
-            // read (with the mtime of the write, cleanup reads the file and keeps it).
-            if let Err(e) = stamp_expiry(&held.entry.file, Some(expires_at)) {
-                log::warn!(
-                    "cannot stamp {} with its expiry: {e}",
-                    crate::key::shown_name(&held.name)
-                );
-            }
-            return Ok(true);
-        }
-        // Not written whole (a page fits within the file: no block to allocate, so this is
-        // not expected): the caller replaces the file by a new one, under the same lock.
-        log::warn!(
-            "{}: a write in place did not complete ({written:?}); replacing the file",
-            crate::key::shown_name(&held.name)
-        );
-        Ok(false)
     }
 
     /// Writes `bytes` to a new temp file (0600) in the directory, `.<uuid>.tmp`, and returns

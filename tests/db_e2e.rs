@@ -15,12 +15,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestServer, agent, cookie_value, set_cookies};
+use common::{
+    TestServer, agent, cookie_value, request_counter_is_exact, set_cookies,
+    two_servers_share_sessions,
+};
 use serde_json::{Value, json};
-
-fn json_of(mut r: ureq::http::Response<ureq::Body>) -> Value {
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
-}
 
 fn body_of(mut r: ureq::http::Response<ureq::Body>) -> String {
     r.body_mut().read_to_string().unwrap()
@@ -138,109 +137,6 @@ fn the_server_deletes_expired_rows_by_itself_with_session_gc_interval() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(count(&live), 1, "the live session stays");
-}
-
-/// Two servers on one store: the session travels, concurrent writes through both are all
-/// kept, a logout through one is a logout everywhere.
-fn two_servers_share_sessions(a: &TestServer, b: &TestServer) {
-    let r = agent().get(a.url("/setsession/")).call().unwrap();
-    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
-    let r = agent()
-        .get(b.url("/getsession/"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(body_of(r), "abc abc@gmail.com");
-    let r = agent()
-        .post(b.url("/api/session"))
-        .header("Cookie", &cookie)
-        .header("Content-Type", "application/json")
-        .send(r#"{"via": "b"}"#)
-        .unwrap();
-    assert_eq!(json_of(r)["data"]["via"], json!("b"));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session")
-            } else {
-                b.url("/api/session")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for i in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .header("Content-Type", "application/json")
-                        .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let r = agent()
-        .get(a.url("/api/session"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    let data = json_of(r)["data"].clone();
-    assert_eq!(data["via"], json!("b"));
-    for t in 0..4 {
-        for i in 0..25 {
-            assert_eq!(data[format!("t{t}_{i}")], json!(i), "t{t}_{i} lost");
-        }
-    }
-    let r = agent()
-        .post(a.url("/api/session/flush"))
-        .header("Cookie", &cookie)
-        .send_empty()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = agent()
-        .get(b.url("/getsession/"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 404, "logged out everywhere");
-}
-
-/// `request` locking: 4 clients through two servers add 1 each 25 times: exactly 100.
-fn request_counter_is_exact(a: &TestServer, b: &TestServer) {
-    let r = agent().get(a.url("/setsession/")).call().unwrap();
-    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session/incr/n")
-            } else {
-                b.url("/api/session/incr/n")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for _ in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .send_empty()
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let r = agent()
-        .get(b.url("/api/session"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(json_of(r)["data"]["n"], json!(100));
 }
 
 /// Two servers, each in a directory of its own, on one SQLite file.

@@ -10,8 +10,10 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, agent, cookie_value, set_cookies};
-use serde_json::{Value, json};
+use common::{
+    TestServer, agent, cookie_value, request_counter_is_exact, set_cookies,
+    two_servers_share_sessions,
+};
 
 /// A redis-server of this test's own, on a free port, killed on drop.
 struct Redis {
@@ -82,93 +84,16 @@ fn server_on(redis: &Redis) -> TestServer {
     ])
 }
 
-fn json_of(mut r: ureq::http::Response<ureq::Body>) -> Value {
-    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
-}
-
 #[test]
 fn a_session_travels_between_servers_that_share_redis() {
     let Some(redis) = redis_or_skip() else { return };
     let a = server_on(&redis);
     let b = server_on(&redis);
-    let r = agent().get(a.url("/setsession/")).call().unwrap();
-    let key = cookie_value(&set_cookies(&r)[0]);
-    let cookie = format!("sessionid={key}");
-    // Read and changed through the other server.
-    let mut r = agent()
-        .get(b.url("/getsession/"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(r.body_mut().read_to_string().unwrap(), "abc abc@gmail.com");
-    let r = agent()
-        .post(b.url("/api/session"))
-        .header("Cookie", &cookie)
-        .header("Content-Type", "application/json")
-        .send(r#"{"via": "b"}"#)
-        .unwrap();
-    assert_eq!(json_of(r)["data"]["via"], json!("b"));
-    let r = agent()
-        .get(a.url("/api/session"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(json_of(r)["data"]["via"], json!("b"));
+    two_servers_share_sessions(&a, &b);
     assert!(
         a.session_files().is_empty() && b.session_files().is_empty(),
         "no files: Redis"
     );
-
-    // Concurrent distinct-key writes through both are all kept.
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session")
-            } else {
-                b.url("/api/session")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for i in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .header("Content-Type", "application/json")
-                        .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let r = agent()
-        .get(b.url("/api/session"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    let data = json_of(r)["data"].clone();
-    for t in 0..4 {
-        for i in 0..25 {
-            assert_eq!(data[format!("t{t}_{i}")], json!(i), "t{t}_{i} lost");
-        }
-    }
-
-    // A logout through one server is a logout everywhere.
-    let r = agent()
-        .post(a.url("/api/session/flush"))
-        .header("Cookie", &cookie)
-        .send_empty()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = agent()
-        .get(b.url("/getsession/"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 404);
 }
 
 #[test]
@@ -254,37 +179,5 @@ fn request_locking_keeps_a_counter_exact_across_servers() {
         ("SESSION_REDIS_URL", url.as_str()),
         ("SESSION_LOCKING", "request"),
     ];
-    let a = TestServer::start(&env);
-    let b = TestServer::start(&env);
-    let r = agent().get(a.url("/setsession/")).call().unwrap();
-    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session/incr/n")
-            } else {
-                b.url("/api/session/incr/n")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for _ in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .send_empty()
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let r = agent()
-        .get(b.url("/api/session"))
-        .header("Cookie", &cookie)
-        .call()
-        .unwrap();
-    assert_eq!(json_of(r)["data"]["n"], json!(100));
+    request_counter_is_exact(&TestServer::start(&env), &TestServer::start(&env));
 }

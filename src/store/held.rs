@@ -124,6 +124,23 @@ impl fmt::Debug for Lease {
     }
 }
 
+/// Between two tries at a lease: `LockTimeout` (counted from `start`) once `wait` has
+/// passed, else a pause of `poll` (no later than the end of `wait`). Shared by the stores
+/// that keep their locks elsewhere (Redis, the databases).
+pub(crate) fn pause_or_time_out(
+    key: &SessionKey,
+    start: std::time::Instant,
+    wait: std::time::Duration,
+    poll: std::time::Duration,
+) -> Result<(), crate::store::StoreError> {
+    let waited = start.elapsed();
+    if waited >= wait {
+        return Err(crate::store::StoreError::LockTimeout { key: *key, waited });
+    }
+    std::thread::sleep(poll.min(wait - waited));
+    Ok(())
+}
+
 /// What a lock preflight ([`LockPreflight::acquire`](crate::LockPreflight::acquire)) hands
 /// on to the load ([`LockPreflight::load_acquired`](crate::LockPreflight::load_acquired)).
 #[derive(Debug)]

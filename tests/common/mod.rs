@@ -482,3 +482,117 @@ impl Pg {
             .map_err(|e| e.to_string())
     }
 }
+
+fn json_body(mut r: ureq::http::Response<ureq::Body>) -> serde_json::Value {
+    serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON")
+}
+
+/// Two servers on one store: the session travels, concurrent writes through both are all
+/// kept, a logout through one is a logout everywhere.
+pub fn two_servers_share_sessions(a: &TestServer, b: &TestServer) {
+    let r = agent().get(a.url("/setsession/")).call().unwrap();
+    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    let r = agent()
+        .get(b.url("/getsession/"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.into_body().read_to_string().expect("body"),
+        "abc abc@gmail.com"
+    );
+    let r = agent()
+        .post(b.url("/api/session"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/json")
+        .send(r#"{"via": "b"}"#)
+        .unwrap();
+    assert_eq!(json_body(r)["data"]["via"], serde_json::json!("b"));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let url = if t % 2 == 0 {
+                a.url("/api/session")
+            } else {
+                b.url("/api/session")
+            };
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let r = agent()
+                        .post(&url)
+                        .header("Cookie", &cookie)
+                        .header("Content-Type", "application/json")
+                        .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = agent()
+        .get(a.url("/api/session"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    let data = json_body(r)["data"].clone();
+    assert_eq!(data["via"], serde_json::json!("b"));
+    for t in 0..4 {
+        for i in 0..25 {
+            assert_eq!(
+                data[format!("t{t}_{i}")],
+                serde_json::json!(i),
+                "t{t}_{i} lost"
+            );
+        }
+    }
+    let r = agent()
+        .post(a.url("/api/session/flush"))
+        .header("Cookie", &cookie)
+        .send_empty()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = agent()
+        .get(b.url("/getsession/"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 404, "logged out everywhere");
+}
+
+/// `request` locking: 4 clients through two servers add 1 each 25 times: exactly 100.
+pub fn request_counter_is_exact(a: &TestServer, b: &TestServer) {
+    let r = agent().get(a.url("/setsession/")).call().unwrap();
+    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let url = if t % 2 == 0 {
+                a.url("/api/session/incr/n")
+            } else {
+                b.url("/api/session/incr/n")
+            };
+            let cookie = cookie.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let r = agent()
+                        .post(&url)
+                        .header("Cookie", &cookie)
+                        .send_empty()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = agent()
+        .get(b.url("/api/session"))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(json_body(r)["data"]["n"], serde_json::json!(100));
+}

@@ -49,6 +49,7 @@ use super::{
 #[cfg(test)]
 use crate::config::DEFAULT_DB_TABLE;
 use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking, redacted};
+use crate::expiry::later;
 use crate::key::SessionKey;
 
 #[cfg(feature = "postgres")]
@@ -450,7 +451,7 @@ impl ExpiredDeletion for DbStore {
     }
 
     fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
-        let deadline = Instant::now() + budget;
+        let deadline = later(Instant::now(), budget);
         if !sweep.in_progress() {
             sweep.begin(SweepCursor::Position(String::new()));
         }
@@ -519,18 +520,13 @@ fn postgres_open(_: &str, _: &str, _: &str) -> Result<Box<dyn Database>, StoreEr
     ))
 }
 
-/// When `lock` waits: poll until `deadline`, then `LockTimeout` counted from `start`.
+/// When `lock` waits: a pause of [`LOCK_POLL`], or `LockTimeout` counted from `start`.
 pub(crate) fn wait_or_time_out(
     key: &SessionKey,
     start: Instant,
     wait: Duration,
 ) -> Result<(), StoreError> {
-    let waited = start.elapsed();
-    if waited >= wait {
-        return Err(StoreError::LockTimeout { key: *key, waited });
-    }
-    std::thread::sleep(LOCK_POLL.min(wait - waited));
-    Ok(())
+    super::held::pause_or_time_out(key, start, wait, LOCK_POLL)
 }
 
 /// The lock a request held is no longer its own (its lease ran out while the handler ran

@@ -172,11 +172,7 @@ impl RedisStore {
                     move |session, token| release(&shared, &lock_key, session, token),
                 ));
             }
-            let waited = start.elapsed();
-            if waited >= wait {
-                return Err(StoreError::LockTimeout { key: *key, waited });
-            }
-            std::thread::sleep(LOCK_POLL.min(wait - waited));
+            super::held::pause_or_time_out(key, start, wait, LOCK_POLL)?;
         }
     }
 

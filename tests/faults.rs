@@ -181,8 +181,27 @@ fn storm_key(thread: usize, i: u64) -> String {
     format!("k{thread}_{i}")
 }
 
+/// Whether a session file's bytes are a whole document, as the store decides: JSON, and for
+/// format 2 its `"check"` (the CRC-32 of everything before that field) at its end and right.
+fn is_whole(bytes: &[u8]) -> bool {
+    const CHECK: &[u8] = b",\n  \"check\": \"";
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return false;
+    };
+    let Some(check) = v.get("check").and_then(Value::as_str) else {
+        return v["format"] == 1; // version 1, written before checks, is read as it is
+    };
+    let text = bytes.trim_ascii_end();
+    let Some(at) = text.len().checked_sub(CHECK.len() + 8 + 3) else {
+        return false;
+    };
+    text[at..].starts_with(CHECK)
+        && text.ends_with(b"\"\n}")
+        && format!("{:08x}", crc32fast::hash(&text[..at])) == check
+}
+
 /// Storm clients from this index on are counters: each rewrites one key of its session
-/// (`c<thread>`: i), so their sessions do not grow.
+/// (`c<thread>`: i), a change that fits the file, so it is written in place.
 const COUNTER_FROM: usize = 6;
 
 /// Checks that every acknowledged write of `client` is in `data`; the number found.
@@ -213,14 +232,16 @@ fn check_acked(client: &Client, data: &Value, round: usize) -> usize {
 
 #[test]
 fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
-    // 6 clients add a key each time, 2 rewrite one key; a reader reads every file all along.
+    // 6 clients add a key each time (their files outgrow their room: new files and
+    // renames), 2 rewrite one key (in place); a reader reads every file all along, without
+    // a lock.
     const CLIENTS: usize = 8;
     const ROUNDS: usize = 3;
     let started = Instant::now();
     let mut dir = tempfile::tempdir().unwrap();
     let mut old: Vec<Client> = Vec::new();
     let (mut acked_total, mut found_total, mut files_checked, mut leftovers) = (0, 0, 0, 0);
-    let (mut old_reread, mut reads_total) = (0, 0);
+    let (mut old_reread, mut reads_total, mut caught_total) = (0, 0, 0);
     for round in 0..=ROUNDS {
         let mut server = TestServer::start_in(dir, &[]);
         // The sessions of the rounds before, through the new server, with the old cookies.
@@ -282,24 +303,37 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
                 })
             })
             .collect();
-        // A reader, as another process (or `cat`) reads: every session file, without any
-        // lock, over and over; every one must parse.
+        // A reader, as the store reads: every session file, without any lock, over and over;
+        // a copy caught half written (its check wrong, or its JSON cut) is read again, as the
+        // store does, and every file must then be whole.
         let reader = {
             let (stop, sessions) = (stop.clone(), server.sessions());
             thread::spawn(move || {
-                let (mut reads, mut torn) = (0u64, Vec::new());
+                let (mut reads, mut caught, mut torn) = (0u64, 0u64, Vec::new());
                 while !stop.load(Ordering::Relaxed) {
                     for name in names_ending(&sessions, ".json") {
-                        let Ok(bytes) = fs::read(sessions.join(&name)) else {
-                            continue; // removed meanwhile
-                        };
-                        reads += 1;
-                        if serde_json::from_slice::<Value>(&bytes).is_err() {
+                        let mut whole = false;
+                        for attempt in 0..4 {
+                            let Ok(bytes) = fs::read(sessions.join(&name)) else {
+                                whole = true; // removed meanwhile
+                                break;
+                            };
+                            reads += 1;
+                            if is_whole(&bytes) {
+                                whole = true;
+                                break;
+                            }
+                            if attempt == 0 {
+                                caught += 1;
+                            }
+                            thread::sleep(Duration::from_micros(50));
+                        }
+                        if !whole {
                             torn.push(name);
                         }
                     }
                 }
-                (reads, torn)
+                (reads, caught, torn)
             })
         };
         ready.wait();
@@ -307,13 +341,14 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reap");
         stop.store(true, Ordering::Relaxed);
-        let (reads, torn) = reader.join().expect("reader thread");
+        let (reads, caught, torn) = reader.join().expect("reader thread");
         assert!(
             torn.is_empty(),
             "round {round}: a reader saw torn files: {torn:?}"
         );
         assert!(reads > 0, "round {round}: the reader read");
         reads_total += reads;
+        caught_total += caught;
         let sessions = server.sessions();
         let mut round_acked = 0;
         let mut round_clients = Vec::new();
@@ -329,7 +364,7 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
             let bytes = fs::read(sessions.join(name)).unwrap();
             let v: Value = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|e| panic!("round {round}: {name} is torn: {e}"));
-            assert_eq!(v["format"], json!(1), "{name}");
+            assert_eq!(v["format"], json!(2), "{name}");
             assert!(v["data"].is_object(), "{name}");
         }
         let mut round_found = 0;
@@ -355,8 +390,9 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
     eprintln!(
         "faults/kill-9: {ROUNDS} rounds: writes acknowledged {acked_total}, writes found \
          {found_total}, files checked {files_checked}, temp leftovers {leftovers}, \
-         old sessions re-read through a restarted server {old_reread}, files read whole \
-         without a lock during the storms {reads_total}; {:.1} s",
+         old sessions re-read through a restarted server {old_reread}, files read whole by a \
+         reader without a lock during the storms {reads_total} (caught half written, then read \
+         whole: {caught_total}); {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
@@ -433,18 +469,22 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
     assert!(set_cookies(&r).is_empty());
     let v: Value = serde_json::from_str(&body(r)).unwrap();
     assert!(v["error"].as_str().unwrap().contains("out of space"), "{v}");
-    // Existing sessions.
-    let r = post_json_as(
-        &agent(),
-        &server.url("/api/session"),
-        Some(&a),
-        r#"{"more": "data"}"#,
-    );
-    statuses.push(("existing POST /api/session", r.status().as_u16()));
-    assert_eq!(r.status(), 507);
-    assert!(set_cookies(&r).is_empty());
+    // Existing sessions: a change that fits the file is written in place, which needs no
+    // new block: it works on a full disk.
     let r = post_empty_as(&agent(), &server.url("/api/session/incr/n"), &b);
-    statuses.push(("existing POST incr", r.status().as_u16()));
+    statuses.push(("existing POST incr (in place)", r.status().as_u16()));
+    assert_eq!(r.status(), 200);
+    let in_place_b = fs::read(file_of(&dir, &b)).unwrap();
+    assert_eq!(read_session(&dir, &b)["data"]["n"], json!(1));
+    assert_eq!(
+        in_place_b.len(),
+        before_b.len(),
+        "the same file, the same size"
+    );
+    // One that does not fit needs a new file: 507, and the file stays as it was.
+    let big = format!(r#"{{"more": "{}"}}"#, "d".repeat(3000));
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
+    statuses.push(("existing POST /api/session (grows)", r.status().as_u16()));
     assert_eq!(r.status(), 507);
     assert!(set_cookies(&r).is_empty());
     let text = body(r);
@@ -458,7 +498,7 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
     statuses.push(("existing GET /api/session", r.status().as_u16()));
     assert_eq!(r.status(), 200);
     let v: Value = serde_json::from_str(&body(r)).unwrap();
-    assert_eq!(v["data"], json!({"cart": [1, 2]}));
+    assert_eq!(v["data"], json!({"cart": [1, 2], "n": 1}));
     // A logout needs no space: it works, and says so.
     let r = post_empty_as(&agent(), &server.url("/api/session/flush"), &c);
     statuses.push(("existing POST flush", r.status().as_u16()));
@@ -469,9 +509,9 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
         "the cookie is deleted"
     );
     assert!(!file_of(&dir, &c).exists(), "the logged-out file is gone");
-    // Nothing changed, nothing left behind.
+    // Nothing else changed, nothing left behind.
     assert_eq!(fs::read(file_of(&dir, &a)).unwrap(), before_a);
-    assert_eq!(fs::read(file_of(&dir, &b)).unwrap(), before_b);
+    assert_eq!(fs::read(file_of(&dir, &b)).unwrap(), in_place_b);
     assert_eq!(
         names_ending(&dir, ".json"),
         {
@@ -490,23 +530,21 @@ fn a_full_disk_answers_507_and_keeps_every_session_whole() {
 
     // Space again: writes work.
     fs::remove_file(dir.join("filler")).unwrap();
-    let r = post_json_as(
-        &agent(),
-        &server.url("/api/session"),
-        Some(&a),
-        r#"{"more": "data"}"#,
-    );
+    let r = post_json_as(&agent(), &server.url("/api/session"), Some(&a), &big);
     assert_eq!(r.status(), 200);
     assert_eq!(new_key(&r), a);
-    assert_eq!(read_session(&dir, &a)["data"]["more"], json!("data"));
+    assert_eq!(
+        read_session(&dir, &a)["data"]["more"],
+        json!("d".repeat(3000))
+    );
     let d = setsession(&server);
     assert_eq!(read_session(&dir, &d)["data"]["sname"], json!("abc"));
     eprintln!(
         "faults/disk-full: filler {filled} bytes on a 1 MiB tmpfs; while full: {statuses:?}; \
-         session files unchanged: {} bytes and {} bytes, byte for byte; 0 temp files left; \
-         after freeing: 200 with Set-Cookie; {:.1} s",
+         a session file unchanged by a refused write: {} bytes, byte for byte; one written in \
+         place: {} bytes; 0 temp files left; after freeing: 200 with Set-Cookie; {:.1} s",
         before_a.len(),
-        before_b.len(),
+        in_place_b.len(),
         started.elapsed().as_secs_f64()
     );
 }

@@ -11,13 +11,30 @@ use std::time::{Duration, Instant};
 
 /// Tries to lock `file` exclusively until `deadline`. `Ok(true)` when locked, `Ok(false)` when
 /// the deadline passed first.
-///
+pub(crate) fn lock_exclusive_until(file: &File, deadline: Instant) -> io::Result<bool> {
+    lock_until(file, deadline, fs2::FileExt::try_lock_exclusive)
+}
+
+/// Tries once, without waiting, to lock `file` shared: `Ok(false)` when someone holds it
+/// exclusively (a save writing it in place holds it so).
+pub(crate) fn try_lock_shared(file: &File) -> io::Result<bool> {
+    match fs2::FileExt::try_lock_shared(file) {
+        Ok(()) => Ok(true),
+        Err(e) if is_contended(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// flock has no timed wait, so this polls with a short backoff (50 us doubling up to 2 ms):
 /// a stuck process costs a waiter at most its deadline, never a frozen server.
-pub(crate) fn lock_exclusive_until(file: &File, deadline: Instant) -> io::Result<bool> {
+fn lock_until(
+    file: &File,
+    deadline: Instant,
+    try_lock: fn(&File) -> io::Result<()>,
+) -> io::Result<bool> {
     let mut pause = Duration::from_micros(50);
     loop {
-        match fs2::FileExt::try_lock_exclusive(file) {
+        match try_lock(file) {
             Ok(()) => return Ok(true),
             Err(e) if is_contended(&e) => {}
             Err(e) => return Err(e),

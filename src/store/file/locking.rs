@@ -26,6 +26,25 @@ impl FileStore {
         }
     }
 
+    /// Whether a save may write over the locked file `entry` in place, from its `stat` taken
+    /// under the lock: fsync mode is off (only a rename survives power loss); the file was
+    /// opened for writing; it is ours, mode 0600, a regular file with one link (a hard link
+    /// elsewhere, as `cp -al` backups make, would be written through); at most a page
+    /// ([`IN_PLACE_MAX`]); and every byte of it has its block (`st_blocks`), so that writing
+    /// over it allocates nothing and cannot run out of space half way. (Its document must
+    /// also be of format version 2, which the save checks when it reads it.)
+    pub(super) fn may_write_in_place(&self, entry: &Entry, st: &Stat) -> bool {
+        let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+        !self.fsync
+            && entry.writable
+            && st.st_uid == self.euid
+            && st.st_mode & 0o7777 == 0o600
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_nlink == 1
+            && entry.len <= IN_PLACE_MAX as u64
+            && allocated >= entry.len
+    }
+
     /// The live session under a held lock, which stays held with it.
     pub(super) fn loaded_locked(&self, held: FileLock) -> Result<Option<Loaded>, StoreError> {
         let Some(record) = self.live_record(&held.entry, &held.name)? else {
@@ -48,18 +67,23 @@ impl FileStore {
         let start = Instant::now();
         let deadline = later(start, wait);
         loop {
-            let entry = match self.open_entry(name)? {
+            let entry = match self.open_entry_for_writing(name)? {
                 Opened::Missing => return Ok(None),
                 Opened::File(entry) => entry,
             };
             self.lock_by(key, &entry, name, start, deadline)?;
-            let held = FileLock {
+            let mut held = FileLock {
                 entry,
                 name: name.to_owned(),
             };
-            match self.is_current(&held.entry, &held.name)? {
-                Some(true) => return Ok(Some(held)),
-                Some(false) => continue, // replaced while we waited: lock the new one
+            match self.current_stat(&held.entry, &held.name)? {
+                // Its length now: it may have been written in place while we waited.
+                Some(Some(now)) => {
+                    held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
+                    held.entry.in_place = self.may_write_in_place(&held.entry, &now);
+                    return Ok(Some(held));
+                }
+                Some(None) => continue, // replaced while we waited: lock the new one
                 None => return Ok(None),
             }
         }
@@ -98,11 +122,12 @@ impl FileStore {
         (begun == done).then_some(begun)
     }
 
-    /// Whether a candidate still holds the current copy of its session. A session file is
-    /// never modified in place, so only a change of its name can make it stale: if this
-    /// store changed no name since the candidate was opened, it is current (a change by
-    /// another process after the open is concurrent with the request, and a read that
-    /// takes effect at the open is linearizable); otherwise `statat` compares inodes.
+    /// Whether a candidate is still the file with its session's name. Only a change of the
+    /// name can make it another file (a write in place changes the content of the same file,
+    /// which the load then reads, checked): if this store changed no name since
+    /// the candidate was opened, it is current (a change by another process after the open
+    /// is concurrent with the request, and a read that takes effect at the open is
+    /// linearizable); otherwise `statat` compares inodes.
     pub(super) fn candidate_is_current(
         &self,
         candidate: &FileCandidate,

@@ -4,6 +4,13 @@
 
 use super::*;
 
+/// A session file's document as read: the record, its format version, and the file's bytes.
+pub(super) struct Document {
+    pub(super) record: Record,
+    pub(super) version: u32,
+    pub(super) bytes: Vec<u8>,
+}
+
 pub(super) enum ReadError {
     Store(StoreError),
     TooLarge,
@@ -57,7 +64,26 @@ impl FileStore {
     /// Opens the entry `name` without following a symlink and without blocking on a FIFO,
     /// and refuses anything but a regular file.
     pub(super) fn open_entry(&self, name: &str) -> Result<Opened, StoreError> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        self.open_entry_as(name, OFlags::RDONLY)
+    }
+
+    /// [`open_entry`](FileStore::open_entry) for a writer, which may write in place: read
+    /// and write, or read only when the file is not writable to us (it is then replaced, not
+    /// written in place).
+    pub(super) fn open_entry_for_writing(&self, name: &str) -> Result<Opened, StoreError> {
+        match self.open_entry_as(name, OFlags::RDWR) {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(Errno::ROFS.raw_os_error()) =>
+            {
+                self.open_entry_as(name, OFlags::RDONLY)
+            }
+            other => other,
+        }
+    }
+
+    fn open_entry_as(&self, name: &str, access: OFlags) -> Result<Opened, StoreError> {
+        let flags = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         match openat(&self.dirfd, name, flags, Mode::empty()) {
             Ok(fd) => {
                 let file = File::from(fd);
@@ -70,6 +96,8 @@ impl FileStore {
                         len: meta.len(),
                         ino: meta.ino(),
                         dev: meta.dev(),
+                        writable: access == OFlags::RDWR,
+                        in_place: false,
                     }))
                 } else {
                     Err(StoreError::NotARegularFile(self.shown(name)))
@@ -79,8 +107,11 @@ impl FileStore {
                 self.check_dir()?;
                 Ok(Opened::Missing)
             }
-            // ELOOP: a symlink; ENXIO: a socket. Neither is a session file.
-            Err(Errno::LOOP | Errno::NXIO) => Err(StoreError::NotARegularFile(self.shown(name))),
+            // ELOOP: a symlink; ENXIO: a socket; EISDIR: a directory opened for writing.
+            // None is a session file.
+            Err(Errno::LOOP | Errno::NXIO | Errno::ISDIR) => {
+                Err(StoreError::NotARegularFile(self.shown(name)))
+            }
             Err(e) => Err(StoreError::io(
                 "open session file",
                 self.shown(name),
@@ -89,17 +120,98 @@ impl FileStore {
         }
     }
 
-    /// Reads a whole session file, refusing more than the size limit.
+    /// Reads a whole session file, to its end, refusing a document over the size limit.
+    /// The limit is the document's, not the file's: a file of up to a page may hold spaces
+    /// after its document (room to grow in place), which a lowered limit does not count.
+    ///
+    /// A write in place keeps a file's length (a shorter document is padded, a longer one
+    /// goes to a new file), so `entry`'s `fstat` length holds; the read still asks for a
+    /// byte more and reads on if it comes, never trusting a length for the end of a file.
     pub(super) fn read_record(&self, entry: &Entry, name: &str) -> Result<Record, ReadError> {
-        if entry.len > self.max_file_size as u64 {
+        self.read_document(entry, name).map(|doc| doc.record)
+    }
+
+    /// [`read_record`](FileStore::read_record), with the document's format version and the
+    /// file's bytes.
+    pub(super) fn read_document(&self, entry: &Entry, name: &str) -> Result<Document, ReadError> {
+        let limit = self.max_file_size.max(IN_PLACE_MAX);
+        let mut bytes = vec![0; (entry.len as usize).min(limit) + 1];
+        let mut filled = 0;
+        loop {
+            let n = entry
+                .file
+                .read_at(&mut bytes[filled..], filled as u64)
+                .map_err(|e| {
+                    ReadError::Store(StoreError::io("read session file", self.shown(name), e))
+                })?;
+            filled += n;
+            if filled > limit {
+                return Err(ReadError::TooLarge);
+            }
+            if n == 0 || filled < bytes.len() {
+                break;
+            }
+            bytes.resize((bytes.len() * 2).max(IN_PLACE_MAX).min(limit + 1), 0);
+        }
+        bytes.truncate(filled);
+        let padding = bytes.iter().rev().take_while(|b| **b == b' ').count();
+        if filled - padding > self.max_file_size {
             return Err(ReadError::TooLarge);
         }
-        // One pread of the length fstat gave: no seek, no read to find the end.
-        let mut bytes = vec![0; entry.len as usize];
-        entry.file.read_exact_at(&mut bytes, 0).map_err(|e| {
-            ReadError::Store(StoreError::io("read session file", self.shown(name), e))
-        })?;
-        format::decode(&bytes).map_err(ReadError::Corrupt)
+        let (record, version) = format::decode_versioned(&bytes).map_err(ReadError::Corrupt)?;
+        Ok(Document {
+            record,
+            version,
+            bytes,
+        })
+    }
+
+    /// The live session in `entry`, read without a lock. A save in another process may be
+    /// writing the file in place at that very moment (under its exclusive lock): a read that
+    /// catches the page half copied finds the document's check wrong (or its JSON cut). Then
+    /// the shared lock is tried, once, without waiting: held, no save is writing, and a read
+    /// under it decides (a file corrupt for good is "no session" at once, no retries); not
+    /// held, the save is still writing, so the read is tried again [`TORN_RETRIES`] times,
+    /// [`TORN_PAUSE`] apart (a page is copied in microseconds). A writer that still holds the
+    /// file after that is a [`StoreError::LockTimeout`], never "no session" and never a wait
+    /// on the server's one thread.
+    pub(super) fn live_record_unlocked(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        name: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let start = Instant::now();
+        let mut read = self.read_record(entry, name);
+        let mut retries = 0;
+        while matches!(
+            read,
+            Err(ReadError::Corrupt(
+                DecodeError::Check | DecodeError::Json(_)
+            ))
+        ) {
+            self.torn_rereads.fetch_add(1, Ordering::Relaxed);
+            let locked = try_lock_shared(&entry.file)
+                .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
+            if locked {
+                read = self.read_record(entry, name);
+                unlock(&entry.file)
+                    .map_err(|e| StoreError::io("unlock session file", self.shown(name), e))?;
+                break;
+            }
+            if retries == TORN_RETRIES {
+                return Err(StoreError::LockTimeout {
+                    key: *key,
+                    waited: start.elapsed(),
+                });
+            }
+            retries += 1;
+            std::thread::sleep(TORN_PAUSE);
+            read = self.read_record(entry, name);
+        }
+        Ok(self
+            .outcome(name, read)?
+            .filter(|r| !r.is_expired(SystemTime::now())))
     }
 
     /// The live session in `entry`: `Ok(None)` (logged) when it is corrupt, too large or
@@ -121,7 +233,17 @@ impl FileStore {
         entry: &Entry,
         name: &str,
     ) -> Result<Option<Record>, StoreError> {
-        match self.read_record(entry, name) {
+        self.outcome(name, self.read_record(entry, name))
+    }
+
+    /// What a read of `name` found: the record, `Ok(None)` (logged) when the file does not
+    /// hold one, `Err` when it could not be read at all.
+    pub(super) fn outcome(
+        &self,
+        name: &str,
+        read: Result<Record, ReadError>,
+    ) -> Result<Option<Record>, StoreError> {
+        match read {
             Ok(record) => Ok(Some(record)),
             Err(ReadError::Store(e)) => Err(e),
             Err(ReadError::TooLarge) => {
@@ -154,12 +276,24 @@ impl FileStore {
         }
     }
 
-    /// Whether `entry` is, at this moment, the file named `name` (same inode; a session file
-    /// is never modified in place, so the same inode is the same content). `Some(false)`:
-    /// replaced since it was opened; `None`: the name is gone.
+    /// Whether `entry` is, at this moment, the file named `name` (same inode). `Some(false)`:
+    /// replaced since it was opened; `None`: the name is gone. (The same inode may hold new
+    /// content, written in place: a reader checks what it read.)
     pub(super) fn is_current(&self, entry: &Entry, name: &str) -> Result<Option<bool>, StoreError> {
+        Ok(self.current_stat(entry, name)?.map(|st| st.is_some()))
+    }
+
+    /// [`is_current`](FileStore::is_current), with the file's `stat` now when it is:
+    /// `Some(Some(stat))` current, `Some(None)` replaced, `None` gone.
+    pub(super) fn current_stat(
+        &self,
+        entry: &Entry,
+        name: &str,
+    ) -> Result<Option<Option<Stat>>, StoreError> {
         match statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(now) => Ok(Some(now.st_ino == entry.ino && now.st_dev == entry.dev)),
+            Ok(now) => Ok(Some(
+                (now.st_ino == entry.ino && now.st_dev == entry.dev).then_some(now),
+            )),
             Err(Errno::NOENT) => {
                 self.check_dir()?;
                 Ok(None)

@@ -4,6 +4,32 @@
 
 use super::*;
 
+/// A small document as a file holds it: padded with spaces (JSON whitespace) to leave room
+/// to grow in place, to the next 256 bytes at least 64 bytes ahead, at most one page. (The
+/// size limit counts the document, not its padding: `read_document`.)
+pub(super) fn with_room(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.len() < IN_PLACE_MAX {
+        let room = ((bytes.len() + 64).div_ceil(256) * 256).min(IN_PLACE_MAX);
+        bytes.resize(room.max(bytes.len()), b' ');
+    }
+    bytes
+}
+
+/// Writes all of `bytes` at offset 0 of `file`, going on after a short write or an
+/// interruption. `Err((written, e))`: it stopped after `written` bytes.
+fn write_all_at(file: &File, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.write_at(&bytes[done..], done as u64) {
+            Ok(0) => return Err((done, io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Sets a new session file's modification time to when the session expires, so that
 /// cleanup can tell a live session from its metadata alone (as PHP's gc reads mtimes).
 pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::Result<()> {
@@ -16,23 +42,91 @@ pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::R
 impl FileStore {
     /// The newest stored copy under a held lock with `changes` applied, or `Unchanged` by
     /// the skip-write policy ([`ChangeSet::merge_into`]). A file that became unreadable is
-    /// replaced by the changes alone rather than blocking the session forever.
+    /// replaced by the changes alone rather than blocking the session forever. With it, the
+    /// file's bytes when its document is of the current format version (a save may write
+    /// over such a file in place, and puts these back if that fails half way).
     pub(super) fn merged(
         &self,
         held: &FileLock,
         changes: &ChangeSet,
-    ) -> Result<Merged, StoreError> {
-        let stored = self.stored_record(&held.entry, &held.name)?;
-        Ok(changes.merge_into(stored, SystemTime::now()))
+    ) -> Result<(Merged, Option<Vec<u8>>), StoreError> {
+        let (stored, old) = match self.read_document(&held.entry, &held.name) {
+            Ok(doc) => {
+                let old = (doc.version == format::FORMAT_VERSION).then_some(doc.bytes);
+                (Some(doc.record), old)
+            }
+            Err(e) => (self.outcome(&held.name, Err(e))?, None),
+        };
+        Ok((changes.merge_into(stored, SystemTime::now()), old))
     }
 
-    /// The bytes of `record`, within the size limit of one session file.
+    /// The bytes of `record`, within the size limit of one session file, with room to grow
+    /// ([`with_room`]).
     pub(super) fn encode(
         &self,
         key: Option<&SessionKey>,
         record: &Record,
     ) -> Result<Vec<u8>, StoreError> {
-        format::encode_within(key, record, self.max_file_size)
+        format::encode_within(key, record, self.max_file_size).map(with_room)
+    }
+
+    /// Writes a save over the locked file itself when it may: the file passed
+    /// [`may_write_in_place`](FileStore::may_write_in_place) when it was locked, its document
+    /// (`old`, its bytes as read under the lock) is of the current format version (whose
+    /// check every reader requires), and the new document fits in it. One `pwrite` of the
+    /// whole file (at most a page) at offset 0, padded with JSON whitespace to the file's
+    /// length (the file never shrinks, never grows, needs no `ftruncate`), then the mtime
+    /// stamped with the expiry. A reader that copies the page half written finds its check
+    /// wrong and reads again; a process killed mid-`pwrite` leaves the old page or the new
+    /// one (see [`IN_PLACE_MAX`]). A write that stops half way (not expected: no block is
+    /// allocated) is undone, `old` written back, and the save goes to a new file.
+    /// `Ok(false)`: not written (use a temp file and a rename).
+    pub(super) fn write_in_place(
+        &self,
+        held: &FileLock,
+        bytes: &[u8],
+        old: Option<&[u8]>,
+        expires_at: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let len = held.entry.len as usize;
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        if !held.entry.in_place || bytes.len() > len || old.len() != len {
+            return Ok(false);
+        }
+        let mut page = Vec::with_capacity(len);
+        page.extend_from_slice(bytes);
+        page.resize(len, b' ');
+        let shown = crate::key::shown_name(&held.name);
+        match write_all_at(&held.entry.file, &page) {
+            Ok(()) => {
+                // The data is written: the save happened. The expiry stamp only spares
+                // cleanup a read (with the mtime of the write, cleanup reads the file).
+                if let Err(e) = stamp_expiry(&held.entry.file, Some(expires_at)) {
+                    log::warn!("cannot stamp {shown} with its expiry: {e}");
+                }
+                Ok(true)
+            }
+            Err((0, e)) => {
+                log::warn!("{shown}: cannot write in place ({e}); replacing the file");
+                Ok(false)
+            }
+            Err((written, e)) => {
+                // Half written: the old document goes back before anything else happens.
+                match write_all_at(&held.entry.file, old) {
+                    Ok(()) => log::warn!(
+                        "{shown}: a write in place stopped after {written} bytes ({e}); \
+                         the old copy is back, replacing the file"
+                    ),
+                    Err((_, again)) => log::error!(
+                        "{shown}: a write in place stopped after {written} bytes ({e}) and \
+                         the old copy could not be put back ({again}); replacing the file"
+                    ),
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// Writes `bytes` to a new temp file (0600) in the directory, `.<uuid>.tmp`, and returns

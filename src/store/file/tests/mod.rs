@@ -2,6 +2,7 @@
 
 use super::*;
 
+mod in_place;
 mod sweep;
 use crate::expiry::Expiry;
 use serde_json::json;
@@ -75,7 +76,7 @@ fn create_writes_a_private_file_named_by_the_key() {
     );
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"sname\": \"abc\""), "{text}");
-    assert!(text.contains("\"format\": 1"), "{text}");
+    assert!(text.contains("\"format\": 2"), "{text}");
 }
 
 #[test]
@@ -381,25 +382,32 @@ fn a_save_that_only_refreshes_the_expiry_is_skipped_but_a_change_is_written() {
     let key = store
         .create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
         .unwrap();
-    let ino = || fs::metadata(store.path_of(&key)).unwrap().ino();
-    let before = ino();
+    // What is on disk: the bytes and the mtime (the expiry stamp); a write changes either.
+    let disk = || {
+        let path = store.path_of(&key);
+        (
+            fs::read(&path).unwrap(),
+            fs::metadata(&path).unwrap().modified().unwrap(),
+        )
+    };
+    let before = disk();
     store
         .save(&key, &changes(&[("a", json!(1))]), None)
         .unwrap();
     assert_eq!(
-        ino(),
+        disk(),
         before,
         "same data, expiry moved by less than a minute: no write"
     );
     store
         .save(&key, &changes(&[("a", json!(2))]), None)
         .unwrap();
-    assert_ne!(ino(), before, "a change is written");
+    assert_ne!(disk().0, before.0, "a change is written");
     let mut longer = changes(&[]);
     longer.set_expiry(Expiry::Seconds(7200));
-    let after_change = ino();
+    let after_change = disk();
     store.save(&key, &longer, None).unwrap();
-    assert_ne!(ino(), after_change, "a new expiry rule is written");
+    assert_ne!(disk().0, after_change.0, "a new expiry rule is written");
 }
 
 #[test]

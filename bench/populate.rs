@@ -1,6 +1,7 @@
 //! Fills a sessions directory with N session files for the scale runs of `bench/scale`:
 //! `cargo bench --bench populate -- DIR N EXPIRED_PERCENT`.
-//! Files are written in the store's format; EXPIRED_PERCENT of them expired an hour ago.
+//! Files are written in the store's format (the check first, spaces after the document as
+//! room to grow); EXPIRED_PERCENT of them expired an hour ago.
 
 use std::fs;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use filesession::SessionKey;
+use sha2::{Digest, Sha256};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -29,9 +31,16 @@ fn main() {
     for i in 0..n {
         let expired = i % 100 < expired_percent;
         let expires = if expired { &dead } else { &live };
-        let text = format!(
-            "{{\n  \"format\": 1,\n  \"expires_at\": \"{expires}\",\n  \"expiry\": \"default\",\n  \"data\": {{\n    \"semail\": \"abc@gmail.com\",\n    \"sname\": \"abc\",\n    \"user\": {i}\n  }}\n}}\n"
+        let body = format!(
+            "  \"format\": 1,\n  \"expires_at\": \"{expires}\",\n  \"expiry\": \"default\",\n  \"data\": {{\n    \"semail\": \"abc@gmail.com\",\n    \"sname\": \"abc\",\n    \"user\": {i}\n  }}\n}}"
         );
+        let check: String = Sha256::digest(body.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut text = format!("{{\n  \"check\": \"{check}\",\n{body}\n");
+        let room = (text.len() + 64).div_ceil(256) * 256;
+        text.push_str(&" ".repeat(room - text.len()));
         let path = dir.join(SessionKey::generate().file_name());
         let mut file = fs::File::create(&path).expect("create a session file");
         file.write_all(text.as_bytes())

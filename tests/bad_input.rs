@@ -603,7 +603,7 @@ fn check_stored(
                 .map_err(|e| TestCaseError::fail(format!("session file: {e}")))?;
             let file: Value = serde_json::from_slice(&text)
                 .map_err(|e| TestCaseError::fail(format!("session file JSON: {e}")))?;
-            prop_assert_eq!(&file["format"], &json!(2));
+            prop_assert_eq!(&file["format"], &json!(1));
             prop_assert_eq!(&file["data"], &Value::Object(object.clone()));
         }
     }
@@ -833,7 +833,7 @@ fn session_file_text() -> impl Strategy<Value = (Vec<u8>, Verdict)> {
     let format = piece(vec![
         ("1", Good),
         (" 1 ", Good),
-        ("2", Bad), // version 2 must end with its check, which these files lack
+        ("2", Bad),
         ("0", Bad),
         ("-1", Bad),
         ("\"1\"", Bad),
@@ -977,8 +977,7 @@ fn session_file_text() -> impl Strategy<Value = (Vec<u8>, Verdict)> {
 fn check_loaded(bytes: &[u8], data: &Map<String, Value>) -> Result<(), TestCaseError> {
     let file: Value = serde_json::from_slice(bytes)
         .map_err(|e| TestCaseError::fail(format!("loaded a file that is not JSON: {e}")))?;
-    // Version 1 (as assembled here), or 2 (as the store writes, its check right).
-    prop_assert!(file["format"] == json!(1) || file["format"] == json!(2));
+    prop_assert_eq!(&file["format"], &json!(1));
     prop_assert_eq!(&file["data"], &Value::Object(data.clone()));
     let expires = file["expires_at"].as_str().and_then(parse_rfc3339);
     prop_assert!(

@@ -68,7 +68,7 @@ fn the_db_engine_alone_serves_the_seed_flow_from_db_sqlite3() {
         document["data"],
         json!({"sname": "abc", "semail": "abc@gmail.com"})
     );
-    assert_eq!(document["format"], json!(2));
+    assert_eq!(document["format"], json!(1));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -181,23 +181,28 @@ fn storm_key(thread: usize, i: u64) -> String {
     format!("k{thread}_{i}")
 }
 
-/// Whether a session file's bytes are a whole document, as the store decides: JSON, and for
-/// format 2 its `"check"` (the CRC-32 of everything before that field) at its end and right.
+/// Whether a session file's bytes are a whole document, as the store decides: JSON, and when
+/// it begins with a `"check"` (128 bits of the SHA-256 of everything after the check's line,
+/// up to the document's end), that check right.
 fn is_whole(bytes: &[u8]) -> bool {
-    const CHECK: &[u8] = b",\n  \"check\": \"";
-    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+    use sha2::{Digest, Sha256};
+    const START: &[u8] = b"{\n  \"check\": \"";
+    if serde_json::from_slice::<Value>(bytes).is_err() {
         return false;
-    };
-    let Some(check) = v.get("check").and_then(Value::as_str) else {
-        return v["format"] == 1; // version 1, written before checks, is read as it is
-    };
+    }
+    if !bytes.starts_with(START) {
+        return true; // no check: a document read as it is
+    }
     let text = bytes.trim_ascii_end();
-    let Some(at) = text.len().checked_sub(CHECK.len() + 8 + 3) else {
+    let from = START.len() + 32 + 3;
+    let Some(body) = text.get(from..) else {
         return false;
     };
-    text[at..].starts_with(CHECK)
-        && text.ends_with(b"\"\n}")
-        && format!("{:08x}", crc32fast::hash(&text[..at])) == check
+    let hex: String = Sha256::digest(body)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    bytes[START.len()..START.len() + 32] == *hex.as_bytes()
 }
 
 /// Storm clients from this index on are counters: each rewrites one key of its session
@@ -364,7 +369,8 @@ fn kill_9_during_a_storm_of_writes_loses_no_acknowledged_write() {
             let bytes = fs::read(sessions.join(name)).unwrap();
             let v: Value = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|e| panic!("round {round}: {name} is torn: {e}"));
-            assert_eq!(v["format"], json!(2), "{name}");
+            assert_eq!(v["format"], json!(1), "{name}");
+            assert!(is_whole(&bytes), "{name}: its check does not hold");
             assert!(v["data"].is_object(), "{name}");
         }
         let mut round_found = 0;

@@ -66,7 +66,7 @@ fn seed_flow_sets_and_gets_the_session_and_writes_the_file() {
         file["data"],
         json!({"sname": "abc", "semail": "abc@gmail.com"})
     );
-    assert_eq!(file["format"], json!(2));
+    assert_eq!(file["format"], json!(1));
     let path = server.sessions().join(format!("{key}.json"));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

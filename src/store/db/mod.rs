@@ -241,7 +241,7 @@ impl DbStore {
     }
 
     fn row(&self, key: Option<&SessionKey>, record: &Record) -> Result<Row, StoreError> {
-        let bytes = format::encode_within(key, record, MAX_DOCUMENT_SIZE)?;
+        let bytes = format::encode_within(key, record, MAX_DOCUMENT_SIZE, false)?;
         Ok(Row {
             document: String::from_utf8_lossy(&bytes).into_owned(),
             expires_at: record.expires_at,

@@ -45,6 +45,51 @@ impl FileStore {
             && allocated >= entry.len
     }
 
+    /// Keeps the file a `merge`-mode load read open (one at a time) for the save that usually
+    /// follows in the same request, which then locks it without opening its name again:
+    /// [`lock_current`](FileStore::lock_current) checks, once it holds the lock, that it is
+    /// still the file at the name, as it does for a file it opens.
+    pub(super) fn keep_open(&self, name: String, entry: Entry) {
+        let mut recent = match self.recent.lock() {
+            Ok(recent) => recent,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *recent = Some((name, entry));
+    }
+
+    /// The file [`keep_open`](FileStore::keep_open) kept for `name`, if any (taken: a file is
+    /// used by one locker).
+    fn take_open(&self, name: &str) -> Option<Entry> {
+        let mut recent = match self.recent.lock() {
+            Ok(recent) => recent,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match recent.take() {
+            Some((kept, entry)) if kept == name => Some(entry),
+            other => {
+                *recent = other;
+                None
+            }
+        }
+    }
+
+    /// Keeps the lock on a file a failing disk left half written (a write in place stopped,
+    /// the old bytes could not be put back, nor a new file put in its place): while this
+    /// process lives, a reader that finds the file not whole finds its lock held and answers
+    /// [`StoreError::LockTimeout`] (503, the cookie kept), and a writer times out, rather
+    /// than reading it as no session. After a restart it reads as corrupt (logged).
+    pub(super) fn hold_torn(&self, held: FileLock) {
+        log::error!(
+            "{}: left half written by a failing disk; kept locked (503) until the server \
+             restarts",
+            crate::key::shown_name(&held.name)
+        );
+        match self.torn_held.lock() {
+            Ok(mut torn) => torn.push(held),
+            Err(poisoned) => poisoned.into_inner().push(held),
+        }
+    }
+
     /// The live session under a held lock, which stays held with it.
     pub(super) fn loaded_locked(&self, held: FileLock) -> Result<Option<Loaded>, StoreError> {
         let Some(record) = self.live_record(&held.entry, &held.name)? else {
@@ -66,10 +111,15 @@ impl FileStore {
     ) -> Result<Option<FileLock>, StoreError> {
         let start = Instant::now();
         let deadline = later(start, wait);
+        let mut kept = self.take_open(name);
         loop {
-            let entry = match self.open_entry_for_writing(name)? {
-                Opened::Missing => return Ok(None),
-                Opened::File(entry) => entry,
+            // The file a load just read, if it is this name's (checked once locked, as any).
+            let entry = match kept.take() {
+                Some(entry) => entry,
+                None => match self.open_entry_for_writing(name)? {
+                    Opened::Missing => return Ok(None),
+                    Opened::File(entry) => entry,
+                },
             };
             self.lock_by(key, &entry, name, start, deadline)?;
             let mut held = FileLock {
@@ -97,13 +147,18 @@ impl FileStore {
         held: Option<SessionLock>,
     ) -> Result<Option<FileLock>, StoreError> {
         let name = key.file_name();
-        if let Some(SessionLock::File(held)) = held
+        if let Some(SessionLock::File(mut held)) = held
             && held.name == name
         {
-            match self.is_current(&held.entry, &held.name)? {
-                Some(true) => return Ok(Some(held)),
+            match self.current_stat(&held.entry, &held.name)? {
+                Some(Some(now)) => {
+                    // Held since the load (request mode): what may be written in place is
+                    // decided now, as of this stat (a link made since is seen).
+                    held.entry.in_place = self.may_write_in_place(&held.entry, &now);
+                    return Ok(Some(held));
+                }
                 None => return Ok(None),
-                Some(false) => {} // replaced behind our back: lock afresh
+                Some(None) => {} // replaced behind our back: lock afresh
             }
         }
         self.lock_current(key, &name, self.lock_timeout)

@@ -99,7 +99,8 @@ mod tests;
 mod write;
 
 use super::format::{self, DecodeError};
-use read::ReadError;
+use read::{ReadError, Reuse};
+use write::InPlace;
 
 use flock::{lock_exclusive_until, try_lock_shared, unlock};
 
@@ -175,6 +176,14 @@ pub struct FileStore {
     /// links, unlinks): a candidate opened with none in progress and none begun since is
     /// current without asking the file system ([`FileStore::candidate_is_current`]).
     changes: Changes,
+    /// The file the last `merge`-mode load read, kept open for the save that usually follows
+    /// ([`FileStore::keep_open`]).
+    recent: Mutex<Option<(String, Entry)>>,
+    /// Locks on files left torn by a failing disk, held until the process ends
+    /// ([`FileStore::hold_torn`]).
+    torn_held: Mutex<Vec<FileLock>>,
+    /// The last document decoded, by its bytes ([`read::Decoded`]).
+    last_decoded: Mutex<Option<read::Decoded>>,
     /// Reads without a lock that found a copy not whole and read again (tests look).
     torn_rereads: AtomicU64,
     /// This process's effective user id, read once: only files of ours are written in place.
@@ -324,6 +333,9 @@ impl FileStore {
             corrupt_logged: Mutex::new(HashSet::new()),
             changes: Changes::default(),
             torn_rereads: AtomicU64::new(0),
+            last_decoded: Mutex::new(None),
+            recent: Mutex::new(None),
+            torn_held: Mutex::new(Vec::new()),
             euid: rustix::process::geteuid().as_raw(),
         };
         let (probe, _) = store
@@ -402,7 +414,7 @@ impl LockPreflight for FileStore {
         // name when the handler runs (reading it then sees any write in place since), and
         // opens the name afresh otherwise.
         let quiet_since = self.quiet_now();
-        let entry = match self.open_entry(&name) {
+        let entry = match self.open_entry_for_writing(&name) {
             Ok(Opened::File(entry)) => entry,
             Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -427,9 +439,11 @@ impl LockPreflight for FileStore {
             Acquired::Candidate(candidate) if candidate.name == key.file_name() => {
                 // Checked now, when the handler runs: the copy is current or not used.
                 if self.candidate_is_current(&candidate)? {
-                    return Ok(self
+                    let loaded = self
                         .live_record_unlocked(key, &candidate.entry, &candidate.name)?
-                        .map(|record| Loaded { record, lock: None }));
+                        .map(|record| Loaded { record, lock: None });
+                    self.keep_open(candidate.name, candidate.entry);
+                    return Ok(loaded);
                 }
                 self.load(key)
             }
@@ -453,11 +467,13 @@ impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let name = key.file_name();
         let found = match self.locking {
-            Locking::Merge => match self.open_entry(&name) {
+            Locking::Merge => match self.open_entry_for_writing(&name) {
                 Ok(Opened::File(entry)) => {
-                    return Ok(self
+                    let loaded = self
                         .live_record_unlocked(key, &entry, &name)?
-                        .map(|record| Loaded { record, lock: None }));
+                        .map(|record| Loaded { record, lock: None });
+                    self.keep_open(name, entry);
+                    return Ok(loaded);
                 }
                 Ok(Opened::Missing) => return Ok(None),
                 Err(e) => Err(e),
@@ -525,10 +541,23 @@ impl SessionStore for FileStore {
             Merged::Changed(record) => record,
         };
         let bytes = self.encode(Some(key), &record)?;
-        if !self.write_in_place(&held, &bytes, old.as_deref(), record.expires_at)? {
-            let temp = self.write_temp_for(&held.name, &bytes, record.expires_at)?;
-            self.replace(&temp, &held.name)?;
-        }
+        let written = match self.write_in_place(&held, &bytes, old.as_deref(), record.expires_at) {
+            InPlace::Written(page) => page,
+            outcome => {
+                let replaced = self
+                    .write_temp_for(&held.name, &bytes, record.expires_at)
+                    .and_then(|temp| self.replace(&temp, &held.name));
+                if let Err(e) = replaced {
+                    if matches!(outcome, InPlace::Torn) {
+                        self.hold_torn(held);
+                    }
+                    return Err(e);
+                }
+                bytes
+            }
+        };
+        // The file now holds exactly these bytes: the next read of them needs no parse.
+        self.remember(written, record.clone(), true);
         Ok(record)
     }
 

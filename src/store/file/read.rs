@@ -4,11 +4,37 @@
 
 use super::*;
 
-/// A session file's document as read: the record, its format version, and the file's bytes.
+/// A session file's document as read: the record, whether it carried a check, and the
+/// file's bytes.
 pub(super) struct Document {
     pub(super) record: Record,
-    pub(super) version: u32,
+    pub(super) checked: bool,
     pub(super) bytes: Vec<u8>,
+}
+
+/// The last document this store decoded, with the exact bytes it was decoded from: decoding is
+/// a function of the bytes alone, so a file read again unchanged (by the save, under the
+/// lock, after the load; by the next request for the same session) is not parsed again.
+pub(super) struct Decoded {
+    bytes: Vec<u8>,
+    record: Record,
+    checked: bool,
+}
+
+// Session data is not for logs: the length only.
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Decoded({} bytes)", self.bytes.len())
+    }
+}
+
+/// What a read does with [`Decoded`] when the bytes match: `Share` clones the record and
+/// keeps it (a load: the save will likely read the same bytes again), `Take` moves it out
+/// (the save, which writes new bytes and remembers those).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Reuse {
+    Share,
+    Take,
 }
 
 pub(super) enum ReadError {
@@ -128,12 +154,18 @@ impl FileStore {
     /// goes to a new file), so `entry`'s `fstat` length holds; the read still asks for a
     /// byte more and reads on if it comes, never trusting a length for the end of a file.
     pub(super) fn read_record(&self, entry: &Entry, name: &str) -> Result<Record, ReadError> {
-        self.read_document(entry, name).map(|doc| doc.record)
+        self.read_document(entry, name, Reuse::Share)
+            .map(|doc| doc.record)
     }
 
-    /// [`read_record`](FileStore::read_record), with the document's format version and the
-    /// file's bytes.
-    pub(super) fn read_document(&self, entry: &Entry, name: &str) -> Result<Document, ReadError> {
+    /// [`read_record`](FileStore::read_record), with whether the document carried a check
+    /// and the file's bytes; `reuse` says what to do with a [`Decoded`] of the same bytes.
+    pub(super) fn read_document(
+        &self,
+        entry: &Entry,
+        name: &str,
+        reuse: Reuse,
+    ) -> Result<Document, ReadError> {
         let limit = self.max_file_size.max(IN_PLACE_MAX);
         let mut bytes = vec![0; (entry.len as usize).min(limit) + 1];
         let mut filled = 0;
@@ -158,12 +190,48 @@ impl FileStore {
         if filled - padding > self.max_file_size {
             return Err(ReadError::TooLarge);
         }
-        let (record, version) = format::decode_versioned(&bytes).map_err(ReadError::Corrupt)?;
+        let mut last = self.last_decoded();
+        if let Some(known) = last.as_ref().filter(|known| known.bytes == bytes) {
+            let (record, checked) = match reuse {
+                Reuse::Share => (known.record.clone(), known.checked),
+                Reuse::Take => match last.take() {
+                    Some(known) => (known.record, known.checked),
+                    None => unreachable!("matched just above"),
+                },
+            };
+            return Ok(Document {
+                record,
+                checked,
+                bytes,
+            });
+        }
+        drop(last);
+        let (record, checked) = format::decode_checked(&bytes).map_err(ReadError::Corrupt)?;
+        if reuse == Reuse::Share {
+            self.remember(bytes.clone(), record.clone(), checked);
+        }
         Ok(Document {
             record,
-            version,
+            checked,
             bytes,
         })
+    }
+
+    /// Remembers that `bytes` decode to `record` ([`Decoded`]): what a read decoded, or what
+    /// a save wrote.
+    pub(super) fn remember(&self, bytes: Vec<u8>, record: Record, checked: bool) {
+        *self.last_decoded() = Some(Decoded {
+            bytes,
+            record,
+            checked,
+        });
+    }
+
+    fn last_decoded(&self) -> std::sync::MutexGuard<'_, Option<Decoded>> {
+        match self.last_decoded.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// The live session in `entry`, read without a lock. A save in another process may be

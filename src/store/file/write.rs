@@ -15,6 +15,17 @@ pub(super) fn with_room(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// What [`FileStore::write_in_place`] did.
+pub(super) enum InPlace {
+    /// Written: the file's bytes now.
+    Written(Vec<u8>),
+    /// Not written, the file as it was: the save goes to a new file.
+    NotWritten,
+    /// Stopped half way and the old bytes could not be put back: the file is torn until the
+    /// save's new file replaces it.
+    Torn,
+}
+
 /// Writes all of `bytes` at offset 0 of `file`, going on after a short write or an
 /// interruption. `Err((written, e))`: it stopped after `written` bytes.
 fn write_all_at(file: &File, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
@@ -43,16 +54,16 @@ impl FileStore {
     /// The newest stored copy under a held lock with `changes` applied, or `Unchanged` by
     /// the skip-write policy ([`ChangeSet::merge_into`]). A file that became unreadable is
     /// replaced by the changes alone rather than blocking the session forever. With it, the
-    /// file's bytes when its document is of the current format version (a save may write
-    /// over such a file in place, and puts these back if that fails half way).
+    /// file's bytes when its document carries a check (a save may write over such a file in
+    /// place, and puts these back if that fails half way).
     pub(super) fn merged(
         &self,
         held: &FileLock,
         changes: &ChangeSet,
     ) -> Result<(Merged, Option<Vec<u8>>), StoreError> {
-        let (stored, old) = match self.read_document(&held.entry, &held.name) {
+        let (stored, old) = match self.read_document(&held.entry, &held.name, Reuse::Take) {
             Ok(doc) => {
-                let old = (doc.version == format::FORMAT_VERSION).then_some(doc.bytes);
+                let old = doc.checked.then_some(doc.bytes);
                 (Some(doc.record), old)
             }
             Err(e) => (self.outcome(&held.name, Err(e))?, None),
@@ -67,7 +78,7 @@ impl FileStore {
         key: Option<&SessionKey>,
         record: &Record,
     ) -> Result<Vec<u8>, StoreError> {
-        format::encode_within(key, record, self.max_file_size).map(with_room)
+        format::encode_within(key, record, self.max_file_size, true).map(with_room)
     }
 
     /// Writes a save over the locked file itself when it may: the file passed
@@ -79,24 +90,26 @@ impl FileStore {
     /// stamped with the expiry. A reader that copies the page half written finds its check
     /// wrong and reads again; a process killed mid-`pwrite` leaves the old page or the new
     /// one (see [`IN_PLACE_MAX`]). A write that stops half way (not expected: no block is
-    /// allocated) is undone, `old` written back, and the save goes to a new file.
-    /// `Ok(false)`: not written (use a temp file and a rename).
+    /// allocated) is undone, `old` written back, and the save goes to a new file
+    /// ([`InPlace`]).
     pub(super) fn write_in_place(
         &self,
         held: &FileLock,
         bytes: &[u8],
         old: Option<&[u8]>,
         expires_at: SystemTime,
-    ) -> Result<bool, StoreError> {
+    ) -> InPlace {
         let len = held.entry.len as usize;
         let Some(old) = old else {
-            return Ok(false);
+            return InPlace::NotWritten;
         };
-        if !held.entry.in_place || bytes.len() > len || old.len() != len {
-            return Ok(false);
+        // The document and its newline, without the room `encode` left after it.
+        let document = &bytes[..(bytes.trim_ascii_end().len() + 1).min(bytes.len())];
+        if !held.entry.in_place || document.len() > len || old.len() != len {
+            return InPlace::NotWritten;
         }
         let mut page = Vec::with_capacity(len);
-        page.extend_from_slice(bytes);
+        page.extend_from_slice(document);
         page.resize(len, b' ');
         let shown = crate::key::shown_name(&held.name);
         match write_all_at(&held.entry.file, &page) {
@@ -106,25 +119,30 @@ impl FileStore {
                 if let Err(e) = stamp_expiry(&held.entry.file, Some(expires_at)) {
                     log::warn!("cannot stamp {shown} with its expiry: {e}");
                 }
-                Ok(true)
+                InPlace::Written(page)
             }
             Err((0, e)) => {
                 log::warn!("{shown}: cannot write in place ({e}); replacing the file");
-                Ok(false)
+                InPlace::NotWritten
             }
             Err((written, e)) => {
                 // Half written: the old document goes back before anything else happens.
                 match write_all_at(&held.entry.file, old) {
-                    Ok(()) => log::warn!(
-                        "{shown}: a write in place stopped after {written} bytes ({e}); \
-                         the old copy is back, replacing the file"
-                    ),
-                    Err((_, again)) => log::error!(
-                        "{shown}: a write in place stopped after {written} bytes ({e}) and \
-                         the old copy could not be put back ({again}); replacing the file"
-                    ),
+                    Ok(()) => {
+                        log::warn!(
+                            "{shown}: a write in place stopped after {written} bytes ({e}); \
+                             the old copy is back, replacing the file"
+                        );
+                        InPlace::NotWritten
+                    }
+                    Err((_, again)) => {
+                        log::error!(
+                            "{shown}: a write in place stopped after {written} bytes ({e}) and \
+                             the old copy could not be put back ({again}); replacing the file"
+                        );
+                        InPlace::Torn
+                    }
                 }
-                Ok(false)
             }
         }
     }

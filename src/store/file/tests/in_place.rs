@@ -110,17 +110,21 @@ fn a_small_save_is_written_in_place_and_a_large_one_by_a_new_file() {
 }
 
 #[test]
-fn a_file_of_format_1_is_replaced_once_then_written_in_place() {
+fn a_file_without_a_check_is_replaced_once_then_written_in_place() {
     let (_tmp, store) = store();
     let key = created(&store, &[("a", json!(1))]);
     let path = store.path_of(&key);
-    // As a build before format 2 wrote it: no check, no room.
-    let v1 = fs::read_to_string(&path)
-        .unwrap()
+    // As a build before checks wrote it (or a person who removed the check line): no check,
+    // no room.
+    let text = fs::read_to_string(&path).unwrap();
+    let unchecked: String = text
         .trim_end()
-        .replace("\"format\": 2", "\"format\": 1");
-    let v1 = v1[..v1.rfind(",\n  \"check\"").unwrap()].to_owned() + "\n}\n";
-    fs::write(&path, &v1).unwrap();
+        .lines()
+        .filter(|line| !line.starts_with("  \"check\""))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(unchecked.starts_with("{\n  \"format\": 1"), "{unchecked}");
+    fs::write(&path, &unchecked).unwrap();
     assert_eq!(
         store.load(&key).unwrap().unwrap().record.data["a"],
         json!(1)
@@ -129,13 +133,17 @@ fn a_file_of_format_1_is_replaced_once_then_written_in_place() {
     store
         .save(&key, &changes(&[("a", json!(2))]), None)
         .unwrap();
-    assert_ne!(ino(&path), before, "format 1: replaced by a new file");
-    assert!(fs::read_to_string(&path).unwrap().contains("\"format\": 2"));
+    assert_ne!(ino(&path), before, "no check: replaced by a new file");
+    assert!(
+        fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("{\n  \"check\": \"")
+    );
     let now = ino(&path);
     store
         .save(&key, &changes(&[("a", json!(3))]), None)
         .unwrap();
-    assert_eq!(ino(&path), now, "format 2: written in place");
+    assert_eq!(ino(&path), now, "checked: written in place");
     assert_eq!(
         store.load(&key).unwrap().unwrap().record.data["a"],
         json!(3)
@@ -275,4 +283,121 @@ fn a_reader_racing_writes_in_place_reads_every_copy_whole() {
         "{busy} of {loads} loads found the writer busy"
     );
     drop(writer);
+}
+
+#[test]
+fn values_chosen_to_collide_a_crc_never_make_a_racing_reader_see_a_session_never_stored() {
+    // The attack the third review found against a CRC-32 check, run against the store: a
+    // client saves a note and a cart, alternating two notes chosen so that a CRC over the
+    // documents cannot tell a new start with an old end from a whole copy, while another
+    // store (a second worker) loads the session without a lock all along. Every load must
+    // be one of the two sessions stored.
+    let (_tmp, writer) = store();
+    let reader = FileStore::open(writer.dir()).unwrap();
+    let s1 = "a".repeat(64);
+    let key = created(
+        &writer,
+        &[
+            ("note", json!(s1)),
+            ("fill", json!("f".repeat(3000))),
+            ("cart", json!("A")),
+        ],
+    );
+    let path = writer.path_of(&key);
+    let s2 = crate::store::format::crc32_twin(&fs::read(&path).unwrap(), &s1);
+    let first = ino(&path);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let saving = {
+        let (stop, s1, s2) = (stop.clone(), s1.clone(), s2.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (note, cart) = if n.is_multiple_of(2) {
+                    (&s1, "A")
+                } else {
+                    (&s2, "B")
+                };
+                writer
+                    .save(
+                        &key,
+                        &changes(&[("note", json!(note)), ("cart", json!(cart))]),
+                        None,
+                    )
+                    .unwrap();
+            }
+            n
+        })
+    };
+    let (mut loads, mut busy) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        match reader.load(&key) {
+            Ok(Some(loaded)) => {
+                let note = loaded.record.data["note"].as_str().unwrap();
+                let cart = loaded.record.data["cart"].as_str().unwrap();
+                assert!(
+                    (note == s1 && cart == "A") || (note == s2 && cart == "B"),
+                    "after {loads} loads: a session never stored (cart {cart})"
+                );
+                loads += 1;
+            }
+            Ok(None) => panic!("no session after {loads} loads"),
+            Err(StoreError::LockTimeout { .. }) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let saves = saving.join().unwrap();
+    assert_eq!(ino(&path), first, "every save was written in place");
+    eprintln!(
+        "hostile values in place: {saves} saves, {loads} whole loads, {} copies read again, \
+         {busy} busy",
+        reader.torn_rereads.load(Ordering::Relaxed)
+    );
+    assert!(saves > 100 && loads > 100, "{saves} saves, {loads} loads");
+}
+
+#[test]
+fn a_link_made_while_a_request_holds_the_session_is_never_written_through() {
+    // Request mode: the lock is taken at the load and the save comes at the end of the
+    // request; a `cp -al` in between must still be seen.
+    let (tmp, store) = store();
+    let store = store.with_locking(Locking::Request);
+    let key = created(&store, &[("a", json!(1))]);
+    let path = store.path_of(&key);
+    let loaded = store.load(&key).unwrap().unwrap();
+    let backup = tmp.path().join("backup.json");
+    fs::hard_link(&path, &backup).unwrap();
+    let kept = fs::read(&backup).unwrap();
+    store
+        .save(&key, &changes(&[("a", json!(2))]), loaded.lock)
+        .unwrap();
+    assert_eq!(fs::read(&backup).unwrap(), kept, "the backup is untouched");
+    assert_eq!(
+        store.load(&key).unwrap().unwrap().record.data["a"],
+        json!(2)
+    );
+}
+
+#[test]
+fn a_save_after_a_load_is_written_in_place() {
+    let (_tmp, store) = store();
+    let key = created(&store, &[("cart", json!([1, 2]))]);
+    let path = store.path_of(&key);
+    let first = ino(&path);
+    for n in 1..4 {
+        let acquired = store.acquire(&key, Duration::ZERO).unwrap().unwrap();
+        let loaded = store.load_acquired(&key, acquired).unwrap().unwrap();
+        store
+            .save(&key, &changes(&[("n", json!(n))]), loaded.lock)
+            .unwrap();
+        assert_eq!(ino(&path), first, "save {n}, after a preflight and a load");
+        let loaded = store.load(&key).unwrap().unwrap();
+        assert_eq!(loaded.record.data["n"], json!(n));
+        store
+            .save(&key, &changes(&[("m", json!(n))]), loaded.lock)
+            .unwrap();
+        assert_eq!(ino(&path), first, "save {n}, after a load");
+    }
 }

@@ -76,7 +76,7 @@ fn create_writes_a_private_file_named_by_the_key() {
     );
     let text = fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"sname\": \"abc\""), "{text}");
-    assert!(text.contains("\"format\": 2"), "{text}");
+    assert!(text.contains("\"format\": 1"), "{text}");
 }
 
 #[test]

@@ -141,6 +141,9 @@ pub struct Settings {
     pub locking: Locking,
     /// `SESSION_FILE_FSYNC`. Default: `false`.
     pub file_fsync: bool,
+    /// `SESSION_FILE_IN_PLACE`: small saves written over their file in place. Default:
+    /// `true`; off while servers of a version without checks share the directory.
+    pub file_in_place: bool,
     /// `SESSION_LOCK_TIMEOUT`, how long a request waits for a session's lock. Default: 3 s.
     pub lock_timeout: Duration,
     /// `DATA_UPLOAD_MAX_MEMORY_SIZE`, the largest request body in bytes. Default: 65536.
@@ -289,6 +292,7 @@ impl Default for Settings {
             file_path: PathBuf::from("sessions"),
             locking: Locking::Merge,
             file_fsync: false,
+            file_in_place: true,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             max_body: DEFAULT_MAX_BODY,
             gc_interval: None,

@@ -88,23 +88,23 @@
 //!
 //! ```json
 //! {
-//!   "format": 2,
+//!   "check": "7c42b668d141e6fd8bfbb6beb1913f41",
+//!   "format": 1,
 //!   "expires_at": "2026-12-10T11:37:46Z",
 //!   "expiry": "default",
 //!   "data": {
 //!     "semail": "abc@gmail.com",
 //!     "sname": "abc"
-//!   },
-//!   "check": "b5c68b5a"
+//!   }
 //! }
 //! ```
 //!
 //! `expiry` is `"default"`, `"browser_close"`, `{"seconds": N}` or `{"at": "<RFC 3339>"}`
-//! (see [`Expiry`]); `expires_at` is when the session ends, enforced on load; `check`, last, is
-//! the CRC-32 of every byte before it (a save may write a small session in place: a reader
-//! that copies the page half written finds the check wrong and reads again). Format 1, the
-//! same without a check, is still read; to edit a file by hand, set `"format": 1` and remove
-//! the check line. Files up to a page end with spaces: room to grow in place.
+//! (see [`Expiry`]); `expires_at` is when the session ends, enforced on load; `check`, first,
+//! is 128 bits of the SHA-256 of everything after its line (a save may write a small session
+//! in place: a reader that copies the page half written finds the check wrong and reads
+//! again). A document without it is read as it is: remove the line after editing a file by
+//! hand. Files up to a page end with spaces: room to grow in place.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

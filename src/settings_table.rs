@@ -228,6 +228,14 @@ pub static SETTINGS: &[Setting] = &[
         bool,
         |s| s.file_fsync
     ),
+    setting!(
+        "SESSION_FILE_IN_PLACE",
+        "session-file-in-place",
+        "true",
+        "write small saves over their file in place (off while older servers share the directory).",
+        bool,
+        |s| s.file_in_place
+    ),
     Setting {
         name: "SESSION_LOCK_TIMEOUT",
         flag: "session-lock-timeout",

@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {
-//!   "check": "CHECKHEX",
+//!   "check": "7c42b668d141e6fd8bfbb6beb1913f41",
 //!   "format": 1,
 //!   "expires_at": "2026-12-10T11:37:46Z",
 //!   "expiry": "default",

@@ -251,7 +251,8 @@ pub fn open(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
             file::FileStore::open(&settings.file_path)?
                 .with_locking(settings.locking)
                 .with_lock_timeout(settings.lock_timeout)
-                .with_fsync(settings.file_fsync),
+                .with_fsync(settings.file_fsync)
+                .with_in_place(settings.file_in_place),
         )),
         Engine::Db => Ok(Arc::new(
             db::DbStore::open(&settings.database_url, &settings.db_table)?

@@ -26,23 +26,27 @@ impl FileStore {
         }
     }
 
-    /// Whether a save may write over the locked file `entry` in place, from its `stat` taken
-    /// under the lock: fsync mode is off (only a rename survives power loss); the file was
-    /// opened for writing; it is ours, mode 0600, a regular file with one link (a hard link
-    /// elsewhere, as `cp -al` backups make, would be written through); at most a page
-    /// ([`IN_PLACE_MAX`]); and every byte of it has its block (`st_blocks`), so that writing
-    /// over it allocates nothing and cannot run out of space half way. (Its document must
-    /// also be of format version 2, which the save checks when it reads it.)
+    /// Whether a save may write over the locked file `entry` in place, from its `fstat` taken
+    /// just before the write: writes in place are on and fsync mode off (only a rename
+    /// survives power loss); the file was opened for writing; it is ours, mode 0600, a
+    /// regular file with one link (a hard link elsewhere, as `cp -al` backups make, would be
+    /// written through); at most a page ([`IN_PLACE_MAX`]); and every byte of it has its
+    /// block (`st_blocks`), so that writing over it allocates nothing on a file system that
+    /// overwrites in place. (Its document must also carry a check, which the save knows
+    /// from its read.)
     pub(super) fn may_write_in_place(&self, entry: &Entry, st: &Stat) -> bool {
+        let len = u64::try_from(st.st_size).unwrap_or(u64::MAX);
         let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
-        !self.fsync
+        self.in_place
+            && !self.fsync
             && entry.writable
             && st.st_uid == self.euid
             && st.st_mode & 0o7777 == 0o600
             && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
             && st.st_nlink == 1
-            && entry.len <= IN_PLACE_MAX as u64
-            && allocated >= entry.len
+            && len == entry.len
+            && len <= IN_PLACE_MAX as u64
+            && allocated >= len
     }
 
     /// Keeps the file a `merge`-mode load read open (one at a time) for the save that usually
@@ -50,44 +54,70 @@ impl FileStore {
     /// [`lock_current`](FileStore::lock_current) checks, once it holds the lock, that it is
     /// still the file at the name, as it does for a file it opens.
     pub(super) fn keep_open(&self, name: String, entry: Entry) {
-        let mut recent = match self.recent.lock() {
-            Ok(recent) => recent,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *recent = Some((name, entry));
+        *self.kept_open() = Some((name, entry));
     }
 
     /// The file [`keep_open`](FileStore::keep_open) kept for `name`, if any (taken: a file is
     /// used by one locker).
     fn take_open(&self, name: &str) -> Option<Entry> {
-        let mut recent = match self.recent.lock() {
-            Ok(recent) => recent,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match recent.take() {
-            Some((kept, entry)) if kept == name => Some(entry),
+        let mut kept = self.kept_open();
+        match kept.take() {
+            Some((kept_name, entry)) if kept_name == name => Some(entry),
             other => {
-                *recent = other;
+                *kept = other;
                 None
             }
         }
     }
 
+    fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
+        match self.recent.0.lock() {
+            Ok(kept) => kept,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Lets go of what this store keeps of a session it is deleting or moving to a new key:
+    /// the file kept open, the document remembered.
+    pub(super) fn forget(&self, name: &str) {
+        drop(self.take_open(name));
+        self.forget_decoded();
+    }
+
+    /// The most files left torn whose locks [`hold_torn`](FileStore::hold_torn) keeps.
+    const TORN_HELD_MAX: usize = 1024;
+
     /// Keeps the lock on a file a failing disk left half written (a write in place stopped,
-    /// the old bytes could not be put back, nor a new file put in its place): while this
-    /// process lives, a reader that finds the file not whole finds its lock held and answers
-    /// [`StoreError::LockTimeout`] (503, the cookie kept), and a writer times out, rather
-    /// than reading it as no session. After a restart it reads as corrupt (logged).
+    /// the old bytes could not be put back, nor a new file put in its place): a reader that
+    /// finds the file not whole finds its lock held and answers [`StoreError::LockTimeout`]
+    /// (503, the cookie kept) rather than reading it as no session. The next save of the
+    /// session in this process takes the lock back ([`lock_for_write`](FileStore::lock_for_write))
+    /// and replaces the file (with that request's changes alone: what was torn is lost, as
+    /// for any corrupt file); in `request` mode, where loads lock, loads answer 503 until a
+    /// restart. At most [`TORN_HELD_MAX`](Self::TORN_HELD_MAX) are kept.
     pub(super) fn hold_torn(&self, held: FileLock) {
         log::error!(
-            "{}: left half written by a failing disk; kept locked (503) until the server \
-             restarts",
+            "{}: left half written by a failing disk; kept locked (503) until a save replaces \
+             it",
             crate::key::shown_name(&held.name)
         );
-        match self.torn_held.lock() {
-            Ok(mut torn) => torn.push(held),
-            Err(poisoned) => poisoned.into_inner().push(held),
+        let mut torn = match self.torn_held.lock() {
+            Ok(torn) => torn,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if torn.len() < Self::TORN_HELD_MAX {
+            torn.push(held);
         }
+    }
+
+    /// The lock [`hold_torn`](FileStore::hold_torn) keeps on `name`, taken back.
+    fn take_torn(&self, name: &str) -> Option<FileLock> {
+        let mut torn = match self.torn_held.lock() {
+            Ok(torn) => torn,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let at = torn.iter().position(|held| held.name == name)?;
+        Some(torn.swap_remove(at))
     }
 
     /// The live session under a held lock, which stays held with it.
@@ -102,18 +132,18 @@ impl FileStore {
     }
 
     /// Opens and locks the file now named `name`, checking that the inode locked is still
-    /// the one with that name. `Ok(None)`: there is no session file (deleted meanwhile).
+    /// the one with that name. `kept`: a file already open under that name, tried first.
+    /// `Ok(None)`: there is no session file (deleted meanwhile).
     pub(super) fn lock_current(
         &self,
         key: &SessionKey,
         name: &str,
         wait: Duration,
+        mut kept: Option<Entry>,
     ) -> Result<Option<FileLock>, StoreError> {
         let start = Instant::now();
         let deadline = later(start, wait);
-        let mut kept = self.take_open(name);
         loop {
-            // The file a load just read, if it is this name's (checked once locked, as any).
             let entry = match kept.take() {
                 Some(entry) => entry,
                 None => match self.open_entry_for_writing(name)? {
@@ -130,7 +160,6 @@ impl FileStore {
                 // Its length now: it may have been written in place while we waited.
                 Some(Some(now)) => {
                     held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
-                    held.entry.in_place = self.may_write_in_place(&held.entry, &now);
                     return Ok(Some(held));
                 }
                 Some(None) => continue, // replaced while we waited: lock the new one
@@ -140,28 +169,32 @@ impl FileStore {
     }
 
     /// The lock for a write: the one held since `load` (request mode) if it is still on the
-    /// current file, else a fresh one. `Ok(None)`: the session is gone.
+    /// current file, else a fresh one (on the file the load kept open, if it read this
+    /// session's). `Ok(None)`: the session is gone.
     pub(super) fn lock_for_write(
         &self,
         key: &SessionKey,
         held: Option<SessionLock>,
     ) -> Result<Option<FileLock>, StoreError> {
         let name = key.file_name();
-        if let Some(SessionLock::File(mut held)) = held
+        if let Some(SessionLock::File(held)) = held
             && held.name == name
         {
-            match self.current_stat(&held.entry, &held.name)? {
-                Some(Some(now)) => {
-                    // Held since the load (request mode): what may be written in place is
-                    // decided now, as of this stat (a link made since is seen).
-                    held.entry.in_place = self.may_write_in_place(&held.entry, &now);
-                    return Ok(Some(held));
-                }
+            match self.is_current(&held.entry, &held.name)? {
+                Some(true) => return Ok(Some(held)),
                 None => return Ok(None),
-                Some(None) => {} // replaced behind our back: lock afresh
+                Some(false) => {} // replaced behind our back: lock afresh
             }
         }
-        self.lock_current(key, &name, self.lock_timeout)
+        // A file this process holds locked since a failing disk tore it: ours to replace.
+        if let Some(mut held) = self.take_torn(&name)
+            && let Some(Some(now)) = self.current_stat(&held.entry, &held.name)?
+        {
+            held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
+            return Ok(Some(held));
+        }
+        let kept = self.take_open(&name);
+        self.lock_current(key, &name, self.lock_timeout, kept)
     }
 
     /// Counts a change to the directory's names from now until the guard is dropped.

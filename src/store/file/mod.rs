@@ -23,10 +23,12 @@
 //! exclusive lock: one `pwrite` of at most one page at offset 0, padded with JSON
 //! whitespace to the file's length (never shrinking, never growing, so no block is
 //! allocated and no `ftruncate` is needed). A process killed mid-`pwrite` leaves the old page
-//! or the new one. Readers take no lock: the document's last field is a check of everything
-//! before it (`store::format`), so a reader that copies the page while it is being written
-//! finds it wrong and reads again (after three tries, under a shared lock). Every other
-//! write (a larger document, a new session, and every save in fsync mode, where only a
+//! or the new one. Only a file whose document carries a check, ours, mode 0600, one link,
+//! every block allocated, is written so ([`FileStore::may_write_in_place`]). Readers take no
+//! lock: the document's first field is a check of everything after it (`store::format`), so
+//! a reader that copies the page while it is being written finds it wrong, tries the shared
+//! lock once without waiting, and reads again ([`FileStore::live_record_unlocked`]). Every
+//! other write (a larger document, a new session, and every save in fsync mode, where only a
 //! rename survives power loss) goes to a fresh temp file (`.<random uuid>.tmp`, mode 0600)
 //! in the same directory, which then takes the session's name in one atomic step:
 //!
@@ -39,9 +41,9 @@
 //!   the store falls back to `rename` and `link`.
 //!
 //! So a reader, and a process killed at any instant, see either the old or the new file,
-//! whole (`cat`, which does not check, may in principle catch a page being copied). Every
-//! process on one directory must be of this version or later: an older one reads without
-//! checking. Each file's mtime is stamped with the session's expiry, so that
+//! whole (`cat`, which does not check, may in principle catch a page being copied). A build
+//! without checks reads these files but does not check them: every server on one directory
+//! should be this version or later. Each file's mtime is stamped with the session's expiry, so that
 //! cleanup can skip live sessions without reading them. A save that would change nothing
 //! but move the expiry by less than 1% of the lifetime (at most [`REFRESH_SLACK`]) is
 //! skipped, as PHP's `lazy_write`.
@@ -176,9 +178,11 @@ pub struct FileStore {
     /// links, unlinks): a candidate opened with none in progress and none begun since is
     /// current without asking the file system ([`FileStore::candidate_is_current`]).
     changes: Changes,
+    /// Whether saves may be written in place ([`FileStore::with_in_place`]).
+    in_place: bool,
     /// The file the last `merge`-mode load read, kept open for the save that usually follows
     /// ([`FileStore::keep_open`]).
-    recent: Mutex<Option<(String, Entry)>>,
+    recent: KeptOpen,
     /// Locks on files left torn by a failing disk, held until the process ends
     /// ([`FileStore::hold_torn`]).
     torn_held: Mutex<Vec<FileLock>>,
@@ -216,7 +220,6 @@ pub struct FileLock {
 /// An open session file and what its `fstat` said when it was opened. A write in place
 /// keeps a file's length; a read still reads to the end, and a locker refreshes the length
 /// once it holds the lock.
-#[derive(Debug)]
 struct Entry {
     file: File,
     len: u64,
@@ -224,9 +227,32 @@ struct Entry {
     dev: u64,
     /// Opened for reading and writing (a locker's).
     writable: bool,
-    /// Found, once locked, to be a file a save may write over in place
-    /// ([`FileStore::may_write_in_place`]); any other is replaced by a fresh file.
-    in_place: bool,
+}
+
+// `File`'s Debug shows its path, which holds the whole key: the inode only.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("ino", &self.ino)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The file the last `merge`-mode load read, by name, kept open for the save
+/// ([`FileStore::keep_open`]).
+#[derive(Default)]
+struct KeptOpen(Mutex<Option<(String, Entry)>>);
+
+// A name is a whole key, a credential: its first characters only.
+impl std::fmt::Debug for KeptOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = match self.0.lock() {
+            Ok(kept) => kept.as_ref().map(|(name, _)| crate::key::shown_name(name)),
+            Err(_) => None,
+        };
+        f.debug_tuple("KeptOpen").field(&kept).finish()
+    }
 }
 
 /// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
@@ -334,7 +360,8 @@ impl FileStore {
             changes: Changes::default(),
             torn_rereads: AtomicU64::new(0),
             last_decoded: Mutex::new(None),
-            recent: Mutex::new(None),
+            in_place: true,
+            recent: KeptOpen::default(),
             torn_held: Mutex::new(Vec::new()),
             euid: rustix::process::geteuid().as_raw(),
         };
@@ -356,6 +383,15 @@ impl FileStore {
     /// [`DEFAULT_LOCK_TIMEOUT`].
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self
+    }
+
+    /// Whether a save whose document fits its file may be written over it in place
+    /// (`SESSION_FILE_IN_PLACE`). Default: on. Turn it off while a server of a version
+    /// without checks (before 2026-12) reads the same directory: such a server reads
+    /// without checking, and could take a page caught half written for a session.
+    pub fn with_in_place(mut self, in_place: bool) -> Self {
+        self.in_place = in_place;
         self
     }
 
@@ -403,7 +439,7 @@ impl LockPreflight for FileStore {
     fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
         let name = key.file_name();
         if self.locking == Locking::Request {
-            return match self.lock_current(key, &name, wait) {
+            return match self.lock_current(key, &name, wait, None) {
                 Ok(Some(held)) => Ok(Some(Acquired::Locked(SessionLock::File(held)))),
                 Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
                 Err(e) => Err(e),
@@ -478,7 +514,7 @@ impl SessionStore for FileStore {
                 Ok(Opened::Missing) => return Ok(None),
                 Err(e) => Err(e),
             },
-            Locking::Request => match self.lock_current(key, &name, self.lock_timeout) {
+            Locking::Request => match self.lock_current(key, &name, self.lock_timeout, None) {
                 Ok(Some(held)) => return self.loaded_locked(held),
                 Ok(None) => return Ok(None),
                 Err(e) => Err(e),
@@ -535,11 +571,21 @@ impl SessionStore for FileStore {
         let held = self
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
-        let (merged, old) = self.merged(&held, changes)?;
+        let (merged, stored) = self.merged(&held, changes)?;
         let record = match merged {
-            Merged::Unchanged(stored) => return Ok(stored),
+            Merged::Unchanged(record) => {
+                // Not written: the file still holds what was read, which the next load
+                // finds remembered.
+                if let Some(stored) = stored {
+                    self.remember(stored.bytes, record.clone(), stored.checked);
+                }
+                return Ok(record);
+            }
             Merged::Changed(record) => record,
         };
+        let old = stored
+            .filter(|stored| stored.checked)
+            .map(|stored| stored.bytes);
         let bytes = self.encode(Some(key), &record)?;
         let written = match self.write_in_place(&held, &bytes, old.as_deref(), record.expires_at) {
             InPlace::Written(page) => page,
@@ -571,6 +617,7 @@ impl SessionStore for FileStore {
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
         let record = self.merged(&held, changes)?.0.into_record();
+        self.forget(&held.name);
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
@@ -584,6 +631,7 @@ impl SessionStore for FileStore {
         let Some(held) = self.lock_for_write(key, lock)? else {
             return Ok(());
         };
+        self.forget(&held.name);
         match self.unlink(&held.name) {
             Ok(()) => self.sync_dir(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_dir(),

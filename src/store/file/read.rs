@@ -123,7 +123,6 @@ impl FileStore {
                         ino: meta.ino(),
                         dev: meta.dev(),
                         writable: access == OFlags::RDWR,
-                        in_place: false,
                     }))
                 } else {
                     Err(StoreError::NotARegularFile(self.shown(name)))
@@ -227,6 +226,11 @@ impl FileStore {
         });
     }
 
+    /// Forgets the document remembered (a session deleted or moved: its data is not kept).
+    pub(super) fn forget_decoded(&self) {
+        *self.last_decoded() = None;
+    }
+
     fn last_decoded(&self) -> std::sync::MutexGuard<'_, Option<Decoded>> {
         match self.last_decoded.lock() {
             Ok(last) => last,
@@ -252,12 +256,7 @@ impl FileStore {
         let start = Instant::now();
         let mut read = self.read_record(entry, name);
         let mut retries = 0;
-        while matches!(
-            read,
-            Err(ReadError::Corrupt(
-                DecodeError::Check | DecodeError::Json(_)
-            ))
-        ) {
+        while matches!(read, Err(ReadError::Corrupt(_))) {
             self.torn_rereads.fetch_add(1, Ordering::Relaxed);
             let locked = try_lock_shared(&entry.file)
                 .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
@@ -265,6 +264,9 @@ impl FileStore {
                 read = self.read_record(entry, name);
                 unlock(&entry.file)
                     .map_err(|e| StoreError::io("unlock session file", self.shown(name), e))?;
+                if matches!(read, Err(ReadError::Corrupt(_))) {
+                    return self.corrupt_unless_replaced(key, entry, name, read);
+                }
                 break;
             }
             if retries == TORN_RETRIES {
@@ -280,6 +282,39 @@ impl FileStore {
         Ok(self
             .outcome(name, read)?
             .filter(|r| !r.is_expired(SystemTime::now())))
+    }
+
+    /// A file read corrupt under its shared lock: "no session" only if it is still the file
+    /// at its name. A file replaced meanwhile (a save that tore it, then put a new file in its
+    /// place, or was killed between the two) says nothing of the session: the file now at the
+    /// name is read instead, once (then a [`StoreError::LockTimeout`], the name being
+    /// rewritten as fast as it is read); a name gone means the session was deleted.
+    fn corrupt_unless_replaced(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        name: &str,
+        read: Result<Record, ReadError>,
+    ) -> Result<Option<Record>, StoreError> {
+        match self.is_current(entry, name)? {
+            Some(true) => Ok(self.outcome(name, read)?),
+            None => Ok(None),
+            Some(false) => {
+                let now = match self.open_entry(name)? {
+                    Opened::File(now) => now,
+                    Opened::Missing => return Ok(None),
+                };
+                match self.read_record(&now, name) {
+                    Err(ReadError::Corrupt(_)) => Err(StoreError::LockTimeout {
+                        key: *key,
+                        waited: Duration::ZERO,
+                    }),
+                    read => Ok(self
+                        .outcome(name, read)?
+                        .filter(|r| !r.is_expired(SystemTime::now()))),
+                }
+            }
+        }
     }
 
     /// The live session in `entry`: `Ok(None)` (logged) when it is corrupt, too large or

@@ -87,7 +87,7 @@ impl FileStore {
             return Ok(Cleared::Kept);
         }
         drop(entry);
-        let Some(held) = self.lock_current(key, &name, wait)? else {
+        let Some(held) = self.lock_current(key, &name, wait, None)? else {
             return Ok(Cleared::Gone);
         };
         let verdict = match self.read_record(&held.entry, &held.name) {

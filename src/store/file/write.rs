@@ -5,14 +5,24 @@
 use super::*;
 
 /// A small document as a file holds it: padded with spaces (JSON whitespace) to leave room
-/// to grow in place, to the next 256 bytes at least 64 bytes ahead, at most one page. (The
-/// size limit counts the document, not its padding: `read_document`.)
-pub(super) fn with_room(mut bytes: Vec<u8>) -> Vec<u8> {
+/// to grow in place, to the next 256 bytes at least 64 bytes ahead, at most one page, and
+/// never past `limit` (this build counts the document against the limit, not its padding,
+/// but a build before checks counts the file: a rollback must read it back).
+pub(super) fn with_room(mut bytes: Vec<u8>, limit: usize) -> Vec<u8> {
     if bytes.len() < IN_PLACE_MAX {
-        let room = ((bytes.len() + 64).div_ceil(256) * 256).min(IN_PLACE_MAX);
+        let room = ((bytes.len() + 64).div_ceil(256) * 256)
+            .min(IN_PLACE_MAX)
+            .min(limit);
         bytes.resize(room.max(bytes.len()), b' ');
     }
     bytes
+}
+
+/// What a save read of the file it locked: its bytes, and whether its document carries a
+/// check.
+pub(super) struct Stored {
+    pub(super) bytes: Vec<u8>,
+    pub(super) checked: bool,
 }
 
 /// What [`FileStore::write_in_place`] did.
@@ -53,22 +63,25 @@ pub(super) fn stamp_expiry(file: &File, expires_at: Option<SystemTime>) -> io::R
 impl FileStore {
     /// The newest stored copy under a held lock with `changes` applied, or `Unchanged` by
     /// the skip-write policy ([`ChangeSet::merge_into`]). A file that became unreadable is
-    /// replaced by the changes alone rather than blocking the session forever. With it, the
-    /// file's bytes when its document carries a check (a save may write over such a file in
-    /// place, and puts these back if that fails half way).
+    /// replaced by the changes alone rather than blocking the session forever. With it, what
+    /// was read of the file (its bytes, whether its document carries a check): a save may
+    /// write over a checked file in place, and puts these bytes back if that fails half way.
     pub(super) fn merged(
         &self,
         held: &FileLock,
         changes: &ChangeSet,
-    ) -> Result<(Merged, Option<Vec<u8>>), StoreError> {
-        let (stored, old) = match self.read_document(&held.entry, &held.name, Reuse::Take) {
-            Ok(doc) => {
-                let old = doc.checked.then_some(doc.bytes);
-                (Some(doc.record), old)
-            }
+    ) -> Result<(Merged, Option<Stored>), StoreError> {
+        let (record, stored) = match self.read_document(&held.entry, &held.name, Reuse::Take) {
+            Ok(doc) => (
+                Some(doc.record),
+                Some(Stored {
+                    bytes: doc.bytes,
+                    checked: doc.checked,
+                }),
+            ),
             Err(e) => (self.outcome(&held.name, Err(e))?, None),
         };
-        Ok((changes.merge_into(stored, SystemTime::now()), old))
+        Ok((changes.merge_into(record, SystemTime::now()), stored))
     }
 
     /// The bytes of `record`, within the size limit of one session file, with room to grow
@@ -78,11 +91,12 @@ impl FileStore {
         key: Option<&SessionKey>,
         record: &Record,
     ) -> Result<Vec<u8>, StoreError> {
-        format::encode_within(key, record, self.max_file_size, true).map(with_room)
+        format::encode_within(key, record, self.max_file_size, true)
+            .map(|bytes| with_room(bytes, self.max_file_size))
     }
 
-    /// Writes a save over the locked file itself when it may: the file passed
-    /// [`may_write_in_place`](FileStore::may_write_in_place) when it was locked, its document
+    /// Writes a save over the locked file itself when it may: the file passes
+    /// [`may_write_in_place`](FileStore::may_write_in_place) just before the write, its document
     /// (`old`, its bytes as read under the lock) is of the current format version (whose
     /// check every reader requires), and the new document fits in it. One `pwrite` of the
     /// whole file (at most a page) at offset 0, padded with JSON whitespace to the file's
@@ -105,8 +119,14 @@ impl FileStore {
         };
         // The document and its newline, without the room `encode` left after it.
         let document = &bytes[..(bytes.trim_ascii_end().len() + 1).min(bytes.len())];
-        if !held.entry.in_place || document.len() > len || old.len() != len {
+        if document.len() > len || old.len() != len {
             return InPlace::NotWritten;
+        }
+        // Decided on the file as it is now, just before the write (a link made a moment ago
+        // is seen).
+        match fstat(&held.entry.file) {
+            Ok(now) if self.may_write_in_place(&held.entry, &now) => {}
+            _ => return InPlace::NotWritten,
         }
         let mut page = Vec::with_capacity(len);
         page.extend_from_slice(document);

@@ -401,3 +401,78 @@ fn a_save_after_a_load_is_written_in_place() {
         assert_eq!(ino(&path), first, "save {n}, after a load");
     }
 }
+
+#[test]
+fn the_store_shown_with_debug_holds_no_whole_key() {
+    let (_tmp, store) = store();
+    let key = created(&store, &[("a", json!(1))]);
+    store.load(&key).unwrap().unwrap(); // the file is kept open for a save
+    let shown = format!("{store:?}");
+    let whole = key.file_name();
+    assert!(
+        !shown.contains(whole.trim_end_matches(".json")),
+        "Debug shows a whole key: {shown}"
+    );
+}
+
+#[test]
+fn a_torn_file_replaced_since_it_was_opened_is_not_no_session() {
+    // A reader opened the file; then a save tore it (a failing disk: its old bytes could not
+    // be put back) and put a new file at the name. The torn inode says nothing of the
+    // session: the file at the name is read.
+    let (_tmp, store) = store();
+    let key = created(&store, &[("a", json!(1))]);
+    let name = key.file_name();
+    let path = store.path_of(&key);
+    let good = fs::read(&path).unwrap();
+    let Opened::File(entry) = store.open_entry_for_writing(&name).unwrap() else {
+        panic!("the file is there")
+    };
+    let mut torn = good.clone();
+    torn[60] ^= 1;
+    entry.file.write_at(&torn, 0).unwrap();
+    fs::write(store.dir().join("x.tmp"), &good).unwrap();
+    fs::rename(store.dir().join("x.tmp"), &path).unwrap();
+    let read = store.live_record_unlocked(&key, &entry, &name).unwrap();
+    assert_eq!(read.expect("the session at the name").data["a"], json!(1));
+    // Not replaced: corrupt, no session (decided under the shared lock).
+    fs::write(&path, &torn).unwrap();
+    let Opened::File(entry) = store.open_entry(&name).unwrap() else {
+        panic!("the file is there")
+    };
+    assert!(
+        store
+            .live_record_unlocked(&key, &entry, &name)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn a_deleted_session_is_not_kept_in_memory_nor_open() {
+    let (_tmp, store) = store();
+    let key = created(&store, &[("secret", json!("s3cr3t"))]);
+    store.load(&key).unwrap().unwrap();
+    store.delete(&key, None).unwrap();
+    assert!(
+        store.recent.0.lock().unwrap().is_none(),
+        "the file is not kept open"
+    );
+    assert!(
+        store.last_decoded.lock().unwrap().is_none(),
+        "its data is not kept"
+    );
+}
+
+#[test]
+fn writes_in_place_can_be_turned_off() {
+    let (_tmp, store) = store();
+    let store = store.with_in_place(false);
+    let key = created(&store, &[("a", json!(1))]);
+    let path = store.path_of(&key);
+    let before = ino(&path);
+    store
+        .save(&key, &changes(&[("a", json!(2))]), None)
+        .unwrap();
+    assert_ne!(ino(&path), before, "a new file and a rename");
+}

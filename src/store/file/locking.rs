@@ -30,7 +30,8 @@ impl FileStore {
     /// just before the write: writes in place are on and fsync mode off (only a rename
     /// survives power loss); the file was opened for writing; it is ours, mode 0600, a
     /// regular file with one link (a hard link elsewhere, as `cp -al` backups make, would be
-    /// written through); at most a page ([`IN_PLACE_MAX`]); and every byte of it has its
+    /// written through); at most a page ([`IN_PLACE_MAX`]) and within the size limit (an
+    /// older build counts the padding); and every byte of it has its
     /// block (`st_blocks`), so that writing over it allocates nothing on a file system that
     /// overwrites in place. (Its document must also carry a check, which the save knows
     /// from its read.)
@@ -46,6 +47,7 @@ impl FileStore {
             && st.st_nlink == 1
             && len == entry.len
             && len <= IN_PLACE_MAX as u64
+            && len <= self.max_file_size as u64
             && allocated >= len
     }
 
@@ -88,36 +90,31 @@ impl FileStore {
     const TORN_HELD_MAX: usize = 1024;
 
     /// Keeps the lock on a file a failing disk left half written (a write in place stopped,
-    /// the old bytes could not be put back, nor a new file put in its place): a reader that
-    /// finds the file not whole finds its lock held and answers [`StoreError::LockTimeout`]
-    /// (503, the cookie kept) rather than reading it as no session. The next save of the
-    /// session in this process takes the lock back ([`lock_for_write`](FileStore::lock_for_write))
-    /// and replaces the file (with that request's changes alone: what was torn is lost, as
-    /// for any corrupt file); in `request` mode, where loads lock, loads answer 503 until a
-    /// restart. At most [`TORN_HELD_MAX`](Self::TORN_HELD_MAX) are kept.
+    /// the old bytes could not be put back, nor a new file put in its place), for as long as
+    /// this process lives: a reader that finds the file not whole finds its lock held and
+    /// answers [`StoreError::LockTimeout`] (503, the cookie kept), and so does a writer,
+    /// rather than reading it as no session while the disk may recover. After a restart the
+    /// file reads as corrupt: no session, logged. At most
+    /// [`TORN_HELD_MAX`](Self::TORN_HELD_MAX) are kept.
     pub(super) fn hold_torn(&self, held: FileLock) {
-        log::error!(
-            "{}: left half written by a failing disk; kept locked (503) until a save replaces \
-             it",
-            crate::key::shown_name(&held.name)
-        );
+        let shown = crate::key::shown_name(&held.name);
         let mut torn = match self.torn_held.lock() {
             Ok(torn) => torn,
             Err(poisoned) => poisoned.into_inner(),
         };
         if torn.len() < Self::TORN_HELD_MAX {
+            log::error!(
+                "{shown}: left half written by a failing disk; kept locked (its requests \
+                 answer 503) until the server restarts, when it reads as corrupt"
+            );
             torn.push(held);
+        } else {
+            log::error!(
+                "{shown}: left half written by a failing disk; {} such files already kept \
+                 locked, so this one is not: it reads as corrupt",
+                Self::TORN_HELD_MAX
+            );
         }
-    }
-
-    /// The lock [`hold_torn`](FileStore::hold_torn) keeps on `name`, taken back.
-    fn take_torn(&self, name: &str) -> Option<FileLock> {
-        let mut torn = match self.torn_held.lock() {
-            Ok(torn) => torn,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let at = torn.iter().position(|held| held.name == name)?;
-        Some(torn.swap_remove(at))
     }
 
     /// The live session under a held lock, which stays held with it.
@@ -185,13 +182,6 @@ impl FileStore {
                 None => return Ok(None),
                 Some(false) => {} // replaced behind our back: lock afresh
             }
-        }
-        // A file this process holds locked since a failing disk tore it: ours to replace.
-        if let Some(mut held) = self.take_torn(&name)
-            && let Some(Some(now)) = self.current_stat(&held.entry, &held.name)?
-        {
-            held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
-            return Ok(Some(held));
         }
         let kept = self.take_open(&name);
         self.lock_current(key, &name, self.lock_timeout, kept)

@@ -388,8 +388,9 @@ impl FileStore {
 
     /// Whether a save whose document fits its file may be written over it in place
     /// (`SESSION_FILE_IN_PLACE`). Default: on. Turn it off while a server of a version
-    /// without checks (before 2026-12) reads the same directory: such a server reads
-    /// without checking, and could take a page caught half written for a session.
+    /// without checks (one whose files have no `"check"` line) reads the same directory:
+    /// such a server reads without checking, and could take a page caught half written for
+    /// a session.
     pub fn with_in_place(mut self, in_place: bool) -> Self {
         self.in_place = in_place;
         self
@@ -617,12 +618,12 @@ impl SessionStore for FileStore {
             .lock_for_write(key, lock)?
             .ok_or(StoreError::Deleted(*key))?;
         let record = self.merged(&held, changes)?.0.into_record();
-        self.forget(&held.name);
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
         self.unlink(&held.name)
             .map_err(|e| self.fs_error("remove session file", &held.name, e))?;
+        self.forget(&held.name);
         self.sync_dir()?;
         Ok((new_key, record))
     }
@@ -631,9 +632,11 @@ impl SessionStore for FileStore {
         let Some(held) = self.lock_for_write(key, lock)? else {
             return Ok(());
         };
-        self.forget(&held.name);
         match self.unlink(&held.name) {
-            Ok(()) => self.sync_dir(),
+            Ok(()) => {
+                self.forget(&held.name);
+                self.sync_dir()
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_dir(),
             Err(e) => Err(self.fs_error("remove session file", &held.name, e)),
         }

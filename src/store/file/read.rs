@@ -265,7 +265,7 @@ impl FileStore {
                 unlock(&entry.file)
                     .map_err(|e| StoreError::io("unlock session file", self.shown(name), e))?;
                 if matches!(read, Err(ReadError::Corrupt(_))) {
-                    return self.corrupt_unless_replaced(key, entry, name, read);
+                    return self.corrupt_unless_replaced(key, entry, name, read, start);
                 }
                 break;
             }
@@ -295,19 +295,26 @@ impl FileStore {
         entry: &Entry,
         name: &str,
         read: Result<Record, ReadError>,
+        start: Instant,
     ) -> Result<Option<Record>, StoreError> {
         match self.is_current(entry, name)? {
             Some(true) => Ok(self.outcome(name, read)?),
             None => Ok(None),
             Some(false) => {
-                let now = match self.open_entry(name)? {
-                    Opened::File(now) => now,
-                    Opened::Missing => return Ok(None),
+                let now = match self.open_entry(name) {
+                    Ok(Opened::File(now)) => now,
+                    Ok(Opened::Missing) => return Ok(None),
+                    // Not a session file: no session, as `load` says of one.
+                    Err(e @ StoreError::NotARegularFile(_)) => {
+                        self.log_bad_file(name, &e);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
                 };
                 match self.read_record(&now, name) {
                     Err(ReadError::Corrupt(_)) => Err(StoreError::LockTimeout {
                         key: *key,
-                        waited: Duration::ZERO,
+                        waited: start.elapsed(),
                     }),
                     read => Ok(self
                         .outcome(name, read)?

@@ -185,8 +185,9 @@ impl FileStore {
             bytes.resize((bytes.len() * 2).max(IN_PLACE_MAX).min(limit + 1), 0);
         }
         bytes.truncate(filled);
-        let padding = bytes.iter().rev().take_while(|b| **b == b' ').count();
-        if filled - padding > self.max_file_size {
+        // The document and its newline; what follows is room to grow (spaces, a newline).
+        let document = (bytes.trim_ascii_end().len() + 1).min(filled);
+        if document > self.max_file_size {
             return Err(ReadError::TooLarge);
         }
         let mut last = self.last_decoded();

@@ -13,9 +13,18 @@ pub(super) fn with_room(mut bytes: Vec<u8>, limit: usize) -> Vec<u8> {
         let room = ((bytes.len() + 64).div_ceil(256) * 256)
             .min(IN_PLACE_MAX)
             .min(limit);
-        bytes.resize(room.max(bytes.len()), b' ');
+        pad_to(&mut bytes, room);
     }
     bytes
+}
+
+/// Pads a document with JSON whitespace to `len` bytes: spaces, then a newline, so that
+/// `cat` ends on a line of its own.
+fn pad_to(bytes: &mut Vec<u8>, len: usize) {
+    if bytes.len() < len {
+        bytes.resize(len - 1, b' ');
+        bytes.push(b'\n');
+    }
 }
 
 /// What a save read of the file it locked: its bytes, and whether its document carries a
@@ -130,7 +139,7 @@ impl FileStore {
         }
         let mut page = Vec::with_capacity(len);
         page.extend_from_slice(document);
-        page.resize(len, b' ');
+        pad_to(&mut page, len);
         let shown = crate::key::shown_name(&held.name);
         match write_all_at(&held.entry.file, &page) {
             Ok(()) => {

@@ -191,14 +191,16 @@ impl FileStore {
             return Err(ReadError::TooLarge);
         }
         let mut last = self.last_decoded();
-        if let Some(known) = last.as_ref().filter(|known| known.bytes == bytes) {
-            let (record, checked) = match reuse {
-                Reuse::Share => (known.record.clone(), known.checked),
-                Reuse::Take => match last.take() {
-                    Some(known) => (known.record, known.checked),
-                    None => unreachable!("matched just above"),
-                },
-            };
+        let known = match reuse {
+            Reuse::Share => last
+                .as_ref()
+                .filter(|known| known.bytes == bytes)
+                .map(|known| (known.record.clone(), known.checked)),
+            Reuse::Take => last
+                .take_if(|known| known.bytes == bytes)
+                .map(|known| (known.record, known.checked)),
+        };
+        if let Some((record, checked)) = known {
             return Ok(Document {
                 record,
                 checked,

@@ -45,10 +45,7 @@ impl MemoryStore {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<SessionKey, Record>> {
-        match self.sessions.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::store::locked(&self.sessions)
     }
 
     fn insert_new(map: &mut HashMap<SessionKey, Record>, record: Record) -> SessionKey {

@@ -74,7 +74,7 @@
 //! # Ok::<(), StoreError>(())
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::config::{Engine, Settings};
@@ -97,6 +97,13 @@ pub use file::{DirCursor, FileCandidate, FileLock};
 pub use held::{Acquired, Lease, LeaseIssuer, Loaded, SessionLock};
 pub use record::{ChangeSet, Merged, REFRESH_SLACK, Record};
 pub use sweep::{ClearReport, Sweep, SweepCursor};
+
+/// Locks one of a store's mutexes, taking the value as it is if a thread panicked while
+/// holding it: the values a store guards (a connection slot, a map of sessions, a memo)
+/// stay whole between statements, and a store must go on serving after a handler's panic.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A place sessions are kept: Django's `SessionBase` backend contract, storage only.
 /// Implemented by [`FileStore`](crate::FileStore), [`MemoryStore`](crate::MemoryStore) and

@@ -12,7 +12,7 @@
 //! on the server's, so a holder that vanished loses its advisory lock), a free connection
 //! ([`MAX_CONNECTIONS`] per store, 5 s).
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_executor::block_on;
@@ -21,7 +21,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use super::{Change, Database, Row, check_schema, lost_lock, schema_version, wait_or_time_out};
 use crate::key::SessionKey;
-use crate::store::{Lease, LeaseIssuer, StoreError};
+use crate::store::{Lease, LeaseIssuer, StoreError, locked};
 
 /// How long connecting may take. Short: a server has one handler thread to keep moving.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -67,13 +67,6 @@ struct Pool {
     open: Mutex<usize>,
     freed: Condvar,
     shown: String,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl Pool {

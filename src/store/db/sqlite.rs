@@ -39,10 +39,7 @@ impl Inner {
         let start = Instant::now();
         loop {
             let result = {
-                let mut conn = match self.conn.lock() {
-                    Ok(conn) => conn,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
+                let mut conn = crate::store::locked(&self.conn);
                 f(&mut conn)
             };
             match result {

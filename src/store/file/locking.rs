@@ -73,10 +73,7 @@ impl FileStore {
     }
 
     fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
-        match self.recent.0.lock() {
-            Ok(kept) => kept,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::store::locked(&self.recent.0)
     }
 
     /// Lets go of what this store keeps of a session it is deleting or moving to a new key:
@@ -98,10 +95,7 @@ impl FileStore {
     /// [`TORN_HELD_MAX`](Self::TORN_HELD_MAX) are kept.
     pub(super) fn hold_torn(&self, held: FileLock) {
         let shown = crate::key::shown_name(&held.name);
-        let mut torn = match self.torn_held.lock() {
-            Ok(torn) => torn,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut torn = crate::store::locked(&self.torn_held);
         if torn.len() < Self::TORN_HELD_MAX {
             log::error!(
                 "{shown}: left half written by a failing disk; kept locked (its requests \

@@ -247,10 +247,9 @@ struct KeptOpen(Mutex<Option<(String, Entry)>>);
 // A name is a whole key, a credential: its first characters only.
 impl std::fmt::Debug for KeptOpen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = match self.0.lock() {
-            Ok(kept) => kept.as_ref().map(|(name, _)| crate::key::shown_name(name)),
-            Err(_) => None,
-        };
+        let kept = crate::store::locked(&self.0)
+            .as_ref()
+            .map(|(name, _)| crate::key::shown_name(name));
         f.debug_tuple("KeptOpen").field(&kept).finish()
     }
 }

@@ -235,10 +235,7 @@ impl FileStore {
     }
 
     fn last_decoded(&self) -> std::sync::MutexGuard<'_, Option<Decoded>> {
-        match self.last_decoded.lock() {
-            Ok(last) => last,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::store::locked(&self.last_decoded)
     }
 
     /// The live session in `entry`, read without a lock. A save in another process may be
@@ -372,10 +369,7 @@ impl FileStore {
 
     /// Logs an entry that does not hold a session, once per entry.
     pub(super) fn log_bad_file(&self, name: &str, why: &dyn std::fmt::Display) {
-        let mut seen = match self.corrupt_logged.lock() {
-            Ok(seen) => seen,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut seen = crate::store::locked(&self.corrupt_logged);
         if seen.len() >= CORRUPT_LOG_MEMORY {
             seen.clear();
         }

@@ -13,10 +13,7 @@ pub(super) struct Shared {
 
 impl Shared {
     pub(super) fn slot(&self) -> MutexGuard<'_, Option<Connection>> {
-        match self.conn.lock() {
-            Ok(slot) => slot,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::store::locked(&self.conn)
     }
 
     pub(super) fn connect(&self) -> RedisResult<Connection> {

@@ -146,7 +146,7 @@ pub use config::{
 pub use expiry::{Expiry, parse_rfc3339};
 pub use http::{Limits, Method, Request, Response};
 pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
-pub use middleware::{CookieKey, SESSION_INTERRUPTED, SessionMiddleware};
+pub use middleware::{CookieKey, RenderAfterSave, SESSION_INTERRUPTED, SessionMiddleware};
 pub use pipeline::{App, Ticket};
 pub use router::{Handler, Routed, Router};
 pub use server::{LISTEN_BACKLOG, Server, StopHandle, raise_open_files_limit};

@@ -123,7 +123,7 @@ impl SessionMiddleware {
                 // a flush whose delete failed: the session is still there
                 return store_failure(path, &error);
             }
-            render_after_save(&mut response, &session);
+            render_after_save(&mut response, &session, path);
             response.add_header("Set-Cookie", &self.deletion_cookie());
             patch_vary(&mut response);
             return response;
@@ -148,7 +148,7 @@ impl SessionMiddleware {
                 vary = true;
             }
         }
-        render_after_save(&mut response, &session);
+        render_after_save(&mut response, &session, path);
         if vary {
             patch_vary(&mut response);
         }
@@ -311,23 +311,64 @@ fn is_out_of_space(e: &io::Error) -> bool {
 /// A body rendered once the session is saved, kept in the response's extensions by
 /// [`Response::json_after_save`].
 #[derive(Clone, Copy)]
-struct AfterSave(fn(&Session) -> serde_json::Value);
+struct AfterSave(RenderAfterSave);
+
+/// A renderer for [`Response::json_after_save`]: writes the JSON body for the saved session
+/// into the buffer given (empty at the call).
+///
+/// # Errors
+/// The serializer's: the response is then a 500 (the log says why).
+pub type RenderAfterSave = fn(&Session, &mut Vec<u8>) -> serde_json::Result<()>;
 
 impl Response {
     /// A JSON response whose body is rendered after the session is saved, so that it shows
     /// the saved session (a new key, its expiry). `status` decides the save as usual.
-    pub fn json_after_save(status: u16, render: fn(&Session) -> serde_json::Value) -> Self {
+    ///
+    /// The renderer writes the body itself, so that it can serialize a view borrowing the
+    /// session's data rather than a copy of it (`serde_json::to_writer`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use filesession::{MemoryStore, Method, Request, Response, SessionMiddleware, Settings};
+    ///
+    /// let mw = SessionMiddleware::new(Arc::new(MemoryStore::new()), Settings::default());
+    /// let request = Request::new(Method::Post, "/visit", &[], b"");
+    /// let (mut session, had_cookie) = mw.session_for(&request);
+    /// session.insert("visits", 1);
+    /// let response = Response::json_after_save(200, |session, body| {
+    ///     serde_json::to_writer(body, &(session.session_key().is_some(), session.data()))
+    /// });
+    /// let response = mw.finish(session, had_cookie, "/visit", response);
+    /// assert_eq!(response.body(), br#"[true,{"visits":1}]"#);
+    /// ```
+    pub fn json_after_save(status: u16, render: RenderAfterSave) -> Self {
         let mut response = Response::new(status).with_header("Content-Type", "application/json");
         response.extensions_mut().insert(AfterSave(render));
         response
     }
 }
 
-/// Runs the renderer [`Response::json_after_save`] left, if any, against the saved session.
-fn render_after_save(response: &mut Response, session: &Session) {
+/// Runs the renderer [`Response::json_after_save`] left, if any, against the saved session;
+/// a renderer that fails makes the answer a 500.
+fn render_after_save(response: &mut Response, session: &Session, path: &str) {
     if let Some(AfterSave(render)) = response.extensions_mut().remove::<AfterSave>() {
-        // Straight into bytes (`to_string` goes through `fmt::Write`, a third slower here).
-        // Serializing a Value into memory cannot fail; an empty object should that change.
-        response.set_body(serde_json::to_vec(&render(session)).unwrap_or_else(|_| b"{}".to_vec()));
+        let mut body = Vec::new();
+        match render(session, &mut body) {
+            Ok(()) => response.set_body(body),
+            Err(e) => {
+                log::error!("{path}: rendering the answer after the save failed: {e}");
+                let mut failed = Response::error(
+                    path,
+                    500,
+                    "The session was saved, but the answer could not be rendered.",
+                );
+                for (name, value) in response.headers() {
+                    if name.eq_ignore_ascii_case("set-cookie") {
+                        failed.add_header(name, value);
+                    }
+                }
+                *response = failed;
+            }
+        }
     }
 }

@@ -63,6 +63,15 @@ fn logout_elsewhere_then_write(request: &Request, s: &mut Session) -> Response {
     Response::text(200, "written")
 }
 
+/// Writes, then answers with a renderer that fails: JSON has no object with a key that is
+/// not a string.
+fn write_then_render_fails(_: &Request, s: &mut Session) -> Response {
+    s.insert("kept", true);
+    Response::json_after_save(200, |_, body| {
+        serde_json::to_writer(body, &std::collections::BTreeMap::from([((1, 2), 3)]))
+    })
+}
+
 fn panics(_: &Request, _: &mut Session) -> Response {
     panic!("a handler bug");
 }
@@ -87,6 +96,7 @@ fn fixture(settings: Settings) -> Fixture {
         .route(Method::Get, "/untouched", untouched)
         .route(Method::Get, "/clear", clear)
         .route(Method::Get, "/panic", panics)
+        .route(Method::Get, "/render-fails", write_then_render_fails)
         .route(Method::Get, "/race", logout_elsewhere_then_write);
     let app = App::new(router, SessionMiddleware::new(store.clone(), settings));
     Fixture { dir, store, app }
@@ -256,4 +266,20 @@ fn a_save_after_a_concurrent_logout_is_a_400_without_a_cookie() {
     );
     assert!(!path.exists(), "the session was not resurrected");
     assert_eq!(f.store.clear_expired().unwrap().kept, 0);
+}
+
+#[test]
+fn a_renderer_that_fails_after_the_save_answers_500_and_keeps_the_cookie() {
+    let f = fixture(Settings::default());
+    let r = f.app.handle(request("/render-fails", None));
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        String::from_utf8_lossy(r.body()),
+        "The session was saved, but the answer could not be rendered.\n"
+    );
+    // The session is saved: its cookie goes with the 500, as the 200 would have carried it.
+    let cookie = r.header("set-cookie").unwrap();
+    let key = SessionKey::parse(&cookie["sessionid=".len()..cookie.find(';').unwrap()]).unwrap();
+    assert_eq!(data(&f, &key), serde_json::json!({"kept": true}));
+    assert_eq!(r.header("vary"), Some("Cookie"));
 }

@@ -140,18 +140,22 @@ impl FileStore {
         let mut page = Vec::with_capacity(len);
         page.extend_from_slice(document);
         pad_to(&mut page, len);
-        let shown = crate::key::shown_name(&held.name);
+        // Named for the log only when something goes wrong.
+        let shown = || crate::key::shown_name(&held.name);
         match write_all_at(&held.entry.file, &page) {
             Ok(()) => {
                 // The data is written: the save happened. The expiry stamp only spares
                 // cleanup a read (with the mtime of the write, cleanup reads the file).
                 if let Err(e) = stamp_expiry(&held.entry.file, Some(expires_at)) {
-                    log::warn!("cannot stamp {shown} with its expiry: {e}");
+                    log::warn!("cannot stamp {} with its expiry: {e}", shown());
                 }
                 InPlace::Written(page)
             }
             Err((0, e)) => {
-                log::warn!("{shown}: cannot write in place ({e}); replacing the file");
+                log::warn!(
+                    "{}: cannot write in place ({e}); replacing the file",
+                    shown()
+                );
                 InPlace::NotWritten
             }
             Err((written, e)) => {
@@ -159,15 +163,17 @@ impl FileStore {
                 match write_all_at(&held.entry.file, old) {
                     Ok(()) => {
                         log::warn!(
-                            "{shown}: a write in place stopped after {written} bytes ({e}); \
-                             the old copy is back, replacing the file"
+                            "{}: a write in place stopped after {written} bytes ({e}); \
+                             the old copy is back, replacing the file",
+                            shown()
                         );
                         InPlace::NotWritten
                     }
                     Err((_, again)) => {
                         log::error!(
-                            "{shown}: a write in place stopped after {written} bytes ({e}) and \
-                             the old copy could not be put back ({again}); replacing the file"
+                            "{}: a write in place stopped after {written} bytes ({e}) and \
+                             the old copy could not be put back ({again}); replacing the file",
+                            shown()
                         );
                         InPlace::Torn
                     }

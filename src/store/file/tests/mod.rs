@@ -441,3 +441,53 @@ fn request_mode_holds_the_lock_until_the_session_is_saved() {
     let second = store.load(&key).unwrap().unwrap();
     assert_eq!(second.record.data["n"], json!(1));
 }
+
+/// Whether reading a file updates its access time here (a `relatime` mount does when the
+/// access time is not after the modification time; a `noatime` one never does). Set
+/// `FILESESSION_ATIME_TEST=require` (CI does) to fail rather than skip where it does not.
+fn reads_update_atime(dir: &Path) -> bool {
+    let probe = dir.join("atime-probe");
+    fs::write(&probe, b"x").unwrap();
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let file = fs::File::options().write(true).open(&probe).unwrap();
+    file.set_times(fs::FileTimes::new().set_accessed(old))
+        .unwrap();
+    drop(file);
+    fs::read(&probe).unwrap();
+    let updated = fs::metadata(&probe).unwrap().accessed().unwrap() != old;
+    fs::remove_file(&probe).unwrap();
+    if !updated && std::env::var("FILESESSION_ATIME_TEST").as_deref() == Ok("require") {
+        panic!(
+            "reads do not update access times on this file system (FILESESSION_ATIME_TEST=require)"
+        );
+    }
+    updated
+}
+
+#[test]
+fn loads_and_saves_leave_the_access_time_alone() {
+    let (tmp, store) = store();
+    if !reads_update_atime(tmp.path()) {
+        eprintln!("skipped: reads do not update access times on this file system");
+        return;
+    }
+    let key = store
+        .create(&changes(&[("n", json!(1))]).to_new_record(SystemTime::now()))
+        .unwrap();
+    let path = store.path_of(&key);
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let set_old_atime = || {
+        let file = fs::File::options().write(true).open(&path).unwrap();
+        file.set_times(fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+    };
+    let atime = || fs::metadata(&path).unwrap().accessed().unwrap();
+    set_old_atime();
+    let loaded = store.load(&key).unwrap().unwrap().record;
+    assert_eq!(loaded.data.get("n"), Some(&json!(1)));
+    assert_eq!(atime(), old, "a load updated the access time");
+    store
+        .save(&key, &changes(&[("n", json!(2))]), None)
+        .unwrap();
+    assert_eq!(atime(), old, "a save updated the access time");
+}

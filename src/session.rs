@@ -22,7 +22,8 @@ pub const TEST_COOKIE_VALUE: &str = "worked";
 
 /// What was found under the key, loaded on first access.
 struct State {
-    data: Map<String, Value>,
+    /// Shared with the store's copy until the first change (copy on write).
+    data: Arc<Map<String, Value>>,
     expiry: Expiry,
     /// When the stored session ends; `None` when nothing is stored.
     expires_at: Option<SystemTime>,
@@ -35,7 +36,7 @@ struct State {
 impl State {
     fn empty() -> Self {
         State {
-            data: Map::new(),
+            data: Arc::default(),
             expiry: Expiry::Default,
             expires_at: None,
             found: false,
@@ -236,7 +237,7 @@ impl Session {
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
         let (key, value) = (key.into(), value.into());
         self.changes.set(&key, value.clone());
-        self.state_mut().data.insert(key, value);
+        self.data_mut().insert(key, value);
         self.modified = true;
     }
 
@@ -264,7 +265,10 @@ impl Session {
     /// Removes `key` and returns its value (Django's `session.pop(key)`). Marks the session
     /// modified only if the key existed.
     pub fn pop(&mut self, key: &str) -> Option<Value> {
-        let value = self.state_mut().data.remove(key)?;
+        if !self.contains(key) {
+            return None;
+        }
+        let value = self.data_mut().remove(key)?;
         self.changes.remove(key);
         self.modified = true;
         Some(value)
@@ -281,7 +285,7 @@ impl Session {
         if !self.contains(key) {
             self.insert(key, default);
         }
-        match self.state_mut().data.get(key) {
+        match self.state().data.get(key) {
             Some(value) => value,
             None => unreachable!("the key was inserted just above"),
         }
@@ -316,6 +320,11 @@ impl Session {
         &self.state().data
     }
 
+    /// The dictionary to change: loaded first, and copied here if the store still shares it.
+    fn data_mut(&mut self) -> &mut Map<String, Value> {
+        Arc::make_mut(&mut self.state_mut().data)
+    }
+
     /// The settings this session follows (`SESSION_COOKIE_AGE`,
     /// `SESSION_EXPIRE_AT_BROWSER_CLOSE`).
     pub fn config(&self) -> &SessionConfig {
@@ -344,7 +353,9 @@ impl Session {
     /// save stores an empty session. Unlike Django it loads first, so that an unknown key
     /// is dropped rather than answered with a 400 at save.
     pub fn clear(&mut self) {
-        self.state_mut().data.clear();
+        if !self.state_mut().data.is_empty() {
+            self.data_mut().clear();
+        }
         self.changes.clear();
         self.modified = true;
     }

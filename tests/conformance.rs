@@ -391,7 +391,7 @@ fn exclusive_create(store: Arc<dyn SessionStore>) {
     let mut data = Map::new();
     data.insert("n".to_owned(), json!(1));
     let record = Record {
-        data,
+        data: data.into(),
         expiry: Expiry::Default,
         expires_at: SystemTime::now() + Duration::from_secs(600),
     };

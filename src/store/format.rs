@@ -203,7 +203,7 @@ pub(crate) fn decode_checked(bytes: &[u8]) -> Result<(Record, bool), DecodeError
     }
     let expires_at = parse_rfc3339(&file.expires_at).ok_or(DecodeError::Time(file.expires_at))?;
     let record = Record {
-        data: file.data,
+        data: file.data.into(),
         expiry: file.expiry,
         expires_at,
     };
@@ -292,7 +292,7 @@ mod tests {
 
     fn record_at(n: u64, data: serde_json::Value) -> Record {
         Record {
-            data: data.as_object().cloned().unwrap_or_default(),
+            data: data.as_object().cloned().unwrap_or_default().into(),
             expiry: Expiry::Default,
             expires_at: UNIX_EPOCH + Duration::from_secs(n),
         }
@@ -341,7 +341,7 @@ mod tests {
             data: Map<String, Value>,
         }
         let older: Older = serde_json::from_str(&text).unwrap();
-        assert_eq!((older.format, older.data), (1, record.data));
+        assert_eq!((older.format, &older.data), (1, &*record.data));
     }
 
     /// Every interleaving a reader copying a page while a save writes over it may get: a new
@@ -441,7 +441,7 @@ mod tests {
         data.insert("deep".into(), value);
         assert_eq!(depth(&data), MAX_VALUE_DEPTH);
         let record = Record {
-            data,
+            data: data.into(),
             expiry: Expiry::Default,
             expires_at: UNIX_EPOCH,
         };
@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn garbage_truncated_and_foreign_files_do_not_decode() {
         let good = encode(&Record {
-            data: Map::new(),
+            data: Default::default(),
             expiry: Expiry::Seconds(5),
             expires_at: UNIX_EPOCH,
         });

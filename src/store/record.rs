@@ -1,6 +1,7 @@
 //! What a store keeps ([`Record`]), what one request changed ([`ChangeSet`]), and the
 //! skip-write policy every store may use ([`ChangeSet::merge_into`]).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
@@ -9,10 +10,14 @@ use crate::expiry::Expiry;
 
 /// The data of one session as stored: the dictionary, the expiry rule and the absolute time
 /// the session ends.
+///
+/// The dictionary is shared (`Arc`): a store that keeps a copy (the memory store, the file
+/// store's last decoded document) hands out the same one, and whoever changes it first copies
+/// it then (`Arc::make_mut`). Build one from a map with `map.into()`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// The session dictionary.
-    pub data: Map<String, Value>,
+    pub data: Arc<Map<String, Value>>,
     /// The expiry rule set by `Session::set_expiry`.
     pub expiry: Expiry,
     /// When the session ends; a load at or after this time finds no session.
@@ -41,13 +46,14 @@ impl Record {
 /// changes.set("a", 1.into());
 /// changes.remove("b");
 /// let mut stored = Record {
-///     data: serde_json::json!({"b": 2, "c": 3}).as_object().cloned().unwrap_or_default(),
+///     data: serde_json::json!({"b": 2, "c": 3}).as_object().cloned().unwrap_or_default().into(),
 ///     expiry: Expiry::Default,
 ///     expires_at: SystemTime::UNIX_EPOCH,
 /// };
 /// changes.apply_to(&mut stored, SystemTime::UNIX_EPOCH);
-/// assert_eq!(serde_json::Value::Object(stored.data), serde_json::json!({"c": 3, "a": 1}));
+/// assert_eq!(serde_json::to_value(&*stored.data)?, serde_json::json!({"c": 3, "a": 1}));
 /// assert_eq!(stored.expires_at, SystemTime::UNIX_EPOCH + Duration::from_secs(60));
+/// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChangeSet {
@@ -123,14 +129,17 @@ impl ChangeSet {
     /// Applies the changes to `record` (the newest stored copy, or an empty one), and sets its
     /// absolute expiry for a save at `now`.
     pub fn apply_to(&self, record: &mut Record, now: SystemTime) {
-        if self.cleared {
-            record.data.clear();
-        }
-        for key in &self.removals {
-            record.data.remove(key);
-        }
-        for (key, value) in &self.writes {
-            record.data.insert(key.clone(), value.clone());
+        if self.cleared || !self.removals.is_empty() || !self.writes.is_empty() {
+            let data = Arc::make_mut(&mut record.data);
+            if self.cleared {
+                data.clear();
+            }
+            for key in &self.removals {
+                data.remove(key);
+            }
+            for (key, value) in &self.writes {
+                data.insert(key.clone(), value.clone());
+            }
         }
         if let Some(expiry) = self.expiry {
             record.expiry = expiry;
@@ -153,7 +162,7 @@ impl ChangeSet {
     /// A new record holding only these changes, as a save at `now` would write it.
     pub fn to_new_record(&self, now: SystemTime) -> Record {
         let mut record = Record {
-            data: Map::new(),
+            data: Arc::default(),
             expiry: Expiry::Default,
             expires_at: now,
         };
@@ -240,7 +249,7 @@ mod tests {
 
     fn record(data: Value) -> Record {
         Record {
-            data: data.as_object().cloned().unwrap_or_default(),
+            data: data.as_object().cloned().unwrap_or_default().into(),
             expiry: Expiry::Default,
             expires_at: SystemTime::UNIX_EPOCH,
         }
@@ -253,7 +262,10 @@ mod tests {
         changes.remove("gone");
         let mut stored = record(json!({"b": 2, "gone": 3}));
         changes.apply_to(&mut stored, SystemTime::UNIX_EPOCH);
-        assert_eq!(Value::Object(stored.data), json!({"a": 1, "b": 2}));
+        assert_eq!(
+            Value::Object(Arc::unwrap_or_clone(stored.data)),
+            json!({"a": 1, "b": 2})
+        );
         assert_eq!(
             stored.expires_at,
             SystemTime::UNIX_EPOCH + Duration::from_secs(60)
@@ -272,7 +284,10 @@ mod tests {
         assert_eq!(changes.removals(), ["a"]);
         let mut stored = record(json!({"a": 0}));
         changes.apply_to(&mut stored, SystemTime::UNIX_EPOCH);
-        assert_eq!(Value::Object(stored.data), json!({"b": 2}));
+        assert_eq!(
+            Value::Object(Arc::unwrap_or_clone(stored.data)),
+            json!({"b": 2})
+        );
     }
 
     #[test]
@@ -305,14 +320,17 @@ mod tests {
         changes.set("new", json!(2));
         let mut stored = record(json!({"other": 3}));
         changes.apply_to(&mut stored, SystemTime::UNIX_EPOCH);
-        assert_eq!(Value::Object(stored.data), json!({"new": 2}));
+        assert_eq!(
+            Value::Object(Arc::unwrap_or_clone(stored.data)),
+            json!({"new": 2})
+        );
     }
 
     #[test]
     fn a_refresh_is_written_once_the_expiry_moved_more_than_the_slack() {
         let now = SystemTime::now();
         let stored = Record {
-            data: Map::new(),
+            data: Default::default(),
             expiry: Expiry::Default,
             expires_at: now,
         };
@@ -334,7 +352,11 @@ mod tests {
         let now = SystemTime::now();
         let age = Duration::from_secs(1_209_600);
         let stored = Record {
-            data: json!({"a": 1}).as_object().cloned().unwrap_or_default(),
+            data: json!({"a": 1})
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into(),
             expiry: Expiry::Default,
             expires_at: now + age - Duration::from_secs(30),
         };
@@ -358,6 +380,9 @@ mod tests {
         let Merged::Changed(fresh) = changed.merge_into(None, now) else {
             panic!("nothing stored: the changes are written");
         };
-        assert_eq!(Value::Object(fresh.data), json!({"a": 2}));
+        assert_eq!(
+            Value::Object(Arc::unwrap_or_clone(fresh.data)),
+            json!({"a": 2})
+        );
     }
 }

@@ -222,7 +222,7 @@ impl RedisStore {
             Err(_) => expiry.date(now, Duration::ZERO),
         };
         Ok(Some(Record {
-            data,
+            data: data.into(),
             expiry,
             expires_at,
         }))
@@ -289,7 +289,7 @@ impl RedisStore {
                     (Map::new(), rule)
                 });
                 Ok(Some(Record {
-                    data,
+                    data: data.into(),
                     expiry,
                     expires_at,
                 }))
@@ -313,7 +313,7 @@ impl SessionStore for RedisStore {
             EXPIRY_FIELD.to_owned(),
             expiry_json(&record.expiry),
         ];
-        for (name, value) in &record.data {
+        for (name, value) in record.data.iter() {
             args.push(field_of(name));
             args.push(value.to_string());
         }

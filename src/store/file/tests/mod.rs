@@ -92,7 +92,7 @@ fn save_merges_changes_into_the_newest_copy() {
         .save(&key, &changes(&[("b", json!("B"))]), None)
         .unwrap();
     assert_eq!(
-        serde_json::Value::Object(record.data),
+        serde_json::Value::Object(std::sync::Arc::unwrap_or_clone(record.data)),
         json!({"base": 1, "a": "A", "b": "B"})
     );
     let loaded = store.load(&key).unwrap().unwrap().record;
@@ -343,7 +343,7 @@ fn cycle_moves_the_data_to_a_new_key_and_removes_the_old_file() {
         .unwrap();
     assert_ne!(old, new);
     assert_eq!(
-        serde_json::Value::Object(record.data),
+        serde_json::Value::Object(std::sync::Arc::unwrap_or_clone(record.data)),
         json!({"a": 1, "b": 2})
     );
     assert_eq!(files_in(store.dir()), vec![new.file_name()]);

@@ -123,12 +123,12 @@ impl SessionMiddleware {
                 // a flush whose delete failed: the session is still there
                 return store_failure(path, &error);
             }
-            render_after_save(&mut response, &session, path);
+            self.render_after_save(&mut response, &session, path);
             response.add_header("Set-Cookie", &self.deletion_cookie());
             patch_vary(&mut response);
             return response;
         }
-        let mut vary = session.accessed();
+        let mut vary = false;
         if wants_save && !empty && response.status() < 500 {
             match session.save() {
                 Ok(()) => {}
@@ -148,11 +148,47 @@ impl SessionMiddleware {
                 vary = true;
             }
         }
-        render_after_save(&mut response, &session, path);
-        if vary {
+        self.render_after_save(&mut response, &session, path);
+        if let Some(error) = session.load_error() {
+            // The renderer was the first to read the session, and the load failed: the
+            // answer must not show the session as empty.
+            let mut failed = store_failure(path, error);
+            patch_vary(&mut failed);
+            return failed;
+        }
+        // Accessed by the handler, or by the renderer just now.
+        if vary || session.accessed() {
             patch_vary(&mut response);
         }
         response
+    }
+
+    /// Runs the renderer [`Response::json_after_save`] left, if any, against the saved
+    /// session. A renderer that fails makes the answer a 500 that keeps the session's cookie
+    /// only (the session is saved; the handler's other cookies went with the answer it
+    /// meant).
+    fn render_after_save(&self, response: &mut Response, session: &Session, path: &str) {
+        let Some(AfterSave(render)) = response.extensions_mut().remove::<AfterSave>() else {
+            return;
+        };
+        let mut body = Vec::new();
+        if let Err(e) = render(session, &mut body) {
+            log::error!("{path}: rendering the answer after the save failed: {e}");
+            let mut failed = Response::error(
+                path,
+                500,
+                "The session was saved, but the answer could not be rendered.",
+            );
+            let ours = format!("{}=", self.settings.cookie_name);
+            for (name, value) in response.headers() {
+                if name.eq_ignore_ascii_case("set-cookie") && value.starts_with(&ours) {
+                    failed.add_header(name, value);
+                }
+            }
+            *response = failed;
+            return;
+        }
+        response.set_body(body);
     }
 
     fn base_cookie<'c>(&self, value: String) -> cookie::CookieBuilder<'c> {
@@ -317,7 +353,8 @@ struct AfterSave(RenderAfterSave);
 /// into the buffer given (empty at the call).
 ///
 /// # Errors
-/// The serializer's: the response is then a 500 (the log says why).
+/// The serializer's: the response is then a 500 that keeps the session's cookie (the log
+/// says why).
 pub type RenderAfterSave = fn(&Session, &mut Vec<u8>) -> serde_json::Result<()>;
 
 impl Response {
@@ -325,7 +362,10 @@ impl Response {
     /// the saved session (a new key, its expiry). `status` decides the save as usual.
     ///
     /// The renderer writes the body itself, so that it can serialize a view borrowing the
-    /// session's data rather than a copy of it (`serde_json::to_writer`).
+    /// session's data rather than a copy of it (`serde_json::to_writer`). A renderer that
+    /// reads the session counts as an access (`Vary: Cookie`); if it is the first to read
+    /// it and the load fails, the answer is that failure (a 503 for a lock timeout), never
+    /// the session shown empty.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -345,30 +385,5 @@ impl Response {
         let mut response = Response::new(status).with_header("Content-Type", "application/json");
         response.extensions_mut().insert(AfterSave(render));
         response
-    }
-}
-
-/// Runs the renderer [`Response::json_after_save`] left, if any, against the saved session;
-/// a renderer that fails makes the answer a 500.
-fn render_after_save(response: &mut Response, session: &Session, path: &str) {
-    if let Some(AfterSave(render)) = response.extensions_mut().remove::<AfterSave>() {
-        let mut body = Vec::new();
-        match render(session, &mut body) {
-            Ok(()) => response.set_body(body),
-            Err(e) => {
-                log::error!("{path}: rendering the answer after the save failed: {e}");
-                let mut failed = Response::error(
-                    path,
-                    500,
-                    "The session was saved, but the answer could not be rendered.",
-                );
-                for (name, value) in response.headers() {
-                    if name.eq_ignore_ascii_case("set-cookie") {
-                        failed.add_header(name, value);
-                    }
-                }
-                *response = failed;
-            }
-        }
     }
 }

@@ -353,9 +353,8 @@ impl Session {
     /// save stores an empty session. Unlike Django it loads first, so that an unknown key
     /// is dropped rather than answered with a 400 at save.
     pub fn clear(&mut self) {
-        if !self.state_mut().data.is_empty() {
-            self.data_mut().clear();
-        }
+        // A new empty map, not the shared one copied and emptied.
+        self.state_mut().data = Arc::default();
         self.changes.clear();
         self.modified = true;
     }

@@ -72,6 +72,20 @@ fn write_then_render_fails(_: &Request, s: &mut Session) -> Response {
     })
 }
 
+/// Writes, sets a cookie of its own, then answers with a renderer that fails.
+fn write_and_set_a_cookie_then_render_fails(_: &Request, s: &mut Session) -> Response {
+    s.insert("kept", true);
+    Response::json_after_save(200, |_, body| {
+        serde_json::to_writer(body, &std::collections::BTreeMap::from([((1, 2), 3)]))
+    })
+    .with_header("Set-Cookie", "messages=; Max-Age=0")
+}
+
+/// Never touches the session; the renderer is the first to read it.
+fn render_only(_: &Request, _: &mut Session) -> Response {
+    Response::json_after_save(200, |s, body| serde_json::to_writer(body, s.data()))
+}
+
 fn panics(_: &Request, _: &mut Session) -> Response {
     panic!("a handler bug");
 }
@@ -97,6 +111,12 @@ fn fixture(settings: Settings) -> Fixture {
         .route(Method::Get, "/clear", clear)
         .route(Method::Get, "/panic", panics)
         .route(Method::Get, "/render-fails", write_then_render_fails)
+        .route(
+            Method::Get,
+            "/cookie-render-fails",
+            write_and_set_a_cookie_then_render_fails,
+        )
+        .route(Method::Get, "/render-only", render_only)
         .route(Method::Get, "/race", logout_elsewhere_then_write);
     let app = App::new(router, SessionMiddleware::new(store.clone(), settings));
     Fixture { dir, store, app }
@@ -282,4 +302,64 @@ fn a_renderer_that_fails_after_the_save_answers_500_and_keeps_the_cookie() {
     let key = SessionKey::parse(&cookie["sessionid=".len()..cookie.find(';').unwrap()]).unwrap();
     assert_eq!(data(&f, &key), serde_json::json!({"kept": true}));
     assert_eq!(r.header("vary"), Some("Cookie"));
+}
+
+#[test]
+fn a_renderer_that_fails_keeps_only_the_session_cookie() {
+    let f = fixture(Settings::default());
+    let r = f.app.handle(request("/cookie-render-fails", None));
+    assert_eq!(r.status(), 500);
+    let cookies: Vec<&str> = r
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(cookies[0].starts_with("sessionid="), "{cookies:?}");
+}
+
+#[test]
+fn a_renderer_that_reads_the_session_adds_vary_cookie() {
+    let f = fixture(Settings::default());
+    let key = stored(&f);
+    let r = f.app.handle(request("/render-only", Some(&key)));
+    assert_eq!(r.status(), 200);
+    assert_eq!(String::from_utf8_lossy(r.body()), r#"{"a":1}"#);
+    assert_eq!(
+        r.header("vary"),
+        Some("Cookie"),
+        "the body depends on the cookie"
+    );
+}
+
+#[test]
+fn a_load_that_fails_in_the_renderer_is_the_store_failure_not_an_empty_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        FileStore::open(dir.path())
+            .unwrap()
+            .with_locking(filesession::Locking::Request)
+            .with_lock_timeout(std::time::Duration::from_millis(100)),
+    );
+    let mut first = Session::new(store.clone(), None, Default::default());
+    first.insert("a", 1);
+    first.save().unwrap();
+    let key = *first.session_key().unwrap();
+    // Another request holds the session's lock for the whole of this one.
+    let held = store.load(&key).unwrap().unwrap();
+    assert!(held.lock.is_some());
+    let settings = Settings {
+        locking: filesession::Locking::Request,
+        lock_timeout: std::time::Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let mw = SessionMiddleware::new(store.clone(), settings);
+    let request = request("/render-only", Some(&key));
+    let (session, had_cookie) = mw.session_for(&request);
+    let response = Response::json_after_save(200, |s, body| serde_json::to_writer(body, s.data()));
+    let r = mw.finish(session, had_cookie, "/render-only", response);
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(r.header("set-cookie"), None, "the cookie is kept as it is");
+    assert_eq!(r.header("retry-after"), Some("1"));
 }

@@ -129,11 +129,12 @@ impl ChangeSet {
     /// Applies the changes to `record` (the newest stored copy, or an empty one), and sets its
     /// absolute expiry for a save at `now`.
     pub fn apply_to(&self, record: &mut Record, now: SystemTime) {
-        if self.cleared || !self.removals.is_empty() || !self.writes.is_empty() {
+        if self.cleared {
+            // Not the stored map copied and emptied: a new one.
+            record.data = Arc::default();
+        }
+        if !self.removals.is_empty() || !self.writes.is_empty() {
             let data = Arc::make_mut(&mut record.data);
-            if self.cleared {
-                data.clear();
-            }
             for key in &self.removals {
                 data.remove(key);
             }

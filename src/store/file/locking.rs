@@ -72,6 +72,31 @@ impl FileStore {
         }
     }
 
+    /// Lets go of a `merge`-mode save's lock and keeps its file open (unlocked) for the next
+    /// request on the session, whose preflight or load checks by `stat` that it is still the
+    /// file at the name ([`open_current`](FileStore::open_current)) instead of opening the
+    /// name again. Called only while `held` is the file at its name (written in place, or
+    /// not written). A lock that cannot be let go is closed with its file.
+    pub(super) fn release_and_keep(&self, held: FileLock) {
+        if self.locking == Locking::Merge && unlock(&held.entry.file).is_ok() {
+            self.keep_open(held.name, held.entry);
+        }
+    }
+
+    /// The file named `name` for a `merge`-mode preflight or load: the one kept open for it
+    /// if it is still the file at the name (the same inode: an open file's inode is never
+    /// reused), with its length now; else the name opened afresh.
+    pub(super) fn open_current(&self, name: &str) -> Result<Opened, StoreError> {
+        if let Some(mut entry) = self.take_open(name)
+            && let Ok(Some(Some(now))) = self.current_stat(&entry, name)
+        {
+            entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
+            return Ok(Opened::File(entry));
+        }
+        // Replaced, gone or not inspectable: the open says which, as for any name.
+        self.open_entry_for_writing(name)
+    }
+
     fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
         crate::store::locked(&self.recent.0)
     }

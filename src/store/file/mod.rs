@@ -239,8 +239,9 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// The file the last `merge`-mode load read, by name, kept open for the save
-/// ([`FileStore::keep_open`]).
+/// One session file kept open, by name, unlocked: the file the last `merge`-mode load read,
+/// for the save that follows, and the file the last save wrote in place or left as it was,
+/// for the session's next request ([`FileStore::keep_open`], [`FileStore::release_and_keep`]).
 #[derive(Default)]
 struct KeptOpen(Mutex<Option<(String, Entry)>>);
 
@@ -450,7 +451,7 @@ impl LockPreflight for FileStore {
         // name when the handler runs (reading it then sees any write in place since), and
         // opens the name afresh otherwise.
         let quiet_since = self.quiet_now();
-        let entry = match self.open_entry_for_writing(&name) {
+        let entry = match self.open_current(&name) {
             Ok(Opened::File(entry)) => entry,
             Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -503,7 +504,7 @@ impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let name = key.file_name();
         let found = match self.locking {
-            Locking::Merge => match self.open_entry_for_writing(&name) {
+            Locking::Merge => match self.open_current(&name) {
                 Ok(Opened::File(entry)) => {
                     let loaded = self
                         .live_record_unlocked(key, &entry, &name)?
@@ -579,6 +580,7 @@ impl SessionStore for FileStore {
                 if let Some(stored) = stored {
                     self.remember(stored.bytes, record.clone(), stored.checked);
                 }
+                self.release_and_keep(held);
                 return Ok(record);
             }
             Merged::Changed(record) => record,
@@ -588,7 +590,12 @@ impl SessionStore for FileStore {
             .map(|stored| stored.bytes);
         let bytes = self.encode(Some(key), &record)?;
         let written = match self.write_in_place(&held, &bytes, old.as_deref(), record.expires_at) {
-            InPlace::Written(page) => page,
+            InPlace::Written(page) => {
+                // Still the file at the name: kept open for the session's next request.
+                self.remember(page, record.clone(), true);
+                self.release_and_keep(held);
+                return Ok(record);
+            }
             outcome => {
                 let replaced = self
                     .write_temp_for(&held.name, &bytes, record.expires_at)
@@ -603,6 +610,7 @@ impl SessionStore for FileStore {
             }
         };
         // The file now holds exactly these bytes: the next read of them needs no parse.
+        // (`held` is the copy swapped out: closed.)
         self.remember(written, record.clone(), true);
         Ok(record)
     }

@@ -482,3 +482,65 @@ fn writes_in_place_can_be_turned_off() {
         .unwrap();
     assert_ne!(ino(&path), before, "a new file and a rename");
 }
+
+/// The next request of a session: preflight, load, save, as the server runs them.
+fn next_request(store: &FileStore, key: &SessionKey, n: i64) -> Option<Record> {
+    let acquired = store.acquire(key, Duration::from_millis(200)).unwrap()?;
+    let loaded = store.load_acquired(key, acquired).unwrap()?;
+    let record = loaded.record.clone();
+    store
+        .save(key, &changes(&[("n", json!(n))]), loaded.lock)
+        .unwrap();
+    Some(record)
+}
+
+#[test]
+fn the_file_a_save_kept_open_is_unlocked_and_read_only_while_it_is_the_file_at_the_name() {
+    let (_tmp, store) = store();
+    // Another process on the same directory (its own open files and locks).
+    let other = FileStore::open(store.dir()).unwrap();
+    let key = created(&store, &[("n", json!(0))]);
+    let path = store.path_of(&key);
+    assert_eq!(next_request(&store, &key, 1).unwrap().data["n"], json!(0));
+    assert!(
+        store.recent.0.lock().unwrap().is_some(),
+        "kept open after the save"
+    );
+
+    // Unlocked: the other process locks the session at once.
+    let held = other
+        .lock_current(&key, &key.file_name(), Duration::ZERO, None)
+        .unwrap()
+        .expect("the session is there");
+    drop(held);
+
+    // The other process replaces the file (a save too large to write in place): the next
+    // request reads the new file, not the one kept open.
+    let large = "x".repeat(IN_PLACE_MAX);
+    other
+        .save(&key, &changes(&[("big", json!(large))]), None)
+        .unwrap();
+    let seen = next_request(&store, &key, 2).expect("the session is there");
+    assert_eq!(seen.data["big"], json!(large), "the replaced file was read");
+    assert_eq!(seen.data["n"], json!(1));
+
+    // Written in place by the other process: the same inode, new bytes, read.
+    let small = FileStore::open(store.dir()).unwrap();
+    small
+        .save(&key, &changes(&[("big", json!("small"))]), None)
+        .unwrap();
+    let before = ino(&path);
+    small
+        .save(&key, &changes(&[("w", json!(true))]), None)
+        .unwrap();
+    assert_eq!(ino(&path), before, "written in place");
+    let seen = next_request(&store, &key, 3).unwrap();
+    assert_eq!(seen.data["w"], json!(true));
+
+    // Deleted by the other process (a logout, clearsessions): no session, not the old
+    // file kept open.
+    other.delete(&key, None).unwrap();
+    assert!(next_request(&store, &key, 4).is_none());
+    assert!(store.load(&key).unwrap().is_none());
+    assert!(!path.exists(), "not brought back");
+}

@@ -51,10 +51,12 @@ impl FileStore {
             && allocated >= len
     }
 
-    /// Keeps the file a `merge`-mode load read open (one at a time) for the save that usually
-    /// follows in the same request, which then locks it without opening its name again:
-    /// [`lock_current`](FileStore::lock_current) checks, once it holds the lock, that it is
-    /// still the file at the name, as it does for a file it opens.
+    /// Keeps a session file open (one at a time, unlocked): the file a `merge`-mode load read,
+    /// for the save that usually follows in the same request, which then locks it without
+    /// opening its name again ([`lock_current`](FileStore::lock_current) checks, once it
+    /// holds the lock, that it is still the file at the name, as it does for a file it
+    /// opens); or the file a save left ([`release_and_keep`](FileStore::release_and_keep)),
+    /// for the session's next request ([`open_current`](FileStore::open_current)).
     pub(super) fn keep_open(&self, name: String, entry: Entry) {
         *self.kept_open() = Some((name, entry));
     }
@@ -84,8 +86,9 @@ impl FileStore {
     }
 
     /// The file named `name` for a `merge`-mode preflight or load: the one kept open for it
-    /// if it is still the file at the name (the same inode: an open file's inode is never
-    /// reused), with its length now; else the name opened afresh.
+    /// if it is still the file at the name (the same device and inode number, the test
+    /// [`lock_current`](FileStore::lock_current) makes of every file it locks), with its
+    /// length now; else the name opened afresh.
     pub(super) fn open_current(&self, name: &str) -> Result<Opened, StoreError> {
         if let Some(mut entry) = self.take_open(name)
             && let Ok(Some(Some(now))) = self.current_stat(&entry, name)

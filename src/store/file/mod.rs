@@ -180,8 +180,8 @@ pub struct FileStore {
     changes: Changes,
     /// Whether saves may be written in place ([`FileStore::with_in_place`]).
     in_place: bool,
-    /// The file the last `merge`-mode load read, kept open for the save that usually follows
-    /// ([`FileStore::keep_open`]).
+    /// One session file kept open, unlocked: the last `merge`-mode load's, for its save, or
+    /// the last save's, for the session's next request ([`KeptOpen`]).
     recent: KeptOpen,
     /// Locks on files left torn by a failing disk, held until the process ends
     /// ([`FileStore::hold_torn`]).

@@ -98,6 +98,8 @@ impl FileStore {
         };
         self.unlink(&name)
             .map_err(|e| self.fs_error("remove session file", &name, e))?;
+        // Neither its file kept open nor its document remembered outlives it.
+        self.forget(&name);
         Ok(verdict)
     }
 }

@@ -544,3 +544,28 @@ fn the_file_a_save_kept_open_is_unlocked_and_read_only_while_it_is_the_file_at_t
     assert!(store.load(&key).unwrap().is_none());
     assert!(!path.exists(), "not brought back");
 }
+
+#[test]
+fn a_session_cleanup_removes_keeps_neither_its_file_open_nor_its_document() {
+    let (_tmp, store) = store();
+    let key = created(&store, &[("secret", json!("s3cr3t"))]);
+    let loaded = store.load(&key).unwrap().unwrap();
+    let mut ended = changes(&[("secret", json!("s3cr3t2"))]);
+    ended.set_expiry(Expiry::Seconds(0)); // ends as it is saved
+    store.save(&key, &ended, loaded.lock).unwrap();
+    assert!(
+        store.recent.0.lock().unwrap().is_some(),
+        "kept open after the save"
+    );
+    let report = store.clear_expired().unwrap();
+    assert_eq!(report.expired, 1, "{report:?}");
+    assert!(!store.path_of(&key).exists());
+    assert!(
+        store.recent.0.lock().unwrap().is_none(),
+        "the removed session's file is still open"
+    );
+    assert!(
+        store.last_decoded.lock().unwrap().is_none(),
+        "the removed session's data is still remembered"
+    );
+}

@@ -468,7 +468,7 @@ fn reads_update_atime(dir: &Path) -> bool {
 fn loads_and_saves_leave_the_access_time_alone() {
     let (tmp, store) = store();
     if !reads_update_atime(tmp.path()) {
-        eprintln!("skipped: reads do not update access times on this file system");
+        eprintln!("SKIPPED: reads do not update access times on this file system (noatime?)");
         return;
     }
     let key = store

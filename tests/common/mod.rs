@@ -487,6 +487,32 @@ fn json_body(mut r: ureq::http::Response<ureq::Body>) -> serde_json::Value {
     serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON")
 }
 
+/// Four client threads at once, two through each server, each sending 25 requests to `path`
+/// with `cookie`: `send(url, cookie, thread, i)` sends one and returns its status, which must
+/// be 200.
+fn four_clients_through(
+    a: &TestServer,
+    b: &TestServer,
+    path: &str,
+    cookie: &str,
+    send: fn(&str, &str, usize, usize) -> u16,
+) {
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let url = if t % 2 == 0 { a.url(path) } else { b.url(path) };
+            let cookie = cookie.to_owned();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    assert_eq!(send(&url, &cookie, t, i), 200, "client {t}, request {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 /// Two servers on one store: the session travels, concurrent writes through both are all
 /// kept, a logout through one is a logout everywhere.
 pub fn two_servers_share_sessions(a: &TestServer, b: &TestServer) {
@@ -508,30 +534,16 @@ pub fn two_servers_share_sessions(a: &TestServer, b: &TestServer) {
         .send(r#"{"via": "b"}"#)
         .unwrap();
     assert_eq!(json_body(r)["data"]["via"], serde_json::json!("b"));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session")
-            } else {
-                b.url("/api/session")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for i in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .header("Content-Type", "application/json")
-                        .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    four_clients_through(a, b, "/api/session", &cookie, |url, cookie, t, i| {
+        agent()
+            .post(url)
+            .header("Cookie", cookie)
+            .header("Content-Type", "application/json")
+            .send(format!(r#"{{"t{t}_{i}": {i}}}"#))
+            .unwrap()
+            .status()
+            .as_u16()
+    });
     let r = agent()
         .get(a.url("/api/session"))
         .header("Cookie", &cookie)
@@ -566,29 +578,15 @@ pub fn two_servers_share_sessions(a: &TestServer, b: &TestServer) {
 pub fn request_counter_is_exact(a: &TestServer, b: &TestServer) {
     let r = agent().get(a.url("/setsession/")).call().unwrap();
     let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let url = if t % 2 == 0 {
-                a.url("/api/session/incr/n")
-            } else {
-                b.url("/api/session/incr/n")
-            };
-            let cookie = cookie.clone();
-            std::thread::spawn(move || {
-                for _ in 0..25 {
-                    let r = agent()
-                        .post(&url)
-                        .header("Cookie", &cookie)
-                        .send_empty()
-                        .unwrap();
-                    assert_eq!(r.status(), 200);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    four_clients_through(a, b, "/api/session/incr/n", &cookie, |url, cookie, _, _| {
+        agent()
+            .post(url)
+            .header("Cookie", cookie)
+            .send_empty()
+            .unwrap()
+            .status()
+            .as_u16()
+    });
     let r = agent()
         .get(b.url("/api/session"))
         .header("Cookie", &cookie)

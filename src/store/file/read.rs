@@ -288,9 +288,7 @@ impl FileStore {
             std::thread::sleep(TORN_PAUSE);
             read = self.read_record(entry, name);
         }
-        Ok(self
-            .outcome(name, read)?
-            .filter(|r| !r.is_expired(SystemTime::now())))
+        self.live_outcome(name, read)
     }
 
     /// A file read corrupt under its shared lock: "no session" only if it is still the file
@@ -325,9 +323,7 @@ impl FileStore {
                         key: *key,
                         waited: start.elapsed(),
                     }),
-                    read => Ok(self
-                        .outcome(name, read)?
-                        .filter(|r| !r.is_expired(SystemTime::now()))),
+                    read => self.live_outcome(name, read),
                 }
             }
         }
@@ -340,19 +336,18 @@ impl FileStore {
         entry: &Entry,
         name: &str,
     ) -> Result<Option<Record>, StoreError> {
-        Ok(self
-            .stored_record(entry, name)?
-            .filter(|r| !r.is_expired(SystemTime::now())))
+        self.live_outcome(name, self.read_record(entry, name))
     }
 
-    /// The record in a session file; `Ok(None)` (logged) when the file does not hold one
-    /// (corrupt, too large); `Err` when it cannot be read at all.
-    pub(super) fn stored_record(
+    /// [`outcome`](FileStore::outcome), and a session that has ended by now is none.
+    fn live_outcome(
         &self,
-        entry: &Entry,
         name: &str,
+        read: Result<Record, ReadError>,
     ) -> Result<Option<Record>, StoreError> {
-        self.outcome(name, self.read_record(entry, name))
+        Ok(self
+            .outcome(name, read)?
+            .filter(|r| !r.is_expired(SystemTime::now())))
     }
 
     /// What a read of `name` found: the record, `Ok(None)` (logged) when the file does not

@@ -14,6 +14,18 @@ fn ino(path: &Path) -> u64 {
     fs::metadata(path).unwrap().ino()
 }
 
+/// A session file whose check no longer matches its document (`"a": 1` edited to 7), as a
+/// page caught half written would read; its key and path.
+fn created_with_a_check_that_fails(store: &FileStore) -> (SessionKey, PathBuf) {
+    let key = created(store, &[("a", json!(1))]);
+    let path = store.path_of(&key);
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"a\": 1", "\"a\": 7");
+    fs::write(&path, text).unwrap();
+    (key, path)
+}
+
 #[test]
 fn the_size_limit_counts_the_document_not_its_room_to_grow() {
     let (_tmp, store) = store();
@@ -183,14 +195,8 @@ fn a_file_with_another_link_or_another_mode_is_never_written_through() {
 #[test]
 fn a_copy_that_is_not_whole_with_no_writer_is_decided_at_once() {
     let (_tmp, store) = store();
-    let key = created(&store, &[("a", json!(1))]);
-    let path = store.path_of(&key);
-    // A check that does not match (as a page caught half written would have), and nobody
-    // holding the file: the read under the shared lock decides, "no session", at once.
-    let text = fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"a\": 1", "\"a\": 7");
-    fs::write(&path, text).unwrap();
+    // Nobody holding the file: the read under the shared lock decides, "no session", at once.
+    let (key, _) = created_with_a_check_that_fails(&store);
     assert!(store.load(&key).unwrap().is_none());
     assert_eq!(
         store.torn_rereads.load(Ordering::Relaxed),
@@ -210,12 +216,7 @@ fn a_copy_that_is_not_whole_with_no_writer_is_decided_at_once() {
 #[test]
 fn a_copy_that_is_not_whole_while_a_writer_holds_the_file_is_an_error_not_no_session() {
     let (_tmp, store) = store();
-    let key = created(&store, &[("a", json!(1))]);
-    let path = store.path_of(&key);
-    let text = fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"a\": 1", "\"a\": 7");
-    fs::write(&path, text).unwrap();
+    let (key, path) = created_with_a_check_that_fails(&store);
     // Another process's save, in the middle of its write: it holds the file exclusively.
     let writer = fs::File::open(&path).unwrap();
     fs2::FileExt::try_lock_exclusive(&writer).unwrap();

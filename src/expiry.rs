@@ -38,7 +38,8 @@ pub enum Expiry {
     /// This many seconds after the last save, on the cookie and on the server.
     /// `Seconds(0)` expires at once. Django: `set_expiry(n)` with `n > 0`.
     Seconds(u64),
-    /// At this absolute time (kept to the second). A time in the past means already expired.
+    /// At this absolute time (kept to the millisecond, rounded up). A time in the past means
+    /// already expired.
     /// Django: `set_expiry(datetime)` or `set_expiry(timedelta)`.
     At(SystemTime),
     /// When the browser closes: the cookie carries neither `Max-Age` nor `Expires`. On the
@@ -47,8 +48,8 @@ pub enum Expiry {
     BrowserClose,
 }
 
-/// The latest time the session files can hold: 9999-12-31T23:59:59Z.
-pub(crate) const MAX_TIME_SECS: u64 = 253_402_300_799;
+/// The latest time the session files can hold: 9999-12-31T23:59:59.999Z, in milliseconds.
+pub(crate) const MAX_TIME_MILLIS: u64 = 253_402_300_799_999;
 
 impl Expiry {
     /// Seconds until expiry, counted from `now` (a save happening now). Django's
@@ -78,6 +79,8 @@ impl Expiry {
         match *self {
             Expiry::At(at) => clamp_time(at),
             Expiry::Default | Expiry::BrowserClose => add_clamped(now, cookie_age),
+            // Ends as it is saved: rounding up would keep it alive for part of a millisecond.
+            Expiry::Seconds(0) => clamp_time(floor_millis(now)),
             Expiry::Seconds(n) => add_clamped(now, Duration::from_secs(n)),
         }
     }
@@ -99,22 +102,36 @@ fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// `t` limited to what an RFC 3339 time of the file format can say: the Unix epoch up to
-/// the end of year 9999, whole seconds.
+/// `t` as an RFC 3339 time of the file format says it: milliseconds from the Unix epoch up
+/// to the end of year 9999, rounded up, so that a session set to end `N` seconds after a save
+/// lives at least `N` seconds (issue 22: whole seconds, floored, ended some sessions almost a
+/// second early). Django keeps its expiry as a float timestamp; tower-sessions at full
+/// precision.
 pub(crate) fn clamp_time(t: SystemTime) -> SystemTime {
-    let secs = t
+    let millis = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| {
+            let whole = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            whole.saturating_add(u64::from(d.subsec_nanos() % 1_000_000 > 0))
+        })
         .unwrap_or(0)
-        .min(MAX_TIME_SECS);
-    UNIX_EPOCH + Duration::from_secs(secs)
+        .min(MAX_TIME_MILLIS);
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// `t` without its fraction of a millisecond.
+fn floor_millis(t: SystemTime) -> SystemTime {
+    let below = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    t - Duration::from_nanos(u64::from(below))
 }
 
 /// `t + d`, saturating at the latest time the files can hold.
 pub(crate) fn add_clamped(t: SystemTime, d: Duration) -> SystemTime {
     clamp_time(
         t.checked_add(d)
-            .unwrap_or(UNIX_EPOCH + Duration::from_secs(MAX_TIME_SECS)),
+            .unwrap_or(UNIX_EPOCH + Duration::from_millis(MAX_TIME_MILLIS)),
     )
 }
 
@@ -126,12 +143,22 @@ pub(crate) fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
         .unwrap_or(t)
 }
 
-/// RFC 3339 text of a time, UTC, whole seconds: `2026-12-10T11:37:46Z`.
-pub(crate) fn format_rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(clamp_time(t)).to_string()
+/// RFC 3339 text of a time as the session files write it: UTC, always three digits of
+/// milliseconds (rounded up), held to 1970-01-01 .. 9999-12-31 (what RFC 3339 can say):
+/// `2026-12-10T11:37:46.250Z`.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t = UNIX_EPOCH + Duration::from_millis(1_796_643_466_250);
+/// assert_eq!(filesession::format_rfc3339(t), "2026-12-07T11:37:46.250Z");
+/// assert_eq!(filesession::parse_rfc3339("2026-12-07T11:37:46.250Z"), Some(t));
+/// ```
+pub fn format_rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(clamp_time(t)).to_string()
 }
 
-/// Parses RFC 3339 text in UTC (`2026-12-10T11:37:46Z`, fractional seconds allowed).
+/// Parses RFC 3339 text in UTC (`2026-12-10T11:37:46.250Z`; whole seconds, as older
+/// versions wrote, and any other number of fractional digits are read too).
 ///
 /// Returns `None` for anything else.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
@@ -148,7 +175,7 @@ enum ExpiryRepr {
 }
 
 /// In the session file: `"default"`, `"browser_close"`, `{"seconds": 300}` or
-/// `{"at": "2026-12-10T11:37:46Z"}`.
+/// `{"at": "2026-12-10T11:37:46.000Z"}`.
 impl Serialize for Expiry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match *self {
@@ -199,6 +226,30 @@ mod tests {
     }
 
     #[test]
+    fn a_session_of_n_seconds_lives_n_seconds_not_less() {
+        // Saved 950 ms into a second: whole seconds, floored, ended it 50 ms later.
+        let now = t(1_000_000) + Duration::from_millis(950);
+        let end = Expiry::Seconds(1).date(now, AGE);
+        assert_eq!(end, t(1_000_001) + Duration::from_millis(950));
+        assert_eq!(format_rfc3339(end), "1970-01-12T13:46:41.950Z");
+        // A time between two milliseconds is rounded up, never down.
+        let odd = now + Duration::from_nanos(1);
+        let end = Expiry::Seconds(1).date(odd, AGE);
+        assert!(end >= odd + Duration::from_secs(1), "{end:?}");
+        assert_eq!(format_rfc3339(end), "1970-01-12T13:46:41.951Z");
+        assert_eq!(parse_rfc3339(&format_rfc3339(end)), Some(end));
+    }
+
+    #[test]
+    fn times_in_whole_seconds_as_older_files_hold_them_still_parse() {
+        assert_eq!(parse_rfc3339("1970-01-12T13:46:40Z"), Some(t(1_000_000)));
+        assert_eq!(
+            serde_json::from_str::<Expiry>(r#"{"at":"1970-01-12T13:46:40Z"}"#).unwrap(),
+            Expiry::At(t(1_000_000))
+        );
+    }
+
+    #[test]
     fn absolute_expiry_age_is_floored_and_may_be_negative() {
         let now = t(1_000_000);
         assert_eq!(Expiry::At(t(1_000_100)).age(now, AGE), 100);
@@ -221,10 +272,10 @@ mod tests {
     #[test]
     fn huge_values_saturate_instead_of_panicking() {
         let far = Expiry::Seconds(u64::MAX).date(SystemTime::now(), AGE);
-        assert_eq!(format_rfc3339(far), "9999-12-31T23:59:59Z");
+        assert_eq!(format_rfc3339(far), "9999-12-31T23:59:59.999Z");
         assert_eq!(Expiry::Seconds(u64::MAX).age(t(0), AGE), i64::MAX);
         let before_epoch = UNIX_EPOCH - Duration::from_secs(10);
-        assert_eq!(format_rfc3339(before_epoch), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(before_epoch), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
@@ -235,7 +286,7 @@ mod tests {
             (Expiry::Seconds(300), r#"{"seconds":300}"#),
             (
                 Expiry::At(t(1_796_643_466)),
-                r#"{"at":"2026-12-07T11:37:46Z"}"#,
+                r#"{"at":"2026-12-07T11:37:46.000Z"}"#,
             ),
         ];
         for (expiry, json) in cases {

@@ -90,7 +90,7 @@
 //! {
 //!   "check": "7c42b668d141e6fd8bfbb6beb1913f41",
 //!   "format": 1,
-//!   "expires_at": "2026-12-10T11:37:46Z",
+//!   "expires_at": "2026-12-10T11:37:46.250Z",
 //!   "expiry": "default",
 //!   "data": {
 //!     "semail": "abc@gmail.com",
@@ -143,7 +143,7 @@ pub use config::{
     DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, Locking, SameSite,
     SessionConfig, SettingError, Settings, redacted,
 };
-pub use expiry::{Expiry, parse_rfc3339};
+pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
 pub use http::{Limits, Method, Request, Response};
 pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
 pub use middleware::{CookieKey, RenderAfterSave, SESSION_INTERRUPTED, SessionMiddleware};

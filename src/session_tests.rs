@@ -326,7 +326,8 @@ fn custom_expiry_in_seconds() {
     s.set_expiry(Expiry::Seconds(10));
     assert_eq!(s.expiry_age(), 10);
     let date = s.expiry_date().duration_since(SystemTime::now()).unwrap();
-    assert!(date <= Duration::from_secs(10) && date >= Duration::from_secs(8));
+    // Ten seconds after now, to the millisecond, rounded up (never less).
+    assert!(date <= Duration::from_millis(10_001) && date >= Duration::from_secs(8));
     assert!(s.modified());
 }
 
@@ -390,7 +391,7 @@ fn expiry_survives_a_save_and_load() {
         .unwrap()
         .duration_since(SystemTime::now())
         .unwrap();
-    assert!(left <= Duration::from_secs(300) && left >= Duration::from_secs(298));
+    assert!(left <= Duration::from_millis(300_001) && left >= Duration::from_secs(298));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! {
 //!   "check": "7c42b668d141e6fd8bfbb6beb1913f41",
 //!   "format": 1,
-//!   "expires_at": "2026-12-10T11:37:46Z",
+//!   "expires_at": "2026-12-10T11:37:46.250Z",
 //!   "expiry": "default",
 //!   "data": {
 //!     "semail": "abc@gmail.com",
@@ -304,7 +304,7 @@ mod tests {
             1_796_643_466,
             json!({"sname": "abc", "semail": "abc@gmail.com"}),
         );
-        let body = "  \"format\": 1,\n  \"expires_at\": \"2026-12-07T11:37:46Z\",\n  \
+        let body = "  \"format\": 1,\n  \"expires_at\": \"2026-12-07T11:37:46.000Z\",\n  \
              \"expiry\": \"default\",\n  \"data\": {\n    \"sname\": \"abc\",\n    \
              \"semail\": \"abc@gmail.com\"\n  }\n}";
         // A database row's document: the pretty JSON.

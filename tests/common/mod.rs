@@ -10,6 +10,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The binary the end-to-end tests start: this build's, or the one `FILESESSION_BINARY`
+/// names (an older build, to measure a fault's "before" figure with the same test).
+pub fn binary() -> PathBuf {
+    std::env::var_os("FILESESSION_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_filesession")),
+        PathBuf::from,
+    )
+}
+
 /// A running `filesession runserver` on 127.0.0.1:<free port>.
 pub struct TestServer {
     pub child: Child,
@@ -40,12 +49,7 @@ impl TestServer {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> TestServer {
-        Self::start_binary(
-            Path::new(env!("CARGO_BIN_EXE_filesession")),
-            dir,
-            env,
-            wrapper,
-        )
+        Self::start_binary(&binary(), dir, env, wrapper)
     }
 
     /// [`start_wrapped`](TestServer::start_wrapped) with another copy of the binary (one

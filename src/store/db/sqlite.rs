@@ -65,10 +65,23 @@ pub(super) struct Sqlite {
     locks: String,
 }
 
-/// Seconds since 1970, as `expire_date` holds them (before 1970: 0).
+/// Whole seconds since 1970 at or before `t` (before 1970: 0): "now", as the cleanup's
+/// `expire_date <= now` compares it.
 fn seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Whole seconds since 1970 at or after `t`, as a row's `expire_date` holds when its session
+/// ends: rounded up, so that cleanup never deletes a session before its end (the document
+/// keeps the end to the millisecond, and a load enforces that).
+fn seconds_up(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| {
+            let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            whole.saturating_add(i64::from(d.subsec_nanos() > 0))
+        })
         .unwrap_or(0)
 }
 
@@ -237,7 +250,7 @@ impl Database for Sqlite {
         let inserted = self.inner.run("create a session", |c| {
             c.execute(
                 &sql,
-                params![key.to_string(), row.document, seconds(row.expires_at)],
+                params![key.to_string(), row.document, seconds_up(row.expires_at)],
             )
         })?;
         Ok(inserted == 1)
@@ -296,7 +309,7 @@ impl Database for Sqlite {
                             "UPDATE {table} SET session_data = ?2, expire_date = ?3 \
                              WHERE session_key = ?1"
                         ),
-                        params![key_text, row.document, seconds(row.expires_at)],
+                        params![key_text, row.document, seconds_up(row.expires_at)],
                     )?;
                 }
                 Change::Move(new_key, row) => {
@@ -305,7 +318,11 @@ impl Database for Sqlite {
                             "INSERT INTO {table} (session_key, session_data, expire_date) \
                              VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"
                         ),
-                        params![new_key.to_string(), row.document, seconds(row.expires_at)],
+                        params![
+                            new_key.to_string(),
+                            row.document,
+                            seconds_up(row.expires_at)
+                        ],
                     )?;
                     if inserted == 0 {
                         return Ok(false); // dropped: rolled back

@@ -99,3 +99,40 @@ fn a_request_lock_taken_over_meanwhile_makes_the_save_write_nothing() {
         .unwrap();
     assert!(!data.contains("\"n\""), "nothing written: {data}");
 }
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_row_ending_within_a_second_is_kept_until_its_end_to_the_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DbStore::open(&sqlite_url(&dir), DEFAULT_DB_TABLE).unwrap();
+    // Ends 1.5 s from now: expire_date is rounded up, the document keeps the millisecond.
+    let mut changes = ChangeSet::new(Duration::from_millis(1_500));
+    changes.set("n", 1.into());
+    let record = changes.to_new_record(SystemTime::now());
+    let key = store.create(&record).unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("db.sqlite3")).unwrap();
+    let (data, column): (String, i64) = conn
+        .query_row(
+            "SELECT session_data, expire_date FROM filesession_session WHERE session_key = ?1",
+            [key.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let end = record
+        .expires_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert_eq!(
+        column,
+        i64::try_from(end.as_millis().div_ceil(1000)).unwrap()
+    );
+    let text = crate::expiry::format_rfc3339(record.expires_at);
+    assert!(
+        text.contains('.') && data.contains(&text),
+        "{text} in {data}"
+    );
+    // Cleanup one second before the rounded column, and at the end's own second: kept.
+    let second_of_end = SystemTime::UNIX_EPOCH + Duration::from_secs(end.as_secs());
+    assert_eq!(store.db.delete_expired(second_of_end, 10).unwrap(), 0);
+    assert!(store.load(&key).unwrap().is_some());
+}

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::format_rfc3339;
+use filesession::format_rfc3339;
 use filesession::{Expiry, Request, Response, Session};
 
 /// What the API answers after the save: `{"session_key", "expires_at",

@@ -7,19 +7,9 @@ mod forms;
 mod messages;
 mod page;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde_json::Value;
 
 use filesession::{Method, Request, Response, Router, Session};
-
-/// `2026-12-10T11:37:46Z`: a time as the session files write it, held to what RFC 3339 can
-/// say (1970 to 9999; humantime panics past them).
-pub(crate) fn format_rfc3339(t: SystemTime) -> String {
-    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default().min(LAST);
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + since).to_string()
-}
 
 /// The demo app's routes.
 ///

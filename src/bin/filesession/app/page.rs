@@ -5,8 +5,8 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde_json::Value;
 
 use super::csrf::{self, CSRF_FIELD};
-use super::format_rfc3339;
 use super::messages;
+use filesession::format_rfc3339;
 use filesession::{Request, Response, Session};
 
 const STYLE: &str = r#"

@@ -310,6 +310,12 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
              saved. Restart the server to create it again."
                 .to_string(),
         ),
+        StoreError::DatabaseGone(_) => (
+            500,
+            "The session database was removed or replaced while the server was running; \
+             nothing was saved. Restart the server to open it again."
+                .to_string(),
+        ),
         StoreError::Unavailable(_) | StoreError::Backend { .. } => (
             503,
             "The session store is unavailable; nothing was saved. Try again shortly.".to_string(),

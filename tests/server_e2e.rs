@@ -357,7 +357,10 @@ fn api_expiry_sets_seconds_browser_close_and_default() {
         200,
         "the largest expiry saturates instead of panicking"
     );
-    assert_eq!(json_body(r)["expires_at"], json!("9999-12-31T23:59:59.999Z"));
+    assert_eq!(
+        json_body(r)["expires_at"],
+        json!("9999-12-31T23:59:59.999Z")
+    );
 
     for bad in [
         r#"{"seconds": -1}"#,
@@ -696,6 +699,49 @@ fn help_lists_every_setting() {
     for name in names.chain(["runserver", "clearsessions"]) {
         assert!(help.contains(name), "--help lacks {name}:\n{help}");
     }
+}
+
+#[test]
+fn help_never_prints_the_environment_s_values() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://app:hunter2@db/app")
+        .env("SESSION_REDIS_URL", "redis://:hunter3@cache/0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter"), "{help}");
+}
+
+/// `clearsessions` creates nothing (issue 22: a mistyped path made the directory, parents
+/// included, and exited 0 with "Removed 0 expired sessions", so a cron job with a typo
+/// succeeded forever). Django refuses a missing `SESSION_FILE_PATH` too.
+#[test]
+fn clearsessions_refuses_a_missing_directory_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "clearsessions",
+            "--session-file-path",
+            "var/lib/typo/sessions",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "server_e2e/clearsessions-typo: exit {:?}, {}{err}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("var/lib/typo/sessions") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!dir.path().join("var").exists(), "nothing created");
 }
 
 #[test]

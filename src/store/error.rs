@@ -58,6 +58,11 @@ pub enum StoreError {
     /// The store never follows a new directory made at the same path (it could be anyone's);
     /// restart the process to open it again.
     DirectoryGone(PathBuf),
+    /// The database file the store opened (SQLite) was removed or replaced while the store
+    /// was in use: what is written into the open file is lost at the next start, so nothing
+    /// is acknowledged. The store never opens the file at the path again (that would drop
+    /// SQLite's locks); restart the process to open it again.
+    DatabaseGone(PathBuf),
     /// The store could not be used at all (its directory is missing and cannot be created,
     /// or is not writable).
     Unavailable(String),
@@ -117,6 +122,12 @@ impl fmt::Display for StoreError {
                 f,
                 "the session directory {} was removed while the server was running; \
                  restart the server to open it again",
+                path.display()
+            ),
+            StoreError::DatabaseGone(path) => write!(
+                f,
+                "the database file {} was removed or replaced while the server was running; \
+                 nothing written since is kept: restart the server to open it again",
                 path.display()
             ),
             StoreError::Unavailable(why) => write!(f, "session store unavailable: {why}"),

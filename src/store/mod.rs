@@ -246,26 +246,56 @@ pub trait ExpiredDeletion: Send + Sync {
 }
 
 /// Opens the store the settings name (`SESSION_ENGINE`) with their locking mode and lock
-/// timeout, ready to share between threads.
+/// timeout, ready to share between threads. A missing sessions directory, SQLite file or
+/// table is created, as `runserver` needs.
 ///
 /// # Errors
 /// [`StoreError::Unavailable`]: the sessions directory cannot be created or written, or
 /// `redis` was asked of a build without the `redis` feature, the database's too;
 /// [`StoreError::Backend`]: Redis or the database does not answer.
 pub fn open(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
+    open_as(settings, true)
+}
+
+/// [`open`], creating nothing: the sessions directory, the SQLite file and the session
+/// table must exist (`clearsessions`: a mistyped path or URL is an error, not a new empty
+/// store that a cron job would clean forever).
+///
+/// # Errors
+/// As [`open`], and [`StoreError::Unavailable`] or [`StoreError::Io`] naming what is
+/// missing.
+pub fn open_existing(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
+    open_as(settings, false)
+}
+
+fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, StoreError> {
     match settings.engine {
-        Engine::File => Ok(Arc::new(
-            file::FileStore::open(&settings.file_path)?
-                .with_locking(settings.locking)
-                .with_lock_timeout(settings.lock_timeout)
-                .with_fsync(settings.file_fsync)
-                .with_in_place(settings.file_in_place),
-        )),
-        Engine::Db => Ok(Arc::new(
-            db::DbStore::open(&settings.database_url, &settings.db_table)?
-                .with_locking(settings.locking)
-                .with_lock_timeout(settings.lock_timeout),
-        )),
+        Engine::File => {
+            let store = if create {
+                file::FileStore::open(&settings.file_path)?
+            } else {
+                file::FileStore::open_existing(&settings.file_path)?
+            };
+            Ok(Arc::new(
+                store
+                    .with_locking(settings.locking)
+                    .with_lock_timeout(settings.lock_timeout)
+                    .with_fsync(settings.file_fsync)
+                    .with_in_place(settings.file_in_place),
+            ))
+        }
+        Engine::Db => {
+            let store = if create {
+                db::DbStore::open(&settings.database_url, &settings.db_table)?
+            } else {
+                db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
+            };
+            Ok(Arc::new(
+                store
+                    .with_locking(settings.locking)
+                    .with_lock_timeout(settings.lock_timeout),
+            ))
+        }
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(
             redis::RedisStore::open(&settings.redis_url)?

@@ -15,7 +15,9 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
         println!("Redis {NOTHING}");
         return ExitCode::SUCCESS;
     }
-    let store = match store::open(settings) {
+    // Nothing is created: a mistyped path or URL fails (exit 1) instead of cleaning an
+    // empty new store forever.
+    let store = match store::open_existing(settings) {
         Ok(store) => store,
         Err(e) => return fail(e),
     };

@@ -36,6 +36,8 @@ pub(crate) fn cli() -> clap::Command {
             .long(setting.flag)
             .alias(setting.name)
             .env(setting.name)
+            // --help would print each variable's value: DATABASE_URL's password with it.
+            .hide_env_values(true)
             .value_name(setting.name)
             .help(setting.help)
             .global(true)

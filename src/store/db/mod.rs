@@ -179,12 +179,27 @@ impl DbStore {
     /// characters), exists without being ours, or was made by a newer version; [`StoreError::Backend`]: the
     /// database cannot be opened or reached (the URL is shown without its password).
     pub fn open(url: &str, table: &str) -> Result<DbStore, StoreError> {
+        Self::open_as(url, table, true)
+    }
+
+    /// [`open`](DbStore::open) for a database and table that must exist already, as
+    /// `clearsessions` opens them: nothing is created (a mistyped `DATABASE_URL` or
+    /// `SESSION_DB_TABLE` is an error, not a new database).
+    ///
+    /// # Errors
+    /// As [`open`](DbStore::open), and [`StoreError::Io`] (SQLite: the file is missing) or
+    /// [`StoreError::Unavailable`] (the table is missing).
+    pub fn open_existing(url: &str, table: &str) -> Result<DbStore, StoreError> {
+        Self::open_as(url, table, false)
+    }
+
+    fn open_as(url: &str, table: &str, create: bool) -> Result<DbStore, StoreError> {
         check_table_name(table)?;
         let shown = redacted(url);
         let db: Box<dyn Database> = if let Some(path) = url.strip_prefix("sqlite://") {
-            sqlite_open(path, table, &shown)?
+            sqlite_open(path, table, &shown, create)?
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            postgres_open(url, table, &shown)?
+            postgres_open(url, table, &shown, create)?
         } else {
             return Err(StoreError::Unavailable(format!(
                 "DATABASE_URL must start with sqlite:// or postgres://, not {shown:?}"
@@ -497,27 +512,55 @@ fn check_table_name(table: &str) -> Result<(), StoreError> {
 }
 
 #[cfg(feature = "sqlite")]
-fn sqlite_open(path: &str, table: &str, shown: &str) -> Result<Box<dyn Database>, StoreError> {
-    Ok(Box::new(sqlite::Sqlite::open(path, table, shown)?))
+fn sqlite_open(
+    path: &str,
+    table: &str,
+    shown: &str,
+    create: bool,
+) -> Result<Box<dyn Database>, StoreError> {
+    Ok(Box::new(sqlite::Sqlite::open(path, table, shown, create)?))
 }
 
 #[cfg(not(feature = "sqlite"))]
-fn sqlite_open(_: &str, _: &str, _: &str) -> Result<Box<dyn Database>, StoreError> {
+fn sqlite_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>, StoreError> {
     Err(StoreError::Unavailable(
         "a sqlite:// DATABASE_URL needs filesession built with the sqlite feature".into(),
     ))
 }
 
 #[cfg(feature = "postgres")]
-fn postgres_open(url: &str, table: &str, shown: &str) -> Result<Box<dyn Database>, StoreError> {
-    Ok(Box::new(postgres::Postgres::open(url, table, shown)?))
+fn postgres_open(
+    url: &str,
+    table: &str,
+    shown: &str,
+    create: bool,
+) -> Result<Box<dyn Database>, StoreError> {
+    Ok(Box::new(postgres::Postgres::open(
+        url, table, shown, create,
+    )?))
 }
 
 #[cfg(not(feature = "postgres"))]
-fn postgres_open(_: &str, _: &str, _: &str) -> Result<Box<dyn Database>, StoreError> {
+fn postgres_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>, StoreError> {
     Err(StoreError::Unavailable(
         "a postgres:// DATABASE_URL needs filesession built with the postgres feature".into(),
     ))
+}
+
+/// Why a table could not be used: made by someone else (`create`: it exists without our
+/// version row), or missing (without `create`: `clearsessions` makes nothing).
+pub(crate) fn missing_or_foreign(shown: &str, table: &str, create: bool) -> String {
+    if create {
+        format!(
+            "{shown}: table {table} exists and was not made by filesession (Django's \
+             django_session holds signed data); choose another SESSION_DB_TABLE"
+        )
+    } else {
+        format!(
+            "{shown}: no session table {table} made by filesession there; check DATABASE_URL \
+             and SESSION_DB_TABLE (nothing was created)"
+        )
+    }
 }
 
 /// When `lock` waits: a pause of [`LOCK_POLL`], or `LockTimeout` counted from `start`.

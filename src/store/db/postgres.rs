@@ -19,7 +19,10 @@ use futures_executor::block_on;
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::{Change, Database, Row, check_schema, lost_lock, schema_version, wait_or_time_out};
+use super::{
+    Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version,
+    wait_or_time_out,
+};
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError, locked};
 
@@ -224,7 +227,14 @@ fn as_oid(n: i32) -> i64 {
 }
 
 impl Postgres {
-    pub(super) fn open(url: &str, table: &str, shown: &str) -> Result<Postgres, StoreError> {
+    /// Connects and, with `create`, makes the table if it is missing; without it the table
+    /// must exist (`clearsessions`).
+    pub(super) fn open(
+        url: &str,
+        table: &str,
+        shown: &str,
+        create: bool,
+    ) -> Result<Postgres, StoreError> {
         let mut config: Config = url.parse().map_err(|e| StoreError::Backend {
             action: format!("PostgreSQL at {shown}: cannot read DATABASE_URL"),
             source: Box::new(e),
@@ -244,7 +254,7 @@ impl Postgres {
             shown: format!("PostgreSQL at {shown}"),
         };
         let schema_lock = class_of("filesession_schema");
-        let create = format!(
+        let create_table = format!(
             "CREATE TABLE {table} (
                  session_key varchar(36) PRIMARY KEY,
                  session_data text NOT NULL,
@@ -259,6 +269,15 @@ impl Postgres {
                 let done = async {
                     c.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&schema_lock])
                         .await?;
+                    if !create {
+                        let schema = c
+                            .query_one("SELECT to_regclass('filesession_schema') IS NOT NULL", &[])
+                            .await?
+                            .try_get::<_, bool>(0)?;
+                        if !schema {
+                            return Ok(None);
+                        }
+                    }
                     c.batch_execute(
                         "SET LOCAL client_min_messages = warning;
                          CREATE TABLE IF NOT EXISTS filesession_schema (
@@ -279,10 +298,10 @@ impl Postgres {
                         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
                         .await?
                         .try_get::<_, bool>(0)?;
-                    if exists {
+                    if exists || !create {
                         return Ok(None);
                     }
-                    c.batch_execute(&create).await?;
+                    c.batch_execute(&create_table).await?;
                     c.execute(
                         "INSERT INTO filesession_schema (table_name, version) VALUES ($1, $2)",
                         &[&table, &(schema_version() as i32)],
@@ -297,10 +316,10 @@ impl Postgres {
             })
         })?;
         let Some(found) = found else {
-            return Err(StoreError::Unavailable(format!(
-                "{}: table {table} exists and was not made by filesession (Django's \
-                 django_session holds signed data); choose another SESSION_DB_TABLE",
-                pool.shown
+            return Err(StoreError::Unavailable(missing_or_foreign(
+                &pool.shown,
+                table,
+                create,
             )));
         };
         check_schema(i64::from(found), table, &pool.shown)?;

@@ -3,6 +3,14 @@
 //! Nothing waits while holding the connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the
 //! connection is let go, until [`BUSY_TIMEOUT`].
+//!
+//! The database file is opened once. A file removed or replaced at its path while the store
+//! runs (`rm db.sqlite3`, a restore moved into place) would take every later write into a
+//! file no one will open again: after each statement the path is compared with the file
+//! opened (device and inode, as the file store checks its directory), and a mismatch is
+//! [`StoreError::DatabaseGone`] (500) before anything is acknowledged. The path is never
+//! opened again in the process: closing any descriptor of the file drops SQLite's POSIX
+//! locks.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Change, Database, Row, check_schema, lost_lock, schema_version, wait_or_time_out};
+use super::{
+    Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version,
+    wait_or_time_out,
+};
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError};
 
@@ -26,6 +37,8 @@ struct Inner {
     conn: Mutex<Connection>,
     path: PathBuf,
     shown: String,
+    /// The device and inode of the file opened: the path must still name it.
+    file: (u64, u64),
 }
 
 impl Inner {
@@ -46,10 +59,33 @@ impl Inner {
                 Err(e) if is_busy(&e) && start.elapsed() < BUSY_TIMEOUT => {
                     std::thread::sleep(BUSY_PAUSE);
                 }
-                other => return other.map_err(|e| error(&self.shown, &self.path, what, e)),
+                other => {
+                    // Committed into a file no longer at the path is not kept: not an answer.
+                    self.still_at_its_path()?;
+                    return other.map_err(|e| error(&self.shown, &self.path, what, e));
+                }
             }
         }
     }
+
+    /// `Err(DatabaseGone)` unless the path still names the file opened. A `stat`, never an
+    /// open (closing a descriptor of the database would drop SQLite's locks).
+    fn still_at_its_path(&self) -> Result<(), StoreError> {
+        match file_id(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io("inspect the database", &self.path, e))
+            }
+            _ => Err(StoreError::DatabaseGone(self.path.clone())),
+        }
+    }
+}
+
+/// The device and inode of the file at `path`.
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -135,8 +171,15 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 impl Sqlite {
-    /// `path` is what follows `sqlite://` in the URL: `/relative` or `//absolute`.
-    pub(super) fn open(path: &str, table: &str, shown: &str) -> Result<Sqlite, StoreError> {
+    /// `path` is what follows `sqlite://` in the URL: `/relative` or `//absolute`. With
+    /// `create`, a missing file (made 0600) and table are created; without it (for
+    /// `clearsessions`, where a mistyped path must not make a database) both must exist.
+    pub(super) fn open(
+        path: &str,
+        table: &str,
+        shown: &str,
+        create: bool,
+    ) -> Result<Sqlite, StoreError> {
         // dj-database-url: sqlite:///db.sqlite3 is the relative path db.sqlite3,
         // sqlite:////var/db.sqlite3 the absolute /var/db.sqlite3.
         let path = PathBuf::from(path.strip_prefix('/').unwrap_or(path));
@@ -145,25 +188,59 @@ impl Sqlite {
                 "{shown}: give a file, as sqlite:///db.sqlite3"
             )));
         }
+        if path.to_string_lossy().contains(['?', '#']) {
+            // Not a file name: options (dj-database-url's ?timeout=...) are not read here,
+            // and a name made of them could hold a secret (?password=...).
+            return Err(StoreError::Unavailable(format!(
+                "{shown}: a sqlite:// DATABASE_URL takes a file only, no ?options or #fragment"
+            )));
+        }
         let shown = format!("SQLite at {}", path.display());
-        create_private(&path).map_err(|e| StoreError::io("create the database", &path, e))?;
+        if create {
+            create_private(&path).map_err(|e| StoreError::io("create the database", &path, e))?;
+        } else if let Err(e) = std::fs::metadata(&path) {
+            return Err(StoreError::io("open the database", &path, e));
+        }
         let conn = Connection::open(&path).map_err(|e| StoreError::Backend {
             action: format!("{shown}: cannot open the database"),
             source: Box::new(e),
         })?;
+        let file = file_id(&path).map_err(|e| StoreError::io("inspect the database", &path, e))?;
         let inner = Inner {
             conn: Mutex::new(conn),
             path,
             shown,
+            file,
         };
         let locks = format!("{table}_lock");
         inner.run("open the database", |c| {
             // No busy wait inside SQLite: `Inner::run` retries with the connection let go.
             c.busy_timeout(Duration::ZERO)?;
-            c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+            if create {
+                c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+            }
             c.execute_batch("PRAGMA synchronous=NORMAL")
         })?;
+        if !create {
+            let schema: bool = inner.run("read the table's version", |c| {
+                c.query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'filesession_schema'",
+                    [],
+                    |r| r.get(0),
+                )
+            })?;
+            if !schema {
+                return Err(StoreError::Unavailable(missing_or_foreign(
+                    &inner.shown,
+                    table,
+                    false,
+                )));
+            }
+        }
         inner.run("create the session table", |c| {
+            if !create {
+                return Ok(());
+            }
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(
                 "CREATE TABLE IF NOT EXISTS filesession_schema (
@@ -214,10 +291,10 @@ impl Sqlite {
             .optional()
         })?;
         let Some(found) = found else {
-            return Err(StoreError::Unavailable(format!(
-                "{}: table {table} exists and was not made by filesession (Django's \
-                 django_session holds signed data); choose another SESSION_DB_TABLE",
-                inner.shown
+            return Err(StoreError::Unavailable(missing_or_foreign(
+                &inner.shown,
+                table,
+                create,
             )));
         };
         check_schema(found, table, &inner.shown)?;

@@ -307,15 +307,32 @@ impl FileStore {
     /// [`StoreError::Unavailable`] naming the directory and the cause when it cannot be
     /// created, opened or written, or is a symbolic link (give its real path).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_as(dir.as_ref(), true)
+    }
+
+    /// [`open`](FileStore::open) for a directory that must exist already, as
+    /// `clearsessions` opens it: a mistyped path is an error, never a new directory. Django
+    /// refuses a missing `SESSION_FILE_PATH` too.
+    ///
+    /// # Errors
+    /// As [`open`](FileStore::open), and [`StoreError::Unavailable`] when the directory
+    /// does not exist.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_as(dir.as_ref(), false)
+    }
+
+    fn open_as(dir: &Path, create: bool) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
         let unavailable = |what: &str, e: io::Error| {
             StoreError::Unavailable(format!("session directory {} {what}: {e}", dir.display()))
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| unavailable("cannot be created", e))?;
+        if create {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| unavailable("cannot be created", e))?;
+        }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let dirfd = match openat(CWD, &dir, flags, Mode::empty()) {
             Ok(fd) => fd,
@@ -329,6 +346,8 @@ impl FileStore {
                     )
                 } else if e == Errno::NOTDIR {
                     unavailable("is not a directory", e.into())
+                } else if e == Errno::NOENT {
+                    unavailable("does not exist (nothing was created)", e.into())
                 } else {
                     unavailable("cannot be opened", e.into())
                 });

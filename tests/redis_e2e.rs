@@ -14,6 +14,9 @@ use common::{
     TestServer, agent, cookie_value, request_counter_is_exact, set_cookies,
     two_servers_share_sessions,
 };
+use filesession::{
+    ChangeSet, Locking, RedisStore, Session, SessionConfig, SessionStore, StoreError,
+};
 
 /// A redis-server of this test's own, on a free port, killed on drop.
 struct Redis {
@@ -180,4 +183,116 @@ fn request_locking_keeps_a_counter_exact_across_servers() {
         ("SESSION_LOCKING", "request"),
     ];
     request_counter_is_exact(&TestServer::start(&env), &TestServer::start(&env));
+}
+
+fn request_store(redis: &Redis, lock_timeout: Duration) -> std::sync::Arc<dyn SessionStore> {
+    std::sync::Arc::new(
+        RedisStore::open(&redis.url())
+            .unwrap()
+            .with_locking(Locking::Request)
+            .with_lock_timeout(lock_timeout),
+    )
+}
+
+/// A request lock's lease is short (the lock timeout plus a second: what a holder that dies
+/// on another machine blocks its session for) and renewed while its holder lives, so a slow
+/// request keeps it past the lease; a save whose lock was taken over anyway writes nothing.
+#[test]
+fn a_redis_request_lock_is_renewed_while_held_and_a_lost_one_writes_nothing() {
+    let Some(redis) = redis_or_skip() else { return };
+    // Lease: 200 ms + 1 s.
+    let store = request_store(&redis, Duration::from_millis(200));
+    let mut s = Session::new(store.clone(), None, SessionConfig::default());
+    s.insert("n", 1);
+    s.save().unwrap();
+    let key = *s.session_key().unwrap();
+    let held = store.load(&key).unwrap().expect("there");
+    std::thread::sleep(Duration::from_millis(2_500)); // two leases
+    let other = request_store(&redis, Duration::from_millis(100));
+    let err = other.load(&key).unwrap_err();
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+
+    // Taken over behind its back (as if renewals had failed): the save writes nothing.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("SET")
+        .arg(format!("filesession:lock:{key}"))
+        .arg("someone else")
+        .query::<()>(&mut conn)
+        .unwrap();
+    let mut changes = ChangeSet::new(Duration::from_secs(60));
+    changes.set("n", 2.into());
+    let err = store.save(&key, &changes, held.lock).unwrap_err();
+    assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
+    let n: Option<String> = redis::cmd("HGET")
+        .arg(format!("filesession:{key}"))
+        .arg("n")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(n.as_deref(), Some("1"), "nothing written");
+}
+
+/// The child of `a_holder_killed_mid_request_frees_its_redis_session_at_once`: takes the
+/// session's request lock, says so, and waits to be killed.
+#[test]
+#[ignore = "run as a child process by the test below"]
+fn child_holds_a_redis_request_lock() {
+    let (Ok(url), Ok(key)) = (
+        std::env::var("FILESESSION_CHILD_REDIS"),
+        std::env::var("FILESESSION_CHILD_KEY"),
+    ) else {
+        return;
+    };
+    let store = std::sync::Arc::new(
+        RedisStore::open(&url)
+            .unwrap()
+            .with_locking(Locking::Request)
+            .with_lock_timeout(Duration::from_secs(20)),
+    );
+    let key = filesession::SessionKey::parse(&key).unwrap();
+    let loaded = store.load(&key).unwrap().expect("there");
+    assert!(loaded.lock.is_some());
+    println!("locked");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(loaded);
+}
+
+/// kill -9 of a process holding a session's request lock frees it at once for the others on
+/// the same machine (its token names the holder, which a waiter finds dead), though its
+/// lease would run 21 s: the next request, waiting at most 3 s, gets the lock.
+#[test]
+fn a_holder_killed_mid_request_frees_its_redis_session_at_once() {
+    use std::io::BufRead;
+    let Some(redis) = redis_or_skip() else { return };
+    let store = request_store(&redis, Duration::from_secs(3));
+    let mut s = Session::new(store.clone(), None, SessionConfig::default());
+    s.insert("base", true);
+    s.save().unwrap();
+    let key = *s.session_key().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_holds_a_redis_request_lock"])
+        .args(["--nocapture", "--test-threads=1"])
+        .env("FILESESSION_CHILD_REDIS", redis.url())
+        .env("FILESESSION_CHILD_KEY", key.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let locked = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.ends_with("locked"));
+    assert!(locked, "the child took the lock");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let loaded = store.load(&key);
+    eprintln!(
+        "redis_e2e/killed-holder: {:?} after {:?}",
+        loaded.as_ref().map(|l| l.is_some()),
+        killed.elapsed()
+    );
+    let loaded = loaded.expect("taken within the 3 s lock timeout, not after the 21 s lease");
+    assert!(loaded.is_some_and(|l| l.lock.is_some()));
 }

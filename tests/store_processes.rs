@@ -66,6 +66,17 @@ fn open_store(dir: &Path, locking: Locking) -> Arc<dyn SessionStore> {
     )
 }
 
+/// A SQLite store (`<dir>/db.sqlite3`) in `request` locking mode.
+fn sqlite_store(dir: &Path, lock_timeout: Duration) -> Arc<dyn SessionStore> {
+    let url = format!("sqlite:///{}", dir.join("db.sqlite3").display());
+    Arc::new(
+        filesession::DbStore::open(&url, "filesession_session")
+            .unwrap()
+            .with_locking(Locking::Request)
+            .with_lock_timeout(lock_timeout),
+    )
+}
+
 fn new_session(dir: &Path, data: Value) -> SessionKey {
     let mut s = Session::new(
         open_store(dir, Locking::Merge),
@@ -131,6 +142,20 @@ fn child_process() {
                 s.save().unwrap();
                 println!("saved {n}");
             }
+        }
+        "request-holder-file" | "request-holder-sqlite" => {
+            // Takes the session's request lock as a server's request does, then is killed.
+            let store = if role.ends_with("sqlite") {
+                sqlite_store(&dir, Duration::from_secs(20))
+            } else {
+                open_store(&dir, Locking::Request)
+            };
+            let s = Session::new(store, Some(key), SessionConfig::default());
+            assert!(s.contains("base"), "loaded under its lock");
+            println!("locked");
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            drop(s);
         }
         "holder" => {
             let file = std::fs::File::open(dir.join(key.file_name())).unwrap();
@@ -318,4 +343,60 @@ fn a_lock_held_by_another_process_makes_a_save_wait_then_time_out() {
     s.insert("b", 2);
     s.save().unwrap();
     assert_eq!(read_file(dir, &key)["data"], json!({"a": 1, "b": 2}));
+}
+
+/// A process killed with SIGKILL while it holds a session's `request` lock frees it for the
+/// others on this machine at once (issue 22: on SQLite the lease outlived its holder by its
+/// timeout plus 30 s, and the session answered 503 for 32.9 s). Told as an order, not a
+/// time: the holder's lease runs 50 s (a 20 s lock timeout plus 30 s); the next request,
+/// waiting at most 3 s, gets the lock, so it got it long before the lease ran out.
+fn a_killed_holder_frees_the_session(engine: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = if engine == "sqlite" {
+        let mut s = Session::new(
+            sqlite_store(dir, Duration::from_secs(3)),
+            None,
+            SessionConfig::default(),
+        );
+        s.insert("base", true);
+        s.save().unwrap();
+        *s.session_key().unwrap()
+    } else {
+        new_session(dir, json!({"base": true}))
+    };
+    let mut holder = spawn_child(&format!("request-holder-{engine}"), dir, &key, 0, 0);
+    let mut lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
+    let locked = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.ends_with("locked"));
+    assert!(locked, "the other process took the lock");
+    holder.0.kill().unwrap(); // SIGKILL: no release runs
+    holder.0.wait().unwrap();
+    let killed = Instant::now();
+
+    let store = if engine == "sqlite" {
+        sqlite_store(dir, Duration::from_secs(3))
+    } else {
+        open_store(dir, Locking::Request)
+    };
+    let loaded = store.load(&key);
+    let waited = killed.elapsed();
+    eprintln!("store_processes/killed-holder/{engine}: {loaded:?} after {waited:?}");
+    let loaded = loaded
+        .expect("the lock is taken within the 3 s lock timeout, not after the 50 s lease")
+        .expect("the session is there");
+    assert_eq!(loaded.record.data.get("base"), Some(&json!(true)));
+    assert!(loaded.lock.is_some(), "held now");
+}
+
+#[test]
+fn a_holder_killed_mid_request_frees_its_session_at_once_on_sqlite() {
+    a_killed_holder_frees_the_session("sqlite");
+}
+
+#[test]
+fn a_holder_killed_mid_request_frees_its_session_at_once_on_files() {
+    a_killed_holder_frees_the_session("file");
 }

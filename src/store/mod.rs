@@ -85,6 +85,7 @@ mod error;
 pub(crate) mod file;
 mod format;
 mod held;
+pub(crate) mod holder;
 pub(crate) mod memory;
 mod record;
 #[cfg(feature = "redis")]

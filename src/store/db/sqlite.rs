@@ -24,7 +24,7 @@ use super::{
     wait_or_time_out,
 };
 use crate::key::SessionKey;
-use crate::store::{Lease, LeaseIssuer, StoreError};
+use crate::store::{Lease, LeaseIssuer, StoreError, holder};
 
 /// How long a statement retries while another process holds the database's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -470,23 +470,53 @@ impl Database for Sqlite {
         wait: Duration,
         lease: Duration,
     ) -> Result<Lease, StoreError> {
-        let token = uuid::Uuid::new_v4().to_string();
+        // Who holds it, in the token: a waiter on this machine takes the lock of a holder
+        // that died at once (store::holder), instead of waiting out the lease.
+        let token = holder::token(&uuid::Uuid::new_v4().to_string());
         let take = format!(
             "INSERT INTO {locks} (session_key, token, until_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (session_key) DO UPDATE SET token = excluded.token, \
              until_ms = excluded.until_ms WHERE {locks}.until_ms <= ?4",
             locks = self.locks
         );
+        let holder_of = format!("SELECT token FROM {} WHERE session_key = ?1", self.locks);
+        let take_over = format!(
+            "UPDATE {} SET token = ?2, until_ms = ?3 WHERE session_key = ?1 AND token = ?4",
+            self.locks
+        );
         let key_text = key.to_string();
         let start = Instant::now();
         loop {
             let now = SystemTime::now();
-            let taken = self.inner.run("take a session lock", |c| {
+            let mut taken = self.inner.run("take a session lock", |c| {
                 c.execute(
                     &take,
                     params![key_text, token, millis(now + lease), millis(now)],
                 )
             })?;
+            if taken == 0 {
+                // Held: by a process that has died since? (A read of /proc, each poll.)
+                let held_by: Option<String> = self.inner.run("read a session lock", |c| {
+                    c.query_row(&holder_of, [&key_text], |r| r.get(0))
+                        .optional()
+                })?;
+                if let Some(old) = held_by
+                    && holder::holder_died(&old)
+                {
+                    taken = self.inner.run("take a session lock", |c| {
+                        c.execute(
+                            &take_over,
+                            params![key_text, token, millis(now + lease), old],
+                        )
+                    })?;
+                    if taken == 1 {
+                        log::warn!(
+                            "session {}: its lock's holder died; taken over",
+                            key.short()
+                        );
+                    }
+                }
+            }
             if taken == 1 {
                 let inner = Arc::clone(&self.inner);
                 let release = format!(

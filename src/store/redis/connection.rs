@@ -9,7 +9,76 @@ pub(super) struct Shared {
     /// The URL without its password, for messages.
     pub(super) url: String,
     pub(super) conn: Mutex<Option<Connection>>,
+    /// The request locks held now, by lock key: their token and lease, renewed by the
+    /// renewer thread while they are held.
+    pub(super) held: Mutex<HashMap<String, (String, Duration)>>,
+    /// Starts the renewer thread, once, at the first lock.
+    pub(super) renewer: std::sync::Once,
 }
+
+/// Keeps the lease of a lock this process holds from running out while its request is still
+/// at work (a slow handler): every third of the lease, each lock held is extended to a whole
+/// lease again, if it still holds its token. The lease can then be short (the lock timeout
+/// plus a second), which is how long a holder that dies blocks its session elsewhere.
+pub(super) fn renew_while_held(shared: &Arc<Shared>, lock_key: &str, token: &str, lease: Duration) {
+    crate::store::locked(&shared.held).insert(lock_key.to_owned(), (token.to_owned(), lease));
+    shared.renewer.call_once(|| {
+        let weak = Arc::downgrade(shared);
+        let spawned = std::thread::Builder::new()
+            .name("redis-lease-renewer".into())
+            .spawn(move || renew_forever(&weak));
+        if let Err(e) = spawned {
+            log::warn!("cannot start the Redis lease renewer ({e}): leases run out by themselves");
+        }
+    });
+}
+
+/// The renewer thread's loop; it ends with the store.
+fn renew_forever(shared: &std::sync::Weak<Shared>) {
+    let mut pause = LEASE_RENEW_FIRST;
+    loop {
+        std::thread::sleep(pause);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let held: Vec<(String, String, Duration)> = crate::store::locked(&shared.held)
+            .iter()
+            .map(|(key, (token, lease))| (key.clone(), token.clone(), *lease))
+            .collect();
+        pause = held
+            .iter()
+            .map(|(_, _, lease)| *lease / 3)
+            .min()
+            .unwrap_or(LEASE_RENEW_FIRST)
+            .max(Duration::from_millis(50));
+        for (lock_key, token, lease) in held {
+            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            let renewed = shared.run("renew a session lock", |conn| {
+                redis::cmd("EVAL")
+                    .arg(RENEW_SCRIPT)
+                    .arg(1)
+                    .arg(&lock_key)
+                    .arg(&token)
+                    .arg(lease_ms)
+                    .query::<i64>(conn)
+            });
+            match renewed {
+                Ok(1) => {}
+                // Released meanwhile (then no longer in `held`), or lost: the save checks.
+                Ok(_) => {
+                    let mut held = crate::store::locked(&shared.held);
+                    if held.get(&lock_key).is_some_and(|(t, _)| *t == token) {
+                        held.remove(&lock_key);
+                    }
+                }
+                Err(e) => log::warn!("{e}; the lease runs out by itself unless renewed later"),
+            }
+        }
+    }
+}
+
+/// How long the renewer first sleeps, and between rounds when no lock is held.
+const LEASE_RENEW_FIRST: Duration = Duration::from_millis(300);
 
 impl Shared {
     pub(super) fn slot(&self) -> MutexGuard<'_, Option<Connection>> {
@@ -102,6 +171,12 @@ pub(super) fn broken(e: &RedisError) -> bool {
 /// Releases a request lock: deletes `lock_key` only if it still holds `token` (a lease
 /// that outlived its expiry may be someone else's by now).
 pub(super) fn release(shared: &Shared, lock_key: &str, session: &SessionKey, token: &str) {
+    {
+        let mut held = crate::store::locked(&shared.held);
+        if held.get(lock_key).is_some_and(|(t, _)| t == token) {
+            held.remove(lock_key);
+        }
+    }
     let result = shared.run("release a session lock", |conn| {
         redis::cmd("EVAL")
             .arg(UNLOCK_SCRIPT)

@@ -14,6 +14,7 @@
 //! A concurrent `set_expiry` landing between the two may leave the key with the TTL of the
 //! old rule until the next save; the rule stored is always the newest one.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,6 +33,7 @@ mod fields;
 mod scripts;
 
 use crate::config::redacted;
+use crate::store::holder;
 use connection::{Shared, release};
 use fields::{EXPIRY_FIELD, decode, epoch_ms, expiry_json, field_of};
 use scripts::*;
@@ -40,8 +42,11 @@ use scripts::*;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one command may take before Redis counts as unavailable (503).
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a request lock outlives the lock timeout, in case its holder dies.
-const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
+/// How long a request lock's lease outlives the lock timeout. The holder renews it every
+/// third of its length while it lives (`connection::Renewer`); a holder that dies without
+/// releasing it blocks its session for at most the lease (lock timeout + this), or not at all
+/// on the holder's own machine, where a waiter sees that it died (`store::holder`).
+const LOCK_LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// Pause between attempts to take a request lock.
 const LOCK_POLL: Duration = Duration::from_millis(3);
 /// Attempts at a fresh key before giving up (a collision of 122 random bits never happens).
@@ -99,6 +104,8 @@ impl RedisStore {
             client,
             url: shown.clone(),
             conn: Mutex::new(None),
+            held: Mutex::new(HashMap::new()),
+            renewer: std::sync::Once::new(),
         };
         let mut conn = shared.connect().map_err(unreachable)?;
         redis::cmd("PING")
@@ -149,10 +156,13 @@ impl RedisStore {
     /// [`lock`](RedisStore::lock) waiting at most `wait` (zero: one try).
     fn lock_within(&self, key: &SessionKey, wait: Duration) -> Result<Lease, StoreError> {
         let lock_key = self.lock_key(key);
-        let token = uuid::Uuid::new_v4().to_string();
-        let lease =
-            u64::try_from((self.lock_timeout + LOCK_LEASE_EXTRA).as_millis()).unwrap_or(u64::MAX);
+        // Who holds it, in the token: a waiter on this machine takes the lock of a holder
+        // that died at once (store::holder), instead of waiting out the lease.
+        let token = holder::token(&uuid::Uuid::new_v4().to_string());
+        let lease = self.lock_timeout + LOCK_LEASE_MARGIN;
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let start = Instant::now();
+        let mut dead = String::new();
         loop {
             let taken = self.shared.run("take a session lock", |conn| {
                 redis::cmd("EVAL")
@@ -160,11 +170,19 @@ impl RedisStore {
                     .arg(1)
                     .arg(&lock_key)
                     .arg(&token)
-                    .arg(lease)
+                    .arg(lease_ms)
+                    .arg(&dead)
                     .query::<i64>(conn)
             })?;
             if taken == 1 {
+                if !dead.is_empty() {
+                    log::warn!(
+                        "session {}: its lock's holder died; taken over",
+                        key.short()
+                    );
+                }
                 let shared = Arc::clone(&self.shared);
+                connection::renew_while_held(&self.shared, &lock_key, &token, lease);
                 return Ok(Lease::new(
                     self.issuer,
                     *key,
@@ -172,7 +190,15 @@ impl RedisStore {
                     move |session, token| release(&shared, &lock_key, session, token),
                 ));
             }
-            super::held::pause_or_time_out(key, start, wait, LOCK_POLL)?;
+            // Held: by a process of this machine that has died since? Then the next try
+            // takes it over, if that holder still has it.
+            let holder: Option<String> = self.shared.run("read a session lock", |conn| {
+                redis::cmd("GET").arg(&lock_key).query(conn)
+            })?;
+            match holder {
+                Some(old) if old != dead && holder::holder_died(&old) => dead = old,
+                _ => super::held::pause_or_time_out(key, start, wait, LOCK_POLL)?,
+            }
         }
     }
 
@@ -235,6 +261,7 @@ impl RedisStore {
         old: &SessionKey,
         new: Option<&SessionKey>,
         changes: &ChangeSet,
+        lease: Option<&Lease>,
     ) -> Result<Option<Record>, StoreError> {
         let old_key = self.redis_key(old);
         let rule = match changes.expiry() {
@@ -254,12 +281,13 @@ impl RedisStore {
         let now = SystemTime::now();
         let expires_at = rule.date(now, changes.cookie_age());
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPLY_SCRIPT).arg(1 + usize::from(new.is_some()));
-        cmd.arg(&old_key);
+        cmd.arg(APPLY_SCRIPT).arg(2 + usize::from(new.is_some()));
+        cmd.arg(self.lock_key(old)).arg(&old_key);
         if let Some(new) = new {
             cmd.arg(self.redis_key(new));
         }
-        cmd.arg(if changes.cleared() { "1" } else { "0" })
+        cmd.arg(lease.map_or("", Lease::token))
+            .arg(if changes.cleared() { "1" } else { "0" })
             .arg(epoch_ms(expires_at))
             .arg(expiry_json(&rule))
             .arg(if changes.expiry().is_some() { "1" } else { "0" })
@@ -279,6 +307,11 @@ impl RedisStore {
         match status {
             0 => Err(StoreError::Deleted(*old)),
             1 => Ok(None),
+            // The lease ran out and another request took the lock: nothing written.
+            3 => Err(StoreError::LockTimeout {
+                key: *old,
+                waited: Duration::ZERO,
+            }),
             _ => {
                 let (data, expiry) = decode(&fields).unwrap_or_else(|| {
                     log::warn!(
@@ -344,8 +377,8 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
         lock: Option<SessionLock>,
     ) -> Result<Record, StoreError> {
-        let _lock = self.lock_for_write(key, lock)?;
-        match self.apply(key, None, changes)? {
+        let lease = self.lock_for_write(key, lock)?;
+        match self.apply(key, None, changes, lease.as_ref())? {
             Some(record) => Ok(record),
             None => unreachable!("a save has no new key to collide with"),
         }
@@ -357,10 +390,10 @@ impl SessionStore for RedisStore {
         changes: &ChangeSet,
         lock: Option<SessionLock>,
     ) -> Result<(SessionKey, Record), StoreError> {
-        let _lock = self.lock_for_write(key, lock)?;
+        let lease = self.lock_for_write(key, lock)?;
         for _ in 0..KEY_ATTEMPTS {
             let new_key = SessionKey::generate();
-            if let Some(record) = self.apply(key, Some(&new_key), changes)? {
+            if let Some(record) = self.apply(key, Some(&new_key), changes, lease.as_ref())? {
                 return Ok((new_key, record));
             }
         }

@@ -52,8 +52,10 @@ impl Cleanup {
         self.interval.is_some() && (self.sweep.in_progress() || now >= self.next_pass)
     }
 
-    /// No request came: a slice if a pass is due or under way.
+    /// No request came: the store lets go of what it keeps open between requests, and a
+    /// slice runs if a pass is due or under way.
     pub(crate) fn idle(&mut self) {
+        self.store.release_idle();
         let now = Instant::now();
         if self.due(now) {
             self.slice(now);

@@ -157,6 +157,17 @@ impl Tmpfs {
         assert!(status.success(), "mount -o remount,{how} failed");
     }
 
+    /// `mount -o remount,<how>`, refused or not (`EBUSY` while a file is open for writing).
+    fn try_remount(&self, how: &str) -> bool {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&self.path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run mount")
+            .success()
+    }
+
     fn path_str(&self) -> String {
         self.path.to_str().expect("UTF-8 temp path").to_owned()
     }
@@ -570,8 +581,29 @@ fn a_read_only_sessions_directory_answers_5xx_and_reads_still_work() {
     let dir = mnt.path.clone();
     let mut server = TestServer::start(&[("SESSION_FILE_PATH", &mnt.path_str())]);
     let a = setsession(&server);
+    // A read and a write in place: the server keeps the file open (for writing) for the
+    // session's next request. It closes it once idle (100 ms without a request), so that
+    // the remount is not refused as busy for long (issue 22: it was refused for good).
+    let r = post_json_as(
+        &agent(),
+        &server.url("/api/session"),
+        Some(&a),
+        r#"{"y": 1}"#,
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(get_as(&server.url("/getsession/"), Some(&a)).status(), 200);
     let before = fs::read(file_of(&dir, &a)).unwrap();
-    mnt.remount("ro");
+    let asked = Instant::now();
+    let mut tries = 0;
+    while !mnt.try_remount("ro") {
+        tries += 1;
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "remount,ro still refused after {tries} tries in 10 s: the server holds a file"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let remounted_after = asked.elapsed();
 
     let mut statuses = Vec::new();
     let r = get_as(&server.url("/setsession/"), None);
@@ -618,8 +650,10 @@ fn a_read_only_sessions_directory_answers_5xx_and_reads_still_work() {
     let b = setsession(&server);
     assert!(file_of(&dir, &b).is_file());
     eprintln!(
-        "faults/read-only: statuses while ro (new write, existing write, read, logout): {statuses:?}; \
-         messages: {new_message:?} / {existing_message:?}; after remount,rw: 200; {:.1} s",
+        "faults/read-only: remount,ro with a kept file refused {tries} times, done after \
+         {remounted_after:?}; statuses while ro (new write, existing write, read, logout): \
+         {statuses:?}; messages: {new_message:?} / {existing_message:?}; after remount,rw: \
+         200; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

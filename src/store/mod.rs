@@ -180,6 +180,12 @@ pub trait SessionStore: Send + Sync {
     fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
         None
     }
+
+    /// The server has had no request for a while (about 100 ms): let go of what the store
+    /// keeps open between requests ([`FileStore`](crate::FileStore): the last session file,
+    /// open for writing), so that nothing it holds makes an operator's
+    /// `mount -o remount,ro` fail as busy. Default: nothing.
+    fn release_idle(&self) {}
 }
 
 /// Waiting for a session's lock before the handler runs, so that a server's one thread

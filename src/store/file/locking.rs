@@ -100,7 +100,7 @@ impl FileStore {
         self.open_entry_for_writing(name)
     }
 
-    fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
+    pub(super) fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
         crate::store::locked(&self.recent.0)
     }
 

@@ -225,6 +225,12 @@ struct Entry {
     len: u64,
     ino: u64,
     dev: u64,
+    /// Its mode (type and permissions), owner and group when opened: a file kept open is
+    /// used only while they are unchanged, so that an operator's `chmod` or `chown` is seen
+    /// at the next request as for a file opened then ([`FileStore::current_stat`]).
+    mode: u32,
+    uid: u32,
+    gid: u32,
     /// Opened for reading and writing (a locker's).
     writable: bool,
 }
@@ -687,6 +693,12 @@ impl SessionStore for FileStore {
 
     fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
         Some(self)
+    }
+
+    /// Closes the session file kept open between requests (the next request opens it by
+    /// name again): a file open for writing makes `mount -o remount,ro` fail as busy.
+    fn release_idle(&self) {
+        drop(self.kept_open().take());
     }
 }
 

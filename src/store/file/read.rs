@@ -131,6 +131,9 @@ impl FileStore {
                         len: meta.len(),
                         ino: meta.ino(),
                         dev: meta.dev(),
+                        mode: meta.mode(),
+                        uid: meta.uid(),
+                        gid: meta.gid(),
                         writable: access == OFlags::RDWR,
                     }))
                 } else {
@@ -387,15 +390,18 @@ impl FileStore {
         }
     }
 
-    /// Whether `entry` is, at this moment, the file named `name` (same inode). `Some(false)`:
-    /// replaced since it was opened; `None`: the name is gone. (The same inode may hold new
+    /// Whether `entry` is, at this moment, the file named `name` (same inode) as it was when
+    /// opened (same mode, owner and group). `Some(false)`: replaced, or its mode or owner
+    /// changed, since it was opened (the name is then opened afresh, which may now be
+    /// refused, as for any file); `None`: the name is gone. (The same inode may hold new
     /// content, written in place: a reader checks what it read.)
     pub(super) fn is_current(&self, entry: &Entry, name: &str) -> Result<Option<bool>, StoreError> {
         Ok(self.current_stat(entry, name)?.map(|st| st.is_some()))
     }
 
     /// [`is_current`](FileStore::is_current), with the file's `stat` now when it is:
-    /// `Some(Some(stat))` current, `Some(None)` replaced, `None` gone.
+    /// `Some(Some(stat))` current, `Some(None)` replaced (or its mode or owner changed),
+    /// `None` gone.
     pub(super) fn current_stat(
         &self,
         entry: &Entry,
@@ -403,7 +409,12 @@ impl FileStore {
     ) -> Result<Option<Option<Stat>>, StoreError> {
         match statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(now) => Ok(Some(
-                (now.st_ino == entry.ino && now.st_dev == entry.dev).then_some(now),
+                (now.st_ino == entry.ino
+                    && now.st_dev == entry.dev
+                    && now.st_mode == entry.mode
+                    && now.st_uid == entry.uid
+                    && now.st_gid == entry.gid)
+                    .then_some(now),
             )),
             Err(Errno::NOENT) => {
                 self.check_dir()?;

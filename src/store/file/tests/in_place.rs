@@ -570,3 +570,49 @@ fn a_session_cleanup_removes_keeps_neither_its_file_open_nor_its_document() {
         "the removed session's data is still remembered"
     );
 }
+
+/// The mode (type and permissions) of the file kept open for `key`'s next request.
+fn kept_mode(store: &FileStore) -> Option<u32> {
+    store
+        .recent
+        .0
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(_, entry)| entry.mode & 0o7777)
+}
+
+#[test]
+fn a_kept_file_whose_mode_or_owner_changed_is_opened_afresh_and_closed_when_idle() {
+    let (_tmp, store) = store();
+    let key = created(&store, &[("n", json!(0))]);
+    let path = store.path_of(&key);
+    next_request(&store, &key, 1).unwrap();
+    assert_eq!(kept_mode(&store), Some(0o600), "kept open after the save");
+
+    // An operator's chmod: the next request does not use the descriptor it kept (which
+    // still grants what the file had when opened) but opens the name again, as it would
+    // without one: under a mode that refused it, the open would fail (EACCES, as root
+    // cannot show here).
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    let acquired = store.acquire(&key, Duration::from_millis(200)).unwrap();
+    let loaded = store
+        .load_acquired(&key, acquired.unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.record.data["n"], json!(1));
+    assert_eq!(kept_mode(&store), Some(0o640), "the name was opened afresh");
+
+    // An owner changed likewise (root can chown: only then).
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let seen = store.load(&key).unwrap().unwrap();
+        assert_eq!(seen.record.data["n"], json!(1));
+        let uid = store.recent.0.lock().unwrap().as_ref().map(|(_, e)| e.uid);
+        assert_eq!(uid, Some(65534), "the name was opened afresh");
+    }
+
+    // Idle: nothing is kept open (a file open for writing makes remount,ro fail).
+    store.release_idle();
+    assert!(store.recent.0.lock().unwrap().is_none());
+}

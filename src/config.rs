@@ -174,6 +174,14 @@ pub struct Settings {
     /// requests to the JSON API (`https://example.com`, or `https://*.example.com` for
     /// every subdomain), as Django's. Default: none.
     pub csrf_trusted_origins: Vec<String>,
+    /// `SECURE_PROXY_SSL_HEADER`: the header, and its value, by which a TLS proxy in front
+    /// says a request came over HTTPS (Django's setting, given as
+    /// `HTTP_X_FORWARDED_PROTO,https` or `X-Forwarded-Proto,https`); such a request's own
+    /// origin is `https://<host>` for the CSRF origin check, and without an `Origin` its
+    /// `Referer` is checked, as Django's `request.is_secure()`. Kept as the header's name
+    /// (`X-Forwarded-Proto`) and value. Default: none, every request is plain HTTP (set it
+    /// only behind a proxy that always sets or strips that header).
+    pub secure_proxy_ssl_header: Option<(String, String)>,
     /// `SESSION_WORKERS`: worker processes serving the port (`runserver --workers N`), 1 to
     /// 256. Default: 1, this process serves alone.
     pub workers: u16,
@@ -302,6 +310,7 @@ impl Default for Settings {
             redis_url: DEFAULT_REDIS_URL.into(),
             allowed_hosts: DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
             csrf_trusted_origins: Vec::new(),
+            secure_proxy_ssl_header: None,
             workers: 1,
         }
     }

@@ -1,22 +1,24 @@
 //! What Django checks before a view runs, besides sessions: the `Host` against
-//! `ALLOWED_HOSTS` (`HttpRequest.get_host()`), and the origin of an unsafe request to the
-//! JSON API (`CsrfViewMiddleware`'s origin check, and the browser's `Sec-Fetch-Site`).
+//! `ALLOWED_HOSTS` (`HttpRequest.get_host()`), and the origin of every unsafe request
+//! (`CsrfViewMiddleware`'s `Origin` check, its `Referer` check for HTTPS, and for the JSON
+//! API, which has no token, the browser's `Sec-Fetch-Site`). The token check that follows
+//! for forms is the app's.
 
+use crate::config::Settings;
 use crate::http::{Method, Request};
 
 /// Why a request is refused: the status and the message.
 pub(crate) type Refusal = (u16, String);
 
-/// Checks a request's `Host` and, for an unsafe method under `/api/`, its origin.
+/// Checks a request's `Host` and, for an unsafe method, its origin, in the order of
+/// Django 5.2's `CsrfViewMiddleware.process_view`: an `Origin` header, when present, must be
+/// the request's own origin (`https://` when [`is_secure`]) or match `CSRF_TRUSTED_ORIGINS`;
+/// without one, an HTTPS request's `Referer` must be of the same host or a trusted origin's.
 ///
 /// # Errors
-/// 400 for a `Host` not in `allowed_hosts` (Django's `DisallowedHost`); 403 for a
-/// cross-origin unsafe API request.
-pub(crate) fn check(
-    request: &Request,
-    allowed_hosts: &[String],
-    trusted_origins: &[String],
-) -> Result<(), Refusal> {
+/// 400 for a `Host` not in `allowed_hosts` (Django's `DisallowedHost`); 403 with Django's
+/// reason for a cross-origin unsafe request.
+pub(crate) fn check(request: &Request, settings: &Settings) -> Result<(), Refusal> {
     // No Host (HTTP/1.0, or a request built by hand): Django falls back to the server's
     // own name, which it allows.
     let Some(host) = request.header("host") else {
@@ -31,12 +33,16 @@ pub(crate) fn check(
             ),
         ));
     };
-    if !allowed_hosts.iter().any(|p| host_matches(&domain, p)) {
+    if !settings
+        .allowed_hosts
+        .iter()
+        .any(|p| host_matches(&domain, p))
+    {
         return Err((
             400,
             format!(
                 "Host {domain:?} is not allowed: add it to ALLOWED_HOSTS (now {}).",
-                allowed_hosts.join(",")
+                settings.allowed_hosts.join(",")
             ),
         ));
     }
@@ -45,37 +51,98 @@ pub(crate) fn check(
         request.method(),
         Method::Get | Method::Head | Method::Options
     ) || request.method_token() == "TRACE";
-    let path = request.path();
-    if safe || !(path == "/api" || path.starts_with("/api/")) {
+    if safe {
         return Ok(());
     }
+    let path = request.path();
+    let api = path == "/api" || path.starts_with("/api/");
+    let refused = |reason: String| {
+        let message = if api {
+            reason
+        } else {
+            // Django's 403 page says this first.
+            format!("CSRF verification failed. Request aborted.\n\n{reason}")
+        };
+        Err((403, message))
+    };
+    let trusted = &settings.csrf_trusted_origins;
+    let secure = is_secure(request, settings);
     if let Some(origin) = request.header("origin") {
-        let own = format!("http://{}", host.to_ascii_lowercase());
-        if origin.eq_ignore_ascii_case(&own)
-            || trusted_origins.iter().any(|t| origin_matches(origin, t))
-        {
+        let own = format!("{}://{host}", if secure { "https" } else { "http" });
+        if origin.eq_ignore_ascii_case(&own) || trusted.iter().any(|t| origin_matches(origin, t)) {
             return Ok(());
         }
-        return Err((
-            403,
-            format!(
-                "Origin checking failed: {origin:?} does not match any trusted origins \
-                 (the request's own is {own:?}; see CSRF_TRUSTED_ORIGINS)."
-            ),
+        return refused(format!(
+            "Origin checking failed - {origin} does not match any trusted origins. \
+             (This request's own origin is {own}; others go in CSRF_TRUSTED_ORIGINS.)"
         ));
     }
-    match request.header("sec-fetch-site") {
-        Some(site)
-            if site.eq_ignore_ascii_case("cross-site")
-                || site.eq_ignore_ascii_case("same-site") =>
-        {
-            Err((
-                403,
-                format!("A {site} request to the API is refused (Sec-Fetch-Site)."),
-            ))
-        }
-        _ => Ok(()),
+    if api {
+        // Scripts (curl) send no Origin and no Referer: only a browser's word refuses.
+        return match request.header("sec-fetch-site") {
+            Some(site)
+                if site.eq_ignore_ascii_case("cross-site")
+                    || site.eq_ignore_ascii_case("same-site") =>
+            {
+                refused(format!(
+                    "A {site} request to the API is refused (Sec-Fetch-Site)."
+                ))
+            }
+            _ => Ok(()),
+        };
     }
+    if secure && let Err(reason) = referer_verified(request, host, trusted) {
+        return refused(reason);
+    }
+    Ok(())
+}
+
+/// Django's `request.is_secure()` behind a proxy: the `SECURE_PROXY_SSL_HEADER` header's
+/// first comma-separated value is the setting's value. Without the setting, every request
+/// is plain HTTP (this server speaks no TLS).
+pub(crate) fn is_secure(request: &Request, settings: &Settings) -> bool {
+    settings
+        .secure_proxy_ssl_header
+        .as_ref()
+        .and_then(|(name, value)| {
+            let sent = request.header(name)?;
+            let first = sent.split(',').next().unwrap_or("").trim();
+            Some(first == value)
+        })
+        .unwrap_or(false)
+}
+
+/// Django's `CsrfViewMiddleware._check_referer`, for an HTTPS request without `Origin`:
+/// `Err` is Django's reason.
+fn referer_verified(request: &Request, host: &str, trusted: &[String]) -> Result<(), String> {
+    let Some(referer) = request.header("referer") else {
+        return Err("Referer checking failed - no Referer.".into());
+    };
+    let malformed = || "Referer checking failed - Referer is malformed.".to_owned();
+    let parsed = url::Url::parse(referer).map_err(|_| malformed())?;
+    let Some(referer_host) = parsed.host_str() else {
+        return Err(malformed());
+    };
+    if parsed.scheme() != "https" {
+        return Err("Referer checking failed - Referer is insecure while host is secure.".into());
+    }
+    let netloc = match parsed.port() {
+        Some(port) => format!("{referer_host}:{port}"),
+        None => referer_host.to_owned(),
+    }
+    .to_ascii_lowercase();
+    // A trusted origin's host (`https://*.example.com` gives `.example.com`), or this
+    // request's own Host, port included.
+    let trusted_host = trusted.iter().any(|t| {
+        t.split_once("://")
+            .is_some_and(|(_, netloc_t)| host_matches(&netloc, netloc_t.trim_start_matches('*')))
+    });
+    if trusted_host || netloc == host.to_ascii_lowercase() {
+        return Ok(());
+    }
+    Err(format!(
+        "Referer checking failed - {referer} does not match any trusted origins."
+    ))
 }
 
 /// The domain of a `Host` value, lowercased, without the port or a trailing dot; `None`
@@ -166,6 +233,19 @@ mod tests {
         crate::config::DEFAULT_ALLOWED_HOSTS
             .map(String::from)
             .to_vec()
+    }
+
+    fn settings(hosts: &[String], trusted: &[String]) -> Settings {
+        Settings {
+            allowed_hosts: hosts.to_vec(),
+            csrf_trusted_origins: trusted.to_vec(),
+            ..Settings::default()
+        }
+    }
+
+    /// `check` with these hosts and trusted origins.
+    fn check(r: &Request, hosts: &[String], trusted: &[String]) -> Result<(), Refusal> {
+        super::check(r, &settings(hosts, trusted))
     }
 
     #[test]
@@ -260,6 +340,94 @@ mod tests {
             check(&form, &allowed, &[]),
             Ok(()),
             "the forms have their token"
+        );
+    }
+
+    /// A form POST from `headers` (Host localhost:8000), checked with `https://*.example.com`
+    /// trusted and, if `proxy`, `SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto,https`.
+    fn form_post(headers: &[(&str, &str)], proxy: bool) -> Result<(), Refusal> {
+        let mut all = vec![("Host", "localhost:8000")];
+        all.extend_from_slice(headers);
+        let mut settings = settings(&defaults(), &["https://*.example.com".into()]);
+        if proxy {
+            settings.secure_proxy_ssl_header = Some(("X-Forwarded-Proto".into(), "https".into()));
+        }
+        super::check(&request(Method::Post, "/form/set", &all), &settings)
+    }
+
+    #[test]
+    fn forms_check_origin_as_django_5_2_before_their_token() {
+        assert_eq!(
+            form_post(&[], false),
+            Ok(()),
+            "no Origin: the token decides"
+        );
+        assert_eq!(
+            form_post(&[("Origin", "http://localhost:8000")], false),
+            Ok(())
+        );
+        assert_eq!(
+            form_post(&[("Origin", "https://app.example.com")], false),
+            Ok(())
+        );
+        let (status, message) = form_post(&[("Origin", "http://evil.example")], false).unwrap_err();
+        assert_eq!(status, 403);
+        assert!(
+            message.starts_with(
+                "CSRF verification failed. Request aborted.\n\nOrigin checking failed - \
+                 http://evil.example does not match any trusted origins."
+            ),
+            "{message}"
+        );
+        for foreign in ["null", "https://localhost:8000", "http://localhost:8001"] {
+            assert_eq!(
+                form_post(&[("Origin", foreign)], false).map_err(|e| e.0),
+                Err(403)
+            );
+        }
+    }
+
+    #[test]
+    fn behind_a_tls_proxy_the_own_origin_is_https_and_the_referer_is_checked() {
+        let secure = [("X-Forwarded-Proto", "https")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut h = secure.to_vec();
+            h.extend_from_slice(extra);
+            form_post(&h, true).map_err(|e| e.1)
+        };
+        assert_eq!(with(&[("Origin", "https://localhost:8000")]), Ok(()));
+        assert!(with(&[("Origin", "http://localhost:8000")]).is_err());
+        // Without Origin: Django's Referer check.
+        let reason =
+            |r: Result<(), String>| r.unwrap_err().split("\n\n").nth(1).unwrap().to_owned();
+        assert_eq!(reason(with(&[])), "Referer checking failed - no Referer.");
+        assert_eq!(
+            reason(with(&[("Referer", "not a url")])),
+            "Referer checking failed - Referer is malformed."
+        );
+        assert_eq!(
+            reason(with(&[("Referer", "http://localhost:8000/")])),
+            "Referer checking failed - Referer is insecure while host is secure."
+        );
+        assert_eq!(
+            reason(with(&[("Referer", "https://evil.example/x")])),
+            "Referer checking failed - https://evil.example/x does not match any trusted origins."
+        );
+        assert_eq!(with(&[("Referer", "https://localhost:8000/")]), Ok(()));
+        assert_eq!(with(&[("Referer", "https://app.example.com/")]), Ok(()));
+        // The header without the setting proves nothing: plain HTTP, no Referer check.
+        assert_eq!(form_post(&secure, false), Ok(()));
+        assert!(form_post(&[("Origin", "https://localhost:8000")], false).is_err());
+        // Its first value counts, as Django's.
+        assert_eq!(
+            form_post(
+                &[
+                    ("X-Forwarded-Proto", "https, http"),
+                    ("Origin", "https://localhost:8000")
+                ],
+                true
+            ),
+            Ok(())
         );
     }
 }

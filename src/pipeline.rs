@@ -153,11 +153,7 @@ impl App {
     fn target(&self, request: &Request) -> Target {
         let path = request.path();
         let settings = self.middleware.settings();
-        if let Err((status, message)) = crate::guard::check(
-            request,
-            &settings.allowed_hosts,
-            &settings.csrf_trusted_origins,
-        ) {
+        if let Err((status, message)) = crate::guard::check(request, settings) {
             return Target::Answer(Response::error(path, status, &message));
         }
         match self.router.resolve(request.method(), path, request.query()) {

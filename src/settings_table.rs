@@ -372,9 +372,9 @@ pub static SETTINGS: &[Setting] = &[
         name: "CSRF_TRUSTED_ORIGINS",
         flag: "csrf-trusted-origins",
         default: "",
-        help: "Origins allowed to send unsafe requests to the JSON API besides the request's \
-               own, comma-separated (Django's CSRF_TRUSTED_ORIGINS): https://example.com, \
-               https://*.example.com.",
+        help: "Origins allowed to send unsafe requests (forms, the JSON API) besides the \
+               request's own, comma-separated (Django's CSRF_TRUSTED_ORIGINS): \
+               https://example.com, https://*.example.com.",
         boolean: false,
         set: |s, t| {
             s.csrf_trusted_origins = list(t);
@@ -382,7 +382,52 @@ pub static SETTINGS: &[Setting] = &[
         },
         show: |s| Some(s.csrf_trusted_origins.join(",")),
     },
+    Setting {
+        name: "SECURE_PROXY_SSL_HEADER",
+        flag: "secure-proxy-ssl-header",
+        default: "",
+        help: "Behind a TLS proxy: the header and value that mark a request as HTTPS, as \
+               Django's setting: HTTP_X_FORWARDED_PROTO,https (or X-Forwarded-Proto,https). \
+               Only behind a proxy that sets or strips that header on every request.",
+        boolean: false,
+        set: |s, t| {
+            s.secure_proxy_ssl_header = proxy_ssl_header(t)?;
+            Ok(())
+        },
+        show: |s| {
+            s.secure_proxy_ssl_header
+                .as_ref()
+                .map(|(name, value)| format!("{name},{value}"))
+        },
+    },
 ];
+
+/// `SECURE_PROXY_SSL_HEADER`'s text: `HEADER,value`, the header as Django's `META` name
+/// (`HTTP_X_FORWARDED_PROTO`) or as sent (`X-Forwarded-Proto`); empty for none.
+fn proxy_ssl_header(text: &str) -> Result<Option<(String, String)>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let Some((name, value)) = text.split_once(',') else {
+        return Err(format!(
+            "{text:?} is not HEADER,value (as HTTP_X_FORWARDED_PROTO,https)"
+        ));
+    };
+    let (name, value) = (name.trim(), value.trim());
+    let name = match name.strip_prefix("HTTP_") {
+        Some(meta) => meta.replace('_', "-"),
+        None => name.to_owned(),
+    };
+    let token =
+        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !token(&name) || value.is_empty() || value.contains(',') {
+        return Err(format!(
+            "{text:?} is not HEADER,value (as HTTP_X_FORWARDED_PROTO,https)"
+        ));
+    }
+    Ok(Some((name, value.to_owned())))
+}
 
 impl Settings {
     /// Settings from text values by Django name (from flags, the environment or a file);
@@ -457,6 +502,7 @@ mod tests {
                 "SESSION_WORKERS" => "3",
                 "ALLOWED_HOSTS" => "a.example,.b.example",
                 "CSRF_TRUSTED_ORIGINS" => "https://*.example.com",
+                "SECURE_PROXY_SSL_HEADER" => "HTTP_X_FORWARDED_PROTO,https",
                 "SESSION_FILE_PATH" => "/tmp/x",
                 "SESSION_REDIS_URL" => "redis://h:1/2",
                 "DATABASE_URL" => "postgres://u:p@h:1/d",
@@ -479,6 +525,31 @@ mod tests {
         assert_eq!(back.to_values(), values);
         assert_eq!(back.workers, 3);
         assert!(back.cookie_secure && back.file_fsync);
+        assert_eq!(
+            back.secure_proxy_ssl_header,
+            Some(("X-FORWARDED-PROTO".into(), "https".into()))
+        );
+    }
+
+    #[test]
+    fn the_proxy_ssl_header_is_read_as_django_s_meta_name_or_as_sent() {
+        let read = |t: &str| proxy_ssl_header(t);
+        let xfp = Some(("X-Forwarded-Proto".to_owned(), "https".to_owned()));
+        assert_eq!(read("X-Forwarded-Proto,https"), Ok(xfp));
+        assert_eq!(
+            read("HTTP_X_FORWARDED_PROTO, https"),
+            Ok(Some(("X-FORWARDED-PROTO".into(), "https".into())))
+        );
+        assert_eq!(read(""), Ok(None));
+        for bad in [
+            "X-Forwarded-Proto",
+            "X Forwarded,https",
+            ",https",
+            "H,",
+            "H,a,b",
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

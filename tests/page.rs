@@ -145,6 +145,68 @@ fn a_post_without_or_with_a_wrong_token_is_403_and_changes_nothing() {
     assert_eq!(server.session_files().len(), 1);
 }
 
+/// A valid token from a foreign origin (issue 22: `Origin: http://evil.example` or `null`
+/// with a valid token got 303 and the change was made). Django 4.0+ checks `Origin`, when
+/// present, before the token (`CsrfViewMiddleware._origin_verified`).
+#[test]
+fn a_form_with_a_valid_token_from_a_foreign_origin_is_403_and_changes_nothing() {
+    let server = TestServer::start(&[("CSRF_TRUSTED_ORIGINS", "https://*.example.com")]);
+    let (a, token) = visit(&server);
+    let own = format!("http://{}", server.addr);
+    let fields = [
+        ("csrfmiddlewaretoken", token.as_str()),
+        ("name", "x"),
+        ("value", "1"),
+    ];
+    let send = |path: &str, origin: &str| {
+        a.post(server.url(path))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Origin", origin)
+            .send(form_body(&fields))
+            .unwrap()
+    };
+    let r = send("/form/set", &own);
+    assert_eq!(r.status(), 303, "its own origin");
+    let key = server.session_files()[0]
+        .trim_end_matches(".json")
+        .to_owned();
+    let before = std::fs::read(server.sessions().join(format!("{key}.json"))).unwrap();
+    let r = send("/form/set", "https://app.example.com");
+    assert_eq!(r.status(), 303, "a trusted origin");
+    let after_trusted = std::fs::read(server.sessions().join(format!("{key}.json"))).unwrap();
+    assert_ne!(after_trusted, before);
+
+    let mut answers = Vec::new();
+    for origin in [
+        "http://evil.example",
+        "null",
+        "https://evil.example.com.evil",
+    ] {
+        for path in ["/form/set", "/form/logout", "/form/incr", "/form/cycle"] {
+            let r = send(path, origin);
+            let status = r.status().as_u16();
+            let cookie = set_cookies(&r).iter().any(|c| c.starts_with("sessionid"));
+            let text = body(r);
+            answers.push((origin, path, status));
+            if status != 403 {
+                eprintln!("page/foreign-origin: {answers:?}");
+            }
+            assert_eq!(status, 403, "{origin} {path}: {text}");
+            assert!(!cookie, "{origin} {path}: no session cookie");
+            assert!(
+                text.contains(&format!(
+                    "Origin checking failed - {origin} does not match any trusted origins."
+                )),
+                "{text}"
+            );
+        }
+    }
+    eprintln!("page/foreign-origin: {answers:?}");
+    let now = std::fs::read(server.sessions().join(format!("{key}.json"))).unwrap();
+    assert_eq!(now, after_trusted, "nothing changed");
+    assert_eq!(server.session_files().len(), 1);
+}
+
 #[test]
 fn the_set_form_stores_json_as_json_and_the_rest_as_text() {
     let server = TestServer::start(&[]);

@@ -271,15 +271,13 @@ fn rows(browser: &Browser) -> Vec<(String, String)> {
 #[test]
 fn a_person_sets_counts_deletes_and_logs_out_in_a_real_browser() {
     if !browser_available() {
-        let required = std::env::var("FILESESSION_BROWSER_TEST").as_deref() == Ok("require");
-        assert!(
-            !required,
-            "FILESESSION_BROWSER_TEST=require but {CHROMIUM} or {CHROMEDRIVER} is missing"
-        );
-        eprintln!(
-            "SKIPPED the browser test: it needs {CHROMIUM} and {CHROMEDRIVER}. \
-             Install them with `apt-get install chromium chromium-driver`, then run \
-             `cargo test --test browser` (`.ci/run` does)."
+        common::skip(
+            "the browser test",
+            &format!(
+                "it needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium \
+                 chromium-driver, then cargo test --test browser)"
+            ),
+            "FILESESSION_BROWSER_TEST",
         );
         return;
     }

@@ -11,7 +11,6 @@
 //! after; unreachable, the cases print `SKIPPED` and pass, unless
 //! `FILESESSION_POSTGRES_TEST=require`.
 
-#[cfg(feature = "postgres")]
 mod common;
 
 use std::collections::HashSet;
@@ -122,7 +121,6 @@ fn sqlite(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
 #[cfg(feature = "postgres")]
 fn postgres(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     let url = postgres_url();
-    let required = std::env::var("FILESESSION_POSTGRES_TEST").is_ok_and(|v| v == "require");
     // A table of its own per test: tests run in parallel on one database.
     let table = format!("t_{}", SessionKey::generate().to_string().replace('-', ""));
     match filesession::DbStore::open(&url, &table) {
@@ -133,11 +131,14 @@ fn postgres(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
             _redis: None,
             _table: Some(TableCleanup { url, table }),
         }),
-        Err(e) if !required => {
-            eprintln!("SKIPPED postgres conformance: {e}");
+        Err(e) => {
+            common::skip(
+                "postgres conformance",
+                &e.to_string(),
+                "FILESESSION_POSTGRES_TEST",
+            );
             None
         }
-        Err(e) => panic!("FILESESSION_POSTGRES_TEST=require but {e}"),
     }
 }
 
@@ -161,7 +162,6 @@ fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
 fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     let url = std::env::var("FILESESSION_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
-    let required = std::env::var("FILESESSION_REDIS_TEST").is_ok_and(|v| v == "require");
     match filesession::RedisStore::open(&url) {
         Ok(store) => {
             // A prefix of its own per test: tests run in parallel on one Redis.
@@ -178,11 +178,14 @@ fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
                 _table: None,
             })
         }
-        Err(e) if !required => {
-            eprintln!("SKIPPED redis conformance: {e}");
+        Err(e) => {
+            common::skip(
+                "redis conformance",
+                &e.to_string(),
+                "FILESESSION_REDIS_TEST",
+            );
             None
         }
-        Err(e) => panic!("FILESESSION_REDIS_TEST=require but {e}"),
     }
 }
 
@@ -583,6 +586,31 @@ conformance!(sqlite);
 conformance!(postgres);
 #[cfg(feature = "redis")]
 conformance!(redis);
+
+/// Without `--features postgres` the PostgreSQL cases are not compiled: say so where a plain
+/// `cargo test` shows it (`.ci/run` runs them with the feature and a server).
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn postgres_conformance_is_not_compiled_without_its_feature() {
+    common::skip(
+        "postgres conformance",
+        "not compiled (cargo test --features postgres --test conformance, with a server at \
+         FILESESSION_POSTGRES_URL)",
+        "FILESESSION_POSTGRES_TEST",
+    );
+}
+
+/// Without `--features redis` the Redis cases are not compiled: say so.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_conformance_is_not_compiled_without_its_feature() {
+    common::skip(
+        "redis conformance",
+        "not compiled (cargo test --features redis --test conformance, with a server at \
+         FILESESSION_REDIS_URL)",
+        "FILESESSION_REDIS_TEST",
+    );
+}
 
 /// Redis only: a field that is not JSON makes the session corrupt, i.e. no session; the
 /// layout is one hash per session with `__expiry` and a TTL.

@@ -440,10 +440,11 @@ fn fill(dir: &Path) -> u64 {
 /// A tmpfs case that cannot mount says so and passes, unless `FILESESSION_TMPFS_TEST=require`
 /// (set by `.ci/run`), which makes it a failure.
 fn skipped_tmpfs(what: &str, why: &str) {
-    if std::env::var("FILESESSION_TMPFS_TEST").as_deref() == Ok("require") {
-        panic!("{what}: FILESESSION_TMPFS_TEST=require but a tmpfs cannot be mounted: {why}");
-    }
-    eprintln!("{what}: SKIPPED (needs root to mount a tmpfs): {why}");
+    common::skip(
+        what,
+        &format!("needs root to mount a tmpfs: {why}"),
+        "FILESESSION_TMPFS_TEST",
+    );
 }
 
 #[test]

@@ -10,6 +10,23 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A test that cannot run here says so where a plain `cargo test` shows it, and passes:
+/// `SKIPPED: <test>: <what is missing> (<switch>=require makes this a failure)`, written to
+/// the process's stderr directly (libtest captures `eprintln!` of a passing test, and the
+/// line would never be seen). With `<switch>=require` (`.ci/run` sets each) it fails instead.
+pub fn skip(test: &str, missing: &str, switch: &str) {
+    use std::io::Write;
+    let required = std::env::var(switch).is_ok_and(|v| v == "require");
+    assert!(
+        !required,
+        "{switch}=require but {test} cannot run: {missing}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: {missing} ({switch}=require makes this a failure)"
+    );
+}
+
 /// The binary the end-to-end tests start: this build's, or the one `FILESESSION_BINARY`
 /// names (an older build, to measure a fault's "before" figure with the same test).
 pub fn binary() -> PathBuf {

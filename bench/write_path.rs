@@ -112,7 +112,7 @@ fn store_ops(dir: &Path, fsync: bool) {
         store.load(&key).unwrap().unwrap();
     });
     measure(
-        &format!("{label}: save (lock, re-read, merge, swap)"),
+        &format!("{label}: save (lock, re-read, merge, write: in place; fsync on: swap)"),
         |i| {
             let mut c = ChangeSet::new(config.cookie_age);
             c.set("n", json!(i));

@@ -93,8 +93,8 @@
 //!   "expires_at": "2026-12-10T11:37:46.250Z",
 //!   "expiry": "default",
 //!   "data": {
-//!     "semail": "abc@gmail.com",
-//!     "sname": "abc"
+//!     "sname": "abc",
+//!     "semail": "abc@gmail.com"
 //!   }
 //! }
 //! ```

@@ -41,6 +41,42 @@ fn the_cookie(r: &Resp) -> String {
     cookies[0].clone()
 }
 
+/// The README's sample file is what the server writes for `/setsession/` (issue 22: it
+/// showed another key order and ending), line by line as `cat` shows it (trailing spaces,
+/// the room to grow, are invisible), the check and the time aside.
+#[test]
+fn the_readme_s_sample_file_is_what_the_server_writes() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("$ cat sessions/*.json\n").expect("the sample") + 22;
+    let sample = &readme[start..start + readme[start..].find("```").expect("its end")];
+    let server = TestServer::start(&[]);
+    let r = get(&agent(), &server.url("/setsession/"));
+    let key = cookie_value(&the_cookie(&r));
+    let written = std::fs::read_to_string(server.sessions().join(format!("{key}.json"))).unwrap();
+    // 32 hex digits of check, and an RFC 3339 time with milliseconds: the rest is exact.
+    let masked = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|line| {
+                let line = line.trim_end();
+                if let Some(rest) = line.strip_prefix("  \"check\": \"") {
+                    assert_eq!(rest.len(), 32 + 2, "{line}");
+                    return "  \"check\": <32 hex>".to_owned();
+                }
+                if let Some(rest) = line.strip_prefix("  \"expires_at\": \"") {
+                    assert_eq!(rest.len(), "2026-12-10T11:37:46.250Z\",".len(), "{line}");
+                    return "  \"expires_at\": <time>".to_owned();
+                }
+                line.to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(masked(&written), masked(sample), "the file:\n{written}");
+    assert!(
+        written.ends_with(" \n"),
+        "room to grow: spaces, then a newline"
+    );
+}
+
 #[test]
 fn seed_flow_sets_and_gets_the_session_and_writes_the_file() {
     let server = TestServer::start(&[]);

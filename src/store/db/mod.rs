@@ -30,9 +30,14 @@
 //! * **`request` locking** across processes and machines: PostgreSQL, a session-level
 //!   advisory lock (`pg_try_advisory_lock(classid, objid)`, keyed by the table and the
 //!   session) held on a connection of its own until the request ends, released at once if
-//!   the holder dies; SQLite, a lease row in `<table>_lock` (a random token with an expiry,
-//!   as the Redis store's lock), since SQLite's own locks cover the whole database. Waits
-//!   are bounded by the lock timeout ([`StoreError::LockTimeout`], 503).
+//!   the holder dies; SQLite, a lease row in `<table>_lock` (a random token with an expiry),
+//!   since SQLite's own locks cover the whole database. The token names its holder process
+//!   (`store::holder`): a waiter on the same machine that finds it dead takes the lock at
+//!   once rather than wait out the lease. Waits are bounded by the lock timeout
+//!   ([`StoreError::LockTimeout`], 503).
+//! * **A file removed or replaced under the store** (SQLite) is
+//!   [`StoreError::DatabaseGone`], checked after every statement, before anything is
+//!   acknowledged.
 //! * **Expiry enforced on load**; `clearsessions` deletes expired rows in batches by the
 //!   `expire_date` index.
 

@@ -114,7 +114,10 @@ pub(super) fn expiry(request: &Request, session: &mut Session) -> Response {
     answer()
 }
 
-/// `POST /api/session/incr/{name}`: the visit counter.
+/// `POST /api/session/incr/{name}`: the visit counter. A read-modify-write of one key:
+/// exact in one process (one request at a time); across `--workers` or servers sharing the
+/// sessions, exact only with `SESSION_LOCKING=request`. With `merge`, two requests at once
+/// may both read n and both write n + 1 (docs/operations.md, "Worker processes").
 pub(super) fn incr(request: &Request, session: &mut Session) -> Response {
     let name = request.param("name").unwrap_or_default();
     let current = match session.get(name) {

@@ -18,7 +18,15 @@ pub(crate) struct Cleanup {
     sweep: Sweep,
     slices: u32,
     started: Instant,
+    /// When the last request was answered: what the store keeps open between requests is
+    /// let go [`RELEASE_IDLE_AFTER`] later.
+    last_request: Instant,
 }
+
+/// How long without a request before the store lets go of what it keeps open between
+/// requests ([`SessionStore::release_idle`]): not at every idle call, which comes every
+/// millisecond while a cleanup pass runs.
+pub(crate) const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(100);
 
 /// The longest a cleanup slice runs.
 pub(crate) const CLEANUP_SLICE: Duration = Duration::from_millis(2);
@@ -36,6 +44,7 @@ impl Cleanup {
             sweep: Sweep::new(),
             slices: 0,
             started: now,
+            last_request: now,
         }
     }
 
@@ -55,8 +64,10 @@ impl Cleanup {
     /// No request came: the store lets go of what it keeps open between requests, and a
     /// slice runs if a pass is due or under way.
     pub(crate) fn idle(&mut self) {
-        self.store.release_idle();
         let now = Instant::now();
+        if now.duration_since(self.last_request) >= RELEASE_IDLE_AFTER {
+            self.store.release_idle();
+        }
         if self.due(now) {
             self.slice(now);
         }
@@ -65,6 +76,7 @@ impl Cleanup {
     /// After a request: a slice only if the last one is a while ago.
     pub(crate) fn between_requests(&mut self) {
         let now = Instant::now();
+        self.last_request = now;
         if self.due(now) && now.duration_since(self.last_slice) >= CLEANUP_SPACING {
             self.slice(now);
         }

@@ -527,12 +527,22 @@ fn clearsessions_refuses_a_missing_database_or_table_and_creates_nothing() {
 /// file of that literal name was made, and the name printed in an error).
 #[test]
 fn a_sqlite_url_with_a_password_option_is_refused_and_never_printed() {
+    for url in [
+        "sqlite:///x.sqlite3?password=hunter2",
+        "sqlite:///x.sqlite3?key=hunter2",
+        "sqlite:///x.sqlite3#password=hunter2",
+    ] {
+        a_sqlite_url_with_options_is_refused(url);
+    }
+}
+
+fn a_sqlite_url_with_options_is_refused(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::binary())
         .args(["runserver", "127.0.0.1:0"])
         .current_dir(dir.path())
         .env("SESSION_ENGINE", "db")
-        .env("DATABASE_URL", "sqlite:///x.sqlite3?password=hunter2")
+        .env("DATABASE_URL", url)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

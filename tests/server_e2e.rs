@@ -778,6 +778,30 @@ fn clearsessions_refuses_a_missing_directory_and_creates_nothing() {
         "{err}"
     );
     assert!(!dir.path().join("var").exists(), "nothing created");
+
+    // A typo naming an existing shared directory (/var/tmp, mode 1777): cleaned of expired
+    // sessions if it holds any, but its mode left alone and nothing written in it.
+    use std::os::unix::fs::PermissionsExt;
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["clearsessions", "--session-file-path", "shared"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "its mode left alone");
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "nothing written in it"
+    );
 }
 
 #[test]

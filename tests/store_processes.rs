@@ -157,6 +157,22 @@ fn child_process() {
             let _ = std::io::stdin().read_line(&mut line);
             drop(s);
         }
+        "sqlite-relative-then-chdir" => {
+            // A library user's process: the database named relative to its working
+            // directory, which it later changes. The store must go on with the file it opened.
+            std::env::set_current_dir(&dir).unwrap();
+            let store: Arc<dyn SessionStore> = Arc::new(
+                filesession::DbStore::open("sqlite:///db.sqlite3", "filesession_session").unwrap(),
+            );
+            let mut s = Session::new(store.clone(), None, SessionConfig::default());
+            s.insert("n", 1);
+            s.save().unwrap();
+            let key = *s.session_key().unwrap();
+            std::env::set_current_dir("/").unwrap();
+            let loaded = store.load(&key).expect("no DatabaseGone after a chdir");
+            assert!(loaded.is_some(), "the session is there");
+            println!("ok after chdir");
+        }
         "holder" => {
             let file = std::fs::File::open(dir.join(key.file_name())).unwrap();
             fs2::FileExt::lock_exclusive(&file).unwrap();
@@ -399,4 +415,21 @@ fn a_holder_killed_mid_request_frees_its_session_at_once_on_sqlite() {
 #[test]
 fn a_holder_killed_mid_request_frees_its_session_at_once_on_files() {
     a_killed_holder_frees_the_session("file");
+}
+
+/// A relative `sqlite:///db.sqlite3` stays the file opened when the process changes its
+/// working directory (the path is made absolute at open; it was compared relative to the new
+/// directory and every request answered `DatabaseGone`).
+#[test]
+fn a_relative_sqlite_path_survives_a_change_of_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SessionKey::generate();
+    let mut child = spawn_child("sqlite-relative-then-chdir", tmp.path(), &key, 0, 0);
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success() && out.contains("ok after chdir"),
+        "{status}: {out}"
+    );
 }

@@ -190,11 +190,18 @@ impl Sqlite {
         }
         if path.to_string_lossy().contains(['?', '#']) {
             // Not a file name: options (dj-database-url's ?timeout=...) are not read here,
-            // and a name made of them could hold a secret (?password=...).
+            // and they, or a fragment, may hold a secret (?password=...): shown cut there.
+            let cut = shown.split(['?', '#']).next().unwrap_or_default();
             return Err(StoreError::Unavailable(format!(
-                "{shown}: a sqlite:// DATABASE_URL takes a file only, no ?options or #fragment"
+                "{cut}...: a sqlite:// DATABASE_URL takes a file only, no ?options or \
+                 #fragment (not shown)"
             )));
         }
+        // Absolute, so that the check of the path against the file opened does not depend
+        // on the working directory (a library user may change it); not canonical, so that a
+        // symlink swapped under the store is still noticed.
+        let path = std::path::absolute(&path)
+            .map_err(|e| StoreError::io("find the database", &path, e))?;
         let shown = format!("SQLite at {}", path.display());
         if create {
             create_private(&path).map_err(|e| StoreError::io("create the database", &path, e))?;

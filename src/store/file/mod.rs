@@ -317,7 +317,8 @@ impl FileStore {
     }
 
     /// [`open`](FileStore::open) for a directory that must exist already, as
-    /// `clearsessions` opens it: a mistyped path is an error, never a new directory. Django
+    /// `clearsessions` opens it: a mistyped path is an error, never a new directory, and an
+    /// existing one is left as it is (no mode tightened, no probe file written). Django
     /// refuses a missing `SESSION_FILE_PATH` too.
     ///
     /// # Errors
@@ -362,7 +363,16 @@ impl FileStore {
         let mode = fstat(&dirfd)
             .map_err(|e| unavailable("cannot be read", e.into()))?
             .st_mode;
-        if mode & 0o077 != 0 {
+        if mode & 0o077 != 0 && !create {
+            // An existing directory, as clearsessions is given it: said, never changed (a
+            // mistyped path may name a shared one, /var/tmp, whose mode others rely on).
+            log::warn!(
+                "session directory {} is readable by others (mode {:o}): session keys are \
+                 credentials; make it 0700",
+                dir.display(),
+                mode & 0o7777
+            );
+        } else if mode & 0o077 != 0 {
             // Session keys are bearer credentials: keep the listing private.
             if let Err(e) = fchmod(&dirfd, Mode::from_raw_mode(0o700)) {
                 log::warn!(
@@ -390,11 +400,14 @@ impl FileStore {
             torn_held: Mutex::new(Vec::new()),
             euid: rustix::process::geteuid().as_raw(),
         };
-        let (probe, _) = store
-            .write_temp(b"probe\n", None)
-            .map_err(|e| unavailable("is not writable", e))?;
-        unlinkat(&store.dirfd, probe.as_str(), AtFlags::empty())
-            .map_err(|e| unavailable("is not writable", e.into()))?;
+        if create {
+            // A server finds out now, not at its first session, that it cannot write here.
+            let (probe, _) = store
+                .write_temp(b"probe\n", None)
+                .map_err(|e| unavailable("is not writable", e))?;
+            unlinkat(&store.dirfd, probe.as_str(), AtFlags::empty())
+                .map_err(|e| unavailable("is not writable", e.into()))?;
+        }
         Ok(store)
     }
 

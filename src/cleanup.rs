@@ -1,5 +1,6 @@
 //! The server's own cleanup of expired sessions (`SESSION_GC_INTERVAL`), scheduled in
-//! slices between requests on the one thread.
+//! slices between requests on the one thread; for a store whose deletes may wait (a
+//! database: [`SessionStore::saves_wait`]), whole passes on a thread of their own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub(crate) struct Cleanup {
     /// When the last request was answered: what the store keeps open between requests is
     /// let go [`RELEASE_IDLE_AFTER`] later.
     last_request: Instant,
+    /// A pass running on a thread of its own (a store whose deletes may wait), if any.
+    background: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How long without a request before the store lets go of what it keeps open between
@@ -45,12 +48,13 @@ impl Cleanup {
             slices: 0,
             started: now,
             last_request: now,
+            background: None,
         }
     }
 
     /// How long the handler thread may wait for a request before calling `idle`.
     pub(crate) fn wait(&self) -> Duration {
-        if self.sweep.in_progress() {
+        if self.sweep.in_progress() && !self.store.saves_wait() {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(100)
@@ -86,6 +90,47 @@ impl Cleanup {
         let Some(interval) = self.interval else {
             return;
         };
+        if self.store.expired_deletion().is_none() {
+            // The store expires sessions by itself (Redis): nothing to do, ever.
+            self.interval = None;
+            return;
+        }
+        if self.store.saves_wait() {
+            // Its deletes may wait (a database busy, the network): never on the one thread.
+            // A whole pass on a thread of its own, one at a time.
+            if self.background.as_ref().is_some_and(|t| !t.is_finished()) {
+                return;
+            }
+            self.next_pass = crate::expiry::later(now, interval);
+            let store = self.store.clone();
+            let spawned = std::thread::Builder::new()
+                .name("session-cleanup".into())
+                .spawn(move || {
+                    if let Some(deletion) = store.expired_deletion() {
+                        match deletion.clear_expired() {
+                            Ok(r) => log::log!(
+                                if r.expired + r.corrupt + r.leftovers > 0 {
+                                    log::Level::Info
+                                } else {
+                                    log::Level::Debug
+                                },
+                                "session cleanup: removed {} expired, {} corrupt, {} leftovers; \
+                                 kept {}",
+                                r.expired,
+                                r.corrupt,
+                                r.leftovers,
+                                r.kept
+                            ),
+                            Err(e) => log::warn!("session cleanup failed: {e}"),
+                        }
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.background = Some(handle),
+                Err(e) => log::warn!("session cleanup not started: {e}"),
+            }
+            return;
+        }
         if !self.sweep.in_progress() {
             self.slices = 0;
             self.started = now;

@@ -2,15 +2,26 @@
 //! everything about the request once (allowed host and origin, route, session cookie and
 //! key, the session's lock) without waiting, and [`App::run`] uses what it resolved
 //! (session, handler, the middleware's decision, the save).
+//!
+//! With a store whose loads or saves may wait ([`SessionStore::loads_wait`],
+//! [`SessionStore::saves_wait`]: a database, Redis), the store is never called on the
+//! server's one thread: `prepare` hands the lock and the load to a blocking thread
+//! ([`Prepared::Wait`] in `request` locking, [`Prepared::Work`] otherwise), the handler runs
+//! on the one thread with the session already read, and `run` hands the save (and the
+//! release of a lock) to a blocking thread ([`Ran::Finish`]).
+//!
+//! [`SessionStore::loads_wait`]: crate::SessionStore::loads_wait
+//! [`SessionStore::saves_wait`]: crate::SessionStore::saves_wait
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use crate::expiry::later;
-use crate::http::{Prepared, Request, Response};
+use crate::http::{Prepared, Ran, Request, Response};
 use crate::middleware::{CookieKey, SessionMiddleware, store_failure};
 use crate::router::{Handler, Routed, Router};
+use crate::session::Session;
 use crate::store::{Acquired, StoreError};
 
 /// The router and the session middleware: what the server's one thread runs for each
@@ -34,6 +45,9 @@ pub struct Ticket {
     target: Target,
     cookie: CookieKey,
     acquired: Option<Acquired>,
+    /// The session, read before the handler (off the one thread) from a store whose loads
+    /// may wait.
+    session: Option<Session>,
 }
 
 /// Where the request goes: a handler with the route's captures, or an answer decided
@@ -71,6 +85,9 @@ impl App {
     /// stayed held).
     pub fn prepare(&self, request: &Request) -> Prepared<Ticket> {
         let mut ticket = self.resolve(request);
+        if self.middleware.store().loads_wait() {
+            return self.prepare_off_thread(ticket);
+        }
         let (Some(key), Some(preflight)) = (ticket.cookie.key, self.middleware.store().preflight())
         else {
             return Prepared::Ready(ticket);
@@ -105,13 +122,42 @@ impl App {
     /// Answers a prepared request: the session (with the lock `prepare` took), the handler,
     /// and the middleware's `process_response` (save, `Set-Cookie`, `Vary`). A panic in the
     /// handler unwinds out of here (the server answers 500; [`App::handle`] catches it).
-    pub fn run(&self, mut request: Request, ticket: Ticket) -> Response {
+    pub fn run(&self, request: Request, ticket: Ticket) -> Response {
+        let (session, had_cookie, path, response) = self.run_handler(request, ticket);
+        self.middleware.finish(session, had_cookie, &path, response)
+    }
+
+    /// [`run`](App::run) for a server whose one thread must not wait: the handler here, and
+    /// the middleware's save handed to a blocking thread ([`Ran::Finish`]) when the store's
+    /// saves may wait and the session needs one (modified, `SESSION_SAVE_EVERY_REQUEST`) or
+    /// holds a lock to let go of.
+    pub fn run_off_thread(&self, request: Request, ticket: Ticket) -> Ran {
+        let (session, had_cookie, path, response) = self.run_handler(request, ticket);
+        let middleware = &self.middleware;
+        let needs_store =
+            session.modified() || middleware.settings().save_every_request || session.holds_lock();
+        if middleware.store().saves_wait() && needs_store {
+            let middleware = middleware.clone();
+            return Ran::Finish(Box::new(move || {
+                middleware.finish(session, had_cookie, &path, response)
+            }));
+        }
+        Ran::Answer(middleware.finish(session, had_cookie, &path, response))
+    }
+
+    /// The session and the handler: what is left is the middleware's `process_response`.
+    fn run_handler(
+        &self,
+        mut request: Request,
+        ticket: Ticket,
+    ) -> (Session, bool, String, Response) {
         let Ticket {
             target,
             cookie,
             acquired,
+            session,
         } = ticket;
-        let mut session = self.middleware.session(cookie.key, acquired);
+        let mut session = session.unwrap_or_else(|| self.middleware.session(cookie.key, acquired));
         let response = match target {
             Target::Handler(handler, params) => {
                 request.params = params;
@@ -119,8 +165,41 @@ impl App {
             }
             Target::Answer(answer) => answer,
         };
-        self.middleware
-            .finish(session, cookie.present, request.path(), response)
+        (session, cookie.present, request.path().to_owned(), response)
+    }
+
+    /// `prepare` for a store whose loads may wait: a request for a handler with a session
+    /// key gets its lock (`request` locking, a [`Prepared::Wait`]) and its session read
+    /// ([`Prepared::Work`]) on a blocking thread; the rest go on at once (no key: nothing to
+    /// read; an answer without a handler reads the session only to save it, in the finish).
+    fn prepare_off_thread(&self, mut ticket: Ticket) -> Prepared<Ticket> {
+        let (Some(key), Target::Handler(..)) = (ticket.cookie.key, &ticket.target) else {
+            return Prepared::Ready(ticket);
+        };
+        let locks = self.middleware.store().preflight().is_some();
+        // The deadline starts now: time spent waiting for a thread counts.
+        let deadline = later(Instant::now(), self.middleware.settings().lock_timeout);
+        let middleware = self.middleware.clone();
+        let job = Box::new(move |request: &Request| {
+            let acquired = match middleware.store().preflight() {
+                Some(preflight) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    preflight
+                        .acquire(&key, wait)
+                        .map_err(|e| store_failure(request.path(), &e))?
+                }
+                None => None,
+            };
+            let session = middleware.session(Some(key), acquired);
+            session.preload();
+            ticket.session = Some(session);
+            Ok(ticket)
+        });
+        if locks {
+            Prepared::Wait(job)
+        } else {
+            Prepared::Work(job)
+        }
     }
 
     /// Answers one request on this thread, for a server of your own (see
@@ -146,6 +225,7 @@ impl App {
             target: self.target(request),
             cookie: self.middleware.cookie_key(request),
             acquired: None,
+            session: None,
         }
     }
 

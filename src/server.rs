@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::cleanup::Cleanup;
-use crate::http::{Limits, Prepared, Request, Response, Service};
+use crate::http::{Limits, Prepared, Ran, Request, Service};
 use crate::pipeline::{App, Ticket};
 
 /// Stops a running [`Server`]: it stops accepting, finishes the request in hand, writes
@@ -177,8 +177,8 @@ impl Service for Pipeline {
         self.app.prepare(request)
     }
 
-    fn run(&self, request: Request, ticket: Ticket) -> Response {
-        self.app.run(request, ticket)
+    fn run(&self, request: Request, ticket: Ticket) -> Ran {
+        self.app.run_off_thread(request, ticket)
     }
 
     fn idle(&self) {

@@ -87,6 +87,9 @@ pub struct Session {
     /// What a lock preflight handed on before the handler ran (see
     /// [`Session::with_acquired`]), used by the load.
     acquired: Cell<Option<Acquired>>,
+    /// What [`preload`](Session::preload) read from the store before the handler ran (off
+    /// the server's one thread): the first access takes it instead of going to the store.
+    preloaded: Cell<Option<State>>,
 }
 
 impl fmt::Debug for Session {
@@ -119,6 +122,7 @@ impl Session {
             cycle: false,
             flushed: None,
             acquired: Cell::new(None),
+            preloaded: Cell::new(None),
         }
     }
 
@@ -130,7 +134,29 @@ impl Session {
         self
     }
 
+    /// Reads the session from the store now, if it was not read yet, without marking it
+    /// accessed: the first access then takes what was read, as if it had loaded then. What a
+    /// server does before the handler runs, on a thread that may wait, for a store whose
+    /// loads may wait ([`SessionStore::loads_wait`]): the handler, on the server's one
+    /// thread, then never waits for the store. A session that is never accessed stays as if
+    /// never loaded (no `Vary: Cookie`, an unknown key not dropped), as Django's lazy load.
+    /// A load error is kept for the first access, as a lazy load's.
+    pub fn preload(&self) {
+        if self.state.get().is_none() {
+            let preloaded = self.preloaded.take();
+            let state = preloaded.unwrap_or_else(|| self.load_from_store());
+            self.preloaded.set(Some(state));
+        }
+    }
+
     fn load_state(&self) -> State {
+        match self.preloaded.take() {
+            Some(state) => state,
+            None => self.load_from_store(),
+        }
+    }
+
+    fn load_from_store(&self) -> State {
         let Some(key) = self.key else {
             return State::empty();
         };
@@ -519,14 +545,36 @@ impl Session {
         }
     }
 
+    /// Whether this request holds the session's lock (`request` locking): dropping the
+    /// session lets it go, which for a lock kept in a store is a call to that store.
+    pub fn holds_lock(&self) -> bool {
+        // `Cell`s without `Copy`: look by taking and putting back.
+        let preloaded = self.preloaded.take();
+        let acquired = self.acquired.take();
+        let held = self.state.get().is_some_and(|s| s.lock.is_some())
+            || preloaded.as_ref().is_some_and(|s| s.lock.is_some())
+            || matches!(acquired, Some(Acquired::Locked(_)));
+        self.preloaded.set(preloaded);
+        self.acquired.set(acquired);
+        held
+    }
+
     /// The session's lock, if this request holds one: the load's, or, if the session was
     /// never loaded, the one its preflight took.
     fn take_lock(&mut self) -> Option<SessionLock> {
         let loaded = self.state.get_mut().and_then(|s| s.lock.take());
-        loaded.or_else(|| match self.acquired.take() {
-            Some(Acquired::Locked(lock)) => Some(lock),
-            _ => None,
-        })
+        let preloaded = || {
+            self.preloaded
+                .get_mut()
+                .as_mut()
+                .and_then(|s| s.lock.take())
+        };
+        loaded
+            .or_else(preloaded)
+            .or_else(|| match self.acquired.take() {
+                Some(Acquired::Locked(lock)) => Some(lock),
+                _ => None,
+            })
     }
 }
 

@@ -565,3 +565,82 @@ fn a_sqlite_url_with_options_is_refused(url: &str) {
     let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(made.is_empty(), "{made:?}");
 }
+
+/// Another process holds SQLite's write lock (an admin's `sqlite3` shell, a `VACUUM`): the
+/// server's one thread never waits for it (issue 23: a cookieless `GET /` waited 7.5 s behind
+/// a busy write). Told as an order: while the lock is held and a write to one session is
+/// still waiting for it, a cookieless page and a read of another session are answered;
+/// the write then answers 503 at the lock timeout, and succeeds once the lock is let go.
+#[test]
+fn a_database_locked_by_another_process_holds_up_no_other_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite3");
+    let server = TestServer::start_in(
+        dir,
+        &[("SESSION_ENGINE", "db"), ("SESSION_LOCK_TIMEOUT", "2")],
+    );
+    let new_session = |json: &str| {
+        let r = agent()
+            .post(server.url("/api/session"))
+            .header("Content-Type", "application/json")
+            .send(json)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        cookie_value(&set_cookies(&r)[0])
+    };
+    let (writer_key, reader_key) = (new_session(r#"{"w": 0}"#), new_session(r#"{"r": 1}"#));
+
+    // Another process's write lock (this test process's own connection: SQLite's locks
+    // are the process's).
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked = std::time::Instant::now();
+
+    let write = {
+        let url = server.url("/api/session");
+        std::thread::spawn(move || {
+            let r = post_as(&url, &writer_key, r#"{"w": 1}"#);
+            (
+                r.status().as_u16(),
+                r.headers().get("retry-after").is_some(),
+                std::time::Instant::now(),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200)); // the write is waiting by now
+    let page = agent().get(server.url("/")).call().unwrap();
+    assert_eq!(page.status(), 200);
+    let read = agent()
+        .get(server.url("/api/session"))
+        .header("Cookie", format!("sessionid={reader_key}"))
+        .call()
+        .unwrap();
+    let answered = std::time::Instant::now();
+    assert_eq!(read.status(), 200);
+    let v: Value = serde_json::from_str(&body_of(read)).unwrap();
+    assert_eq!(v["data"]["r"], json!(1));
+    let write_waiting = !write.is_finished();
+    let (status, retry_after, done) = write.join().unwrap();
+    eprintln!(
+        "db_e2e/locked: page and read answered {:?} into the lock, the write {status} after {:?}",
+        answered - locked,
+        done - locked
+    );
+    assert!(
+        write_waiting,
+        "the page and the read were answered while the write waited"
+    );
+    assert!(answered < done, "answered before the write gave up");
+    assert_eq!(
+        (status, retry_after),
+        (503, true),
+        "503 at the lock timeout"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+    let r = agent()
+        .post(server.url("/api/session"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"after": true}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200, "writes go on once the lock is let go");
+}

@@ -82,6 +82,13 @@ impl SessionStore for FailingLoads {
     fn preflight(&self) -> Option<&dyn LockPreflight> {
         Some(self)
     }
+    // A file store's: loads and saves on the one thread, the preflight tried there once.
+    fn loads_wait(&self) -> bool {
+        false
+    }
+    fn saves_wait(&self) -> bool {
+        false
+    }
 }
 
 impl LockPreflight for FailingLoads {

@@ -22,5 +22,7 @@ pub use limits::{DEFAULT_MAX_BODY, Limits};
 pub(crate) use request::decode_segment;
 pub use request::{Method, Request};
 pub use response::Response;
-pub use serve::{MAX_BLOCKING_THREADS, RESERVED_DESCRIPTORS, connection_cap, serve};
-pub use service::{Prepared, Service, Wait};
+pub use serve::{
+    MAX_BLOCKING_THREADS, MAX_LOCK_WAITS, RESERVED_DESCRIPTORS, connection_cap, serve,
+};
+pub use service::{Finish, Prepared, Ran, Service, Wait};

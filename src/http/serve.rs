@@ -2,8 +2,9 @@
 //! current-thread runtime, each request handed to the [`Service`] on the same thread.
 //!
 //! All network I/O runs on the runtime's one thread, and so does the service, inline, one
-//! request at a time (the runtime polls one task at once). Only a [`Prepared::Wait`] leaves
-//! the thread, for a blocking thread.
+//! request at a time (the runtime polls one task at once). Only what may wait leaves the
+//! thread, for a blocking thread: [`Prepared::Wait`], [`Prepared::Work`], [`Ran::Finish`]
+//! (the table in [`super::service`]).
 
 use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
@@ -30,7 +31,7 @@ use super::limits::Limits;
 use super::registry::{Conn, InRequest, Registry, Slot, client_key};
 use super::request::{Method, Request};
 use super::response::{Response, reason};
-use super::service::{Prepared, Service};
+use super::service::{Prepared, Ran, Service};
 
 /// Access-log lines are written at least this often (and whenever the server is idle).
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -38,10 +39,14 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// listener, logs, blocking threads' work) when the connection cap is fitted to the
 /// open-files limit: this many, or a quarter of the limit if that is less.
 pub const RESERVED_DESCRIPTORS: u64 = 256;
-/// The most threads waiting at once for what [`Prepared::Wait`] waits for (such as session
-/// locks held by another process); more waits queue for a thread. Each wait's deadline is
-/// set when it is prepared, so time in the queue counts against it.
+/// The most blocking threads at once, for everything that may wait: [`Prepared::Wait`],
+/// [`Prepared::Work`], [`Ran::Finish`]; more queue for a thread. A wait's deadline is set
+/// when it is prepared, so time in the queue counts against it.
 pub const MAX_BLOCKING_THREADS: usize = 64;
+/// The most [`Prepared::Wait`]s (waits for a lock held elsewhere, which poll until their
+/// deadline) on blocking threads at once: the other threads stay for loads and saves, so
+/// that requests waiting for one session never hold up every other session's.
+pub const MAX_LOCK_WAITS: usize = 32;
 /// The least time between two "accept failed" log lines.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -49,6 +54,8 @@ struct Shared<S> {
     service: S,
     limits: Limits,
     last_request: Cell<Instant>,
+    /// [`MAX_LOCK_WAITS`] permits, one per [`Prepared::Wait`] on a blocking thread.
+    lock_waits: tokio::sync::Semaphore,
 }
 
 /// Serves `listener` with `service` on the calling thread until `stop` is set and `wake`
@@ -75,6 +82,7 @@ pub fn serve<S: Service>(
         service,
         limits,
         last_request: Cell::new(Instant::now()),
+        lock_waits: tokio::sync::Semaphore::new(MAX_LOCK_WAITS),
     });
     local.block_on(&runtime, accept_loop(listener, shared, stop, wake))
 }
@@ -324,11 +332,15 @@ async fn respond<S: Service>(
     }
     in_request.answering();
 
-    // Prepare on this thread; a wait goes to a blocking thread, never this one.
+    // Prepare on this thread; what may wait goes to a blocking thread, never this one.
     let (request, ticket) = match shared.service.prepare(&request) {
         Prepared::Ready(ticket) => (request, Ok(ticket)),
         Prepared::Answer(answer) => (request, Err(answer)),
         Prepared::Wait(wait) => {
+            // Lock waits have a budget of their own (closed only when the server ends).
+            let Ok(_permit) = shared.lock_waits.acquire().await else {
+                return Ok(reject(503, "The server is stopping."));
+            };
             match tokio::task::spawn_blocking(move || {
                 let ticket = wait(&request);
                 (request, ticket)
@@ -339,14 +351,34 @@ async fn respond<S: Service>(
                 Err(_) => return Ok(reject(500, "Internal server error.")),
             }
         }
+        Prepared::Work(work) => {
+            match tokio::task::spawn_blocking(move || {
+                let ticket = work(&request);
+                (request, ticket)
+            })
+            .await
+            {
+                Ok(pair) => pair,
+                Err(_) => return Ok(reject(500, "Internal server error.")),
+            }
+        }
     };
-    let response = match ticket {
+    let internal_error = || {
+        log::error!("request for {path} panicked; answered 500");
+        Response::error(&path, 500, "Internal server error.")
+    };
+    let ran = match ticket {
         Ok(ticket) => catch_unwind(AssertUnwindSafe(|| shared.service.run(request, ticket)))
-            .unwrap_or_else(|_| {
-                log::error!("request for {path} panicked; answered 500");
-                Response::error(&path, 500, "Internal server error.")
-            }),
-        Err(answer) => answer,
+            .unwrap_or_else(|_| Ran::Answer(internal_error())),
+        Err(answer) => Ran::Answer(answer),
+    };
+    let response = match ran {
+        Ran::Answer(response) => response,
+        // The answer is sent once the finish returns: a request that begins after it sees
+        // what it wrote.
+        Ran::Finish(finish) => tokio::task::spawn_blocking(finish)
+            .await
+            .unwrap_or_else(|_| internal_error()),
     };
     access_log::log(&line, response.status(), response.body().len());
     shared.last_request.set(Instant::now());

@@ -110,6 +110,16 @@ impl SessionStore for MemoryStore {
         Ok(self.map().contains_key(key))
     }
 
+    /// Memory: nothing to wait for.
+    fn loads_wait(&self) -> bool {
+        false
+    }
+
+    /// Memory: nothing to wait for.
+    fn saves_wait(&self) -> bool {
+        false
+    }
+
     fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
         Some(self)
     }

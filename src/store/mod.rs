@@ -181,6 +181,25 @@ pub trait SessionStore: Send + Sync {
         None
     }
 
+    /// Whether a load may wait for something outside this process: a database's lock or a
+    /// busy file, a network round trip, a connection from a pool. A server then loads the
+    /// session before the handler, on a thread that may wait (the session's `preload`),
+    /// never on its one thread. Default: `true` (a store that says nothing is taken to
+    /// wait). [`FileStore`](crate::FileStore) and [`MemoryStore`](crate::MemoryStore):
+    /// `false` (a local file read, memory; a lock held elsewhere is waited for by the
+    /// [`LockPreflight`], off the thread already).
+    fn loads_wait(&self) -> bool {
+        true
+    }
+
+    /// Whether a save, create, cycle or delete may wait for something outside this process
+    /// (as [`loads_wait`](SessionStore::loads_wait), or an `fsync`): a server then applies
+    /// the middleware's decisions after the handler on a thread that may wait. Default:
+    /// `true`. [`FileStore`](crate::FileStore): only with `SESSION_FILE_FSYNC`.
+    fn saves_wait(&self) -> bool {
+        true
+    }
+
     /// The server has had no request for a while (about 100 ms): let go of what the store
     /// keeps open between requests ([`FileStore`](crate::FileStore): the last session file,
     /// open for writing), so that nothing it holds makes an operator's

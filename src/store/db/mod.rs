@@ -125,6 +125,11 @@ pub(crate) trait Database: Send + Sync {
     /// Whether a read costs next to nothing (an embedded database): then a save that may
     /// change nothing reads first and skips its write transaction when it would.
     fn cheap_reads(&self) -> bool;
+    /// How long a statement may wait for the database itself (SQLite: another process's
+    /// write lock): the store's lock timeout. Default: the database's own setting.
+    fn set_wait(&self, timeout: Duration) {
+        let _ = timeout;
+    }
     /// Takes the request lock of `key`, waiting at most `wait`; a lease (SQLite) lasts
     /// `lease` if its holder dies.
     fn lock(
@@ -225,9 +230,12 @@ impl DbStore {
         self
     }
 
-    /// Sets how long a request waits for a session's lock (`SESSION_LOCK_TIMEOUT`).
+    /// Sets how long a request waits for a session's lock (`SESSION_LOCK_TIMEOUT`), and on SQLite
+    /// how long a statement waits while another process writes. Default:
+    /// [`DEFAULT_LOCK_TIMEOUT`].
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
+        self.db.set_wait(timeout);
         self
     }
 

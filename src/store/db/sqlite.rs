@@ -2,7 +2,10 @@
 //!
 //! Nothing waits while holding the connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the
-//! connection is let go, until [`BUSY_TIMEOUT`].
+//! connection is let go, until the lock timeout (`SESSION_LOCK_TIMEOUT`, the store's:
+//! [`DEFAULT_BUSY_TIMEOUT`] until it is set). A server calls the store only off its one
+//! thread ([`SessionStore::loads_wait`](crate::SessionStore::loads_wait)), so such a wait
+//! holds up no other request.
 //!
 //! The database file is opened once. A file removed or replaced at its path while the store
 //! runs (`rm db.sqlite3`, a restore moved into place) would take every later write into a
@@ -26,8 +29,9 @@ use super::{
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError, holder};
 
-/// How long a statement retries while another process holds the database's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement retries while another process holds the database's write lock,
+/// until [`Database::set_wait`] gives the store's lock timeout.
+const DEFAULT_BUSY_TIMEOUT: Duration = crate::config::DEFAULT_LOCK_TIMEOUT;
 /// Pause between two tries of a busy statement (the connection is free meanwhile).
 const BUSY_PAUSE: Duration = Duration::from_millis(1);
 
@@ -39,24 +43,30 @@ struct Inner {
     shown: String,
     /// The device and inode of the file opened: the path must still name it.
     file: (u64, u64),
+    /// How long a busy statement is retried, in milliseconds (the lock timeout).
+    busy_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
     /// Runs `f` on the connection; while the database is busy (another process writes),
-    /// tries again with the connection let go, until [`BUSY_TIMEOUT`].
+    /// tries again with the connection let go, until the busy timeout (the lock timeout).
     fn run<T>(
         &self,
         what: &'static str,
         mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
+        let busy_timeout = Duration::from_millis(
+            self.busy_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         loop {
             let result = {
                 let mut conn = crate::store::locked(&self.conn);
                 f(&mut conn)
             };
             match result {
-                Err(e) if is_busy(&e) && start.elapsed() < BUSY_TIMEOUT => {
+                Err(e) if is_busy(&e) && start.elapsed() < busy_timeout => {
                     std::thread::sleep(BUSY_PAUSE);
                 }
                 other => {
@@ -123,6 +133,10 @@ fn seconds_up(t: SystemTime) -> i64 {
 
 fn time_of(seconds: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -218,6 +232,7 @@ impl Sqlite {
             path,
             shown,
             file,
+            busy_timeout_ms: std::sync::atomic::AtomicU64::new(millis_of(DEFAULT_BUSY_TIMEOUT)),
         };
         let locks = format!("{table}_lock");
         inner.run("open the database", |c| {
@@ -314,6 +329,12 @@ impl Sqlite {
 }
 
 impl Database for Sqlite {
+    fn set_wait(&self, timeout: Duration) {
+        self.inner
+            .busy_timeout_ms
+            .store(millis_of(timeout), std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn read(&self, key: &SessionKey) -> Result<Option<Row>, StoreError> {
         let sql = format!(
             "SELECT session_data, expire_date FROM {} WHERE session_key = ?1",

@@ -708,6 +708,16 @@ impl SessionStore for FileStore {
         Some(self)
     }
 
+    /// A load reads a local file (a lock held elsewhere is the preflight's to wait for).
+    fn loads_wait(&self) -> bool {
+        false
+    }
+
+    /// Only in fsync mode, where a save waits for the disk.
+    fn saves_wait(&self) -> bool {
+        self.fsync
+    }
+
     /// Closes the session file kept open between requests (the next request opens it by
     /// name again): a file open for writing makes `mount -o remount,ro` fail as busy.
     fn release_idle(&self) {

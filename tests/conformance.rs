@@ -778,3 +778,72 @@ fn postgres_refuses_foreign_tables_and_writes_nothing_without_its_lock() {
     assert!(matches!(err, StoreError::LockTimeout { .. }), "{err}");
     assert_eq!(session(&store, Some(key)).get("n"), Some(&json!(0)));
 }
+
+/// 64 requests wait for one session locked in `request` mode, with a pool of 16
+/// connections (issue 23: waiters polling for the lock each kept a pooled connection, so 15
+/// of them left the holder without one to save with until its wait for a connection ran
+/// out). The holder's reads and writes go through the connection its lock holds: it saves
+/// at once, and every waiter is answered (the lock, or `LockTimeout`) by its deadline.
+#[cfg(feature = "postgres")]
+#[test]
+fn sixty_four_waiters_on_one_postgres_session_never_starve_its_holder() {
+    use std::time::Instant;
+    let lock_timeout = Duration::from_secs(2);
+    let Some(fixture) = postgres(Locking::Request, lock_timeout) else {
+        return;
+    };
+    let store = fixture.store.clone();
+    let key = stored(&store, &[("n", json!(0))]);
+    let held = store.load(&key).expect("load").expect("live");
+    let waiters: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                let outcome = match store.load(&key) {
+                    Ok(Some(loaded)) => {
+                        let mut changes = filesession::ChangeSet::new(Duration::from_secs(60));
+                        changes.set(&format!("w{i}"), json!(true));
+                        store
+                            .save(&key, &changes, loaded.lock)
+                            .map(|_| "saved")
+                            .unwrap_or("save failed")
+                    }
+                    Ok(None) => "gone",
+                    Err(StoreError::LockTimeout { .. }) => "lock timeout",
+                    Err(_) => "other error",
+                };
+                (outcome, started.elapsed())
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500)); // every waiter waits by now
+    let mut changes = filesession::ChangeSet::new(Duration::from_secs(60));
+    changes.set("holder", json!(true));
+    let started = Instant::now();
+    let saved = store.save(&key, &changes, held.lock);
+    let holder_took = started.elapsed();
+    let outcomes: Vec<(&str, Duration)> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    let count = |what: &str| outcomes.iter().filter(|(o, _)| *o == what).count();
+    let slowest = outcomes.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    eprintln!(
+        "conformance/postgres-64-waiters: the holder's save {:?} in {holder_took:?}; waiters: \
+         {} saved, {} lock timeout, {} other; the slowest answered in {slowest:?}",
+        saved.as_ref().map(|_| ()),
+        count("saved"),
+        count("lock timeout"),
+        64 - count("saved") - count("lock timeout")
+    );
+    saved.expect("the holder saves while 64 wait");
+    assert!(
+        holder_took < lock_timeout,
+        "the holder waited for nothing: {holder_took:?}"
+    );
+    assert_eq!(count("saved") + count("lock timeout"), 64, "{outcomes:?}");
+    // Each waiter's deadline: its lock timeout, counted from its first try (plus the time
+    // to take a connection and answer).
+    assert!(
+        slowest < lock_timeout + Duration::from_secs(1),
+        "{slowest:?}"
+    );
+}

@@ -28,9 +28,9 @@
 //! * **No resurrection:** a row deleted meanwhile makes the save fail with
 //!   [`StoreError::Deleted`], writing nothing.
 //! * **`request` locking** across processes and machines: PostgreSQL, a session-level
-//!   advisory lock (`pg_try_advisory_lock(classid, objid)`, keyed by the table and the
-//!   session) held on a connection of its own until the request ends, released at once if
-//!   the holder dies; SQLite, a lease row in `<table>_lock` (a random token with an expiry),
+//!   advisory lock (`pg_advisory_lock(classid, objid)` under `lock_timeout`, keyed by the
+//!   table and the session) held on a pooled connection until the request ends, which also
+//!   reads and writes the session for its holder, released at once if the holder dies; SQLite, a lease row in `<table>_lock` (a random token with an expiry),
 //!   since SQLite's own locks cover the whole database. The token names its holder process
 //!   (`store::holder`): a waiter on the same machine that finds it dead takes the lock at
 //!   once rather than wait out the lease. Waits are bounded by the lock timeout
@@ -99,8 +99,9 @@ pub(crate) enum Change {
 /// parameterised; only the table name, checked to be a plain identifier, is written into
 /// the SQL.
 pub(crate) trait Database: Send + Sync {
-    /// The row of `key`, if any.
-    fn read(&self, key: &SessionKey) -> Result<Option<Row>, StoreError>;
+    /// The row of `key`, if any. With `lease` (the request's lock), on what the lease holds
+    /// if it holds a connection (PostgreSQL): a holder never waits for another.
+    fn read(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<Option<Row>, StoreError>;
     /// Inserts a row; `Ok(false)` if the key exists (nothing changed).
     fn insert(&self, key: &SessionKey, row: &Row) -> Result<bool, StoreError>;
     /// In one transaction, with the row locked: `decide` gets the row (`None`: missing)
@@ -114,10 +115,11 @@ pub(crate) trait Database: Send + Sync {
         lease: Option<&Lease>,
         decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
     ) -> Result<bool, StoreError>;
-    /// Deletes the row of `key`, if any.
-    fn delete(&self, key: &SessionKey) -> Result<(), StoreError>;
-    /// Whether a row of `key` exists (expired or not).
-    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError>;
+    /// Deletes the row of `key`, if any (with `lease`: as [`read`](Database::read)).
+    fn delete(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<(), StoreError>;
+    /// Whether a row of `key` exists, expired or not (with `lease`: as
+    /// [`read`](Database::read)).
+    fn exists(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<bool, StoreError>;
     /// Deletes at most `batch` rows that ended at or before `now`; how many.
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError>;
     /// How many rows end after `now`.
@@ -303,7 +305,7 @@ impl DbStore {
         key: &SessionKey,
         lease: Option<Lease>,
     ) -> Result<Option<Loaded>, StoreError> {
-        let Some(row) = self.db.read(key)? else {
+        let Some(row) = self.db.read(key, lease.as_ref())? else {
             return Ok(None);
         };
         Ok(self.live(key, row).map(|record| Loaded {
@@ -363,7 +365,7 @@ impl SessionStore for DbStore {
     ) -> Result<Record, StoreError> {
         let _lease = self.lock_for_write(key, lock)?;
         if self.db.cheap_reads()
-            && let Some(row) = self.db.read(key)?
+            && let Some(row) = self.db.read(key, _lease.as_ref())?
             && let Some(stored) = self.decode(key, &row)
             && let Merged::Unchanged(record) = changes.merge_into(Some(stored), SystemTime::now())
         {
@@ -416,11 +418,11 @@ impl SessionStore for DbStore {
 
     fn delete(&self, key: &SessionKey, lock: Option<SessionLock>) -> Result<(), StoreError> {
         let _lease = self.lock_for_write(key, lock)?;
-        self.db.delete(key)
+        self.db.delete(key, _lease.as_ref())
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        self.db.exists(key)
+        self.db.exists(key, None)
     }
 
     fn preflight(&self) -> Option<&dyn LockPreflight> {
@@ -441,7 +443,7 @@ impl LockPreflight for DbStore {
         let lease = self.db.lock(self.issuer, key, wait, self.lease())?;
         Ok(self
             .db
-            .exists(key)?
+            .exists(key, Some(&lease))?
             .then(|| Acquired::Locked(SessionLock::Lease(lease))))
     }
 

@@ -1,28 +1,38 @@
-//! PostgreSQL through tokio-postgres, with a bounded pool of connections.
+//! PostgreSQL through tokio-postgres, with a pool of connections (deadpool-postgres).
 //!
 //! The connections' I/O runs on a runtime of its own, on one thread of its own
 //! ([`io_runtime`]); a caller waits for each answer with a plain executor
-//! (`futures_executor::block_on`), which needs no runtime. So the store works from any
-//! thread, the server's one thread included, which already runs a tokio runtime (the
-//! synchronous `postgres` crate cannot: it starts a runtime inside the caller's). No TLS: a
-//! server on this machine or on a private network.
+//! (`futures_executor::block_on`), inside that runtime's context (the pool's timeouts and the
+//! connection tasks it spawns are that runtime's). So the store works from any thread. A
+//! server calls it only off its one thread ([`SessionStore::loads_wait`]). No TLS: a server
+//! on this machine or on a private network.
 //!
 //! Every wait is bounded: connecting (2 s), a statement and a row lock (10 s, by the server),
 //! a silent peer (TCP keepalives and `TCP_USER_TIMEOUT` on our side, 10 s; `tcp_keepalives_*`
 //! on the server's, so a holder that vanished loses its advisory lock), a free connection
-//! ([`MAX_CONNECTIONS`] per store, 5 s).
+//! ([`MAX_CONNECTIONS`] per store, [`CONNECTION_WAIT`], or a lock's own deadline).
+//!
+//! A request lock (`request` locking) is a session-level advisory lock, waited for by the
+//! server (`pg_advisory_lock` under `SET LOCAL lock_timeout`, not a poll), held by a
+//! connection of the pool for as long as the request runs. That connection also reads and
+//! writes the session for its holder ([`Database::read`] and the rest with the lease), so
+//! however many requests wait for the lock, holding connections or waiting for one, the
+//! holder never needs another connection to finish.
+//!
+//! [`SessionStore::loads_wait`]: crate::SessionStore::loads_wait
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_executor::block_on;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::{
-    Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version,
-    wait_or_time_out,
-};
+use super::{Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version};
 use crate::key::SessionKey;
 use crate::store::{Lease, LeaseIssuer, StoreError, locked};
 
@@ -37,8 +47,13 @@ const SESSION_SETUP: &str = "SET statement_timeout = 10000; SET lock_timeout = 1
      SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; SET TIME ZONE 'UTC'";
 /// Connections one store opens at most (idle, in use, and holding request locks).
 pub(super) const MAX_CONNECTIONS: usize = 16;
-/// How long a caller waits for a free connection before 503.
+/// How long a caller waits for a free connection before 503 (a lock's waiter: at most
+/// until its own deadline).
 const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+/// PostgreSQL's SQLSTATE for a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// PostgreSQL's SQLSTATE for a statement cancelled (`statement_timeout`).
+const QUERY_CANCELED: &str = "57014";
 
 /// The runtime that drives every connection's I/O, on a thread of its own, started once.
 fn io_runtime() -> Result<&'static Handle, StoreError> {
@@ -62,133 +77,104 @@ fn io_runtime() -> Result<&'static Handle, StoreError> {
         })
 }
 
-/// Connections, made when needed, kept for reuse, at most [`MAX_CONNECTIONS`] open.
+/// Waits for `future` on this thread, in the I/O runtime's context.
+fn block_on<F: Future>(future: F) -> F::Output {
+    // Without the runtime (it could not start) the pool's timers would panic: none is
+    // made then, since `Postgres::open` fails first.
+    let _context = io_runtime().ok().map(Handle::enter);
+    futures_executor::block_on(future)
+}
+
+/// The pool, and the connections lent to request locks.
 struct Pool {
-    config: Config,
-    idle: Mutex<Vec<Client>>,
-    /// Connections open (idle or not).
-    open: Mutex<usize>,
-    freed: Condvar,
+    pool: deadpool_postgres::Pool,
+    /// Connections holding a request lock, by the lease's token: the holder's reads and
+    /// writes go through it.
+    leased: Mutex<HashMap<String, Object>>,
     shown: String,
 }
 
 impl Pool {
-    /// Opens a connection; the caller holds a slot for it.
-    fn connect(&self) -> Result<Client, StoreError> {
-        let config = self.config.clone();
-        let connected = block_on(io_runtime()?.spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            // The connection's I/O: it ends when the client is dropped or the server goes.
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok::<_, tokio_postgres::Error>(client)
-        }));
-        let client = match connected {
-            Ok(client) => client.map_err(|e| backend(&self.shown, "connect", e))?,
-            Err(e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: the connection task failed: {e}",
-                    self.shown
-                )));
-            }
+    /// A connection, waiting at most `wait` for one to be free.
+    fn get_within(&self, wait: Duration) -> Result<Object, PoolWait> {
+        let timeouts = Timeouts {
+            wait: Some(wait),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
         };
-        block_on(client.batch_execute(SESSION_SETUP))
-            .map_err(|e| backend(&self.shown, "connect", e))?;
-        Ok(client)
+        block_on(self.pool.timeout_get(&timeouts)).map_err(|e| match e {
+            PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => PoolWait::Busy,
+            PoolError::Backend(e) => PoolWait::Failed(backend(&self.shown, "connect", e)),
+            other => PoolWait::Failed(StoreError::Unavailable(format!(
+                "{}: cannot connect: {other}",
+                self.shown
+            ))),
+        })
     }
 
-    /// A slot for one more connection, waiting at most [`CONNECTION_WAIT`].
-    fn take_slot(&self) -> Result<(), StoreError> {
-        let deadline = Instant::now() + CONNECTION_WAIT;
-        let mut open = locked(&self.open);
-        while *open >= MAX_CONNECTIONS {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StoreError::Unavailable(format!(
-                    "{}: all {MAX_CONNECTIONS} connections busy for {} s",
-                    self.shown,
-                    CONNECTION_WAIT.as_secs()
-                )));
-            }
-            open = match self.freed.wait_timeout(open, deadline - now) {
-                Ok((g, _)) => g,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        *open += 1;
-        Ok(())
+    /// A connection within [`CONNECTION_WAIT`].
+    fn get(&self) -> Result<Object, StoreError> {
+        self.get_within(CONNECTION_WAIT).map_err(|e| match e {
+            PoolWait::Busy => StoreError::Unavailable(format!(
+                "{}: all {MAX_CONNECTIONS} connections busy for {} s",
+                self.shown,
+                CONNECTION_WAIT.as_secs()
+            )),
+            PoolWait::Failed(e) => e,
+        })
     }
 
-    /// A connection gone (closed, broken, or not kept): its slot is free.
-    fn discard(&self, client: Client) {
-        drop(client);
-        let mut open = locked(&self.open);
-        *open = open.saturating_sub(1);
-        self.freed.notify_one();
-    }
-
-    /// An idle connection, or a new one; `true` if it was reused.
-    fn get(&self) -> Result<(Client, bool), StoreError> {
-        loop {
-            let reused = locked(&self.idle).pop();
-            match reused {
-                Some(client) if !client.is_closed() => return Ok((client, true)),
-                Some(closed) => self.discard(closed),
-                None => break,
-            }
-        }
-        self.take_slot()?;
-        match self.connect() {
-            Ok(client) => Ok((client, false)),
-            Err(e) => {
-                let mut open = locked(&self.open);
-                *open = open.saturating_sub(1);
-                self.freed.notify_one();
-                Err(e)
-            }
-        }
-    }
-
-    /// Gives a connection back for reuse (a closed one frees its slot).
-    fn put(&self, client: Client) {
-        if client.is_closed() {
-            self.discard(client);
-        } else {
-            locked(&self.idle).push(client);
-            self.freed.notify_one();
-        }
-    }
-
-    /// Runs `f` on a connection. `retry`: if `f` fails on a reused connection that turns
-    /// out to be closed (the server restarted), `f` runs once more on a new one; only for
-    /// what is safe to run twice.
+    /// Runs `f` on the connection `lease` holds, if it holds one; else on one of the pool.
+    /// `retry`: if `f` fails on a pooled connection that turns out to be closed (the server
+    /// restarted), `f` runs once more on a new one; only for what is safe to run twice.
     fn run<T>(
         &self,
         what: &'static str,
         retry: bool,
+        lease: Option<&Lease>,
         f: impl Fn(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        let (client, reused) = self.get()?;
+        if let Some(client) = lease.and_then(|l| self.lent(l)) {
+            let result = f(&client).map_err(|e| match (client.is_closed(), lease) {
+                // The lock's connection ended, and the lock with it.
+                (true, Some(lease)) => lost_lock(lease.session()),
+                _ => backend(&self.shown, what, e),
+            });
+            self.give_back(lease, client);
+            return result;
+        }
+        let client = self.get()?;
         match f(&client) {
-            Ok(v) => {
-                self.put(client);
-                Ok(v)
-            }
-            Err(e) if retry && reused && client.is_closed() => {
-                self.discard(client);
+            Ok(v) => Ok(v),
+            Err(e) if retry && client.is_closed() => {
                 drop(e);
-                let (fresh, _) = self.get()?;
-                let r = f(&fresh).map_err(|e| backend(&self.shown, what, e));
-                self.put(fresh);
-                r
+                drop(Object::take(client));
+                let fresh = self.get()?;
+                f(&fresh).map_err(|e| backend(&self.shown, what, e))
             }
-            Err(e) => {
-                self.put(client);
-                Err(backend(&self.shown, what, e))
-            }
+            Err(e) => Err(backend(&self.shown, what, e)),
         }
     }
+
+    /// The connection a lease holds, taken out while it is used.
+    fn lent(&self, lease: &Lease) -> Option<Object> {
+        locked(&self.leased).remove(lease.token())
+    }
+
+    /// Puts back the connection [`lent`](Pool::lent) took.
+    fn give_back(&self, lease: Option<&Lease>, client: Object) {
+        if let Some(lease) = lease {
+            locked(&self.leased).insert(lease.token().to_owned(), client);
+        }
+    }
+}
+
+/// Why no connection came.
+enum PoolWait {
+    /// Every connection stayed busy for the wait.
+    Busy,
+    /// Connecting failed.
+    Failed(StoreError),
 }
 
 fn backend(shown: &str, what: &str, e: tokio_postgres::Error) -> StoreError {
@@ -246,12 +232,40 @@ impl Postgres {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
-        let pool = Pool {
+        let manager = Manager::from_config(
             config,
-            idle: Mutex::new(Vec::new()),
-            open: Mutex::new(0),
-            freed: Condvar::new(),
-            shown: format!("PostgreSQL at {shown}"),
+            NoTls,
+            ManagerConfig {
+                // A connection that is closed is replaced; nothing else is asked of it.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let setup = deadpool_postgres::Hook::async_fn(
+            |client: &mut deadpool_postgres::ClientWrapper, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(SESSION_SETUP)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            },
+        );
+        let shown = format!("PostgreSQL at {shown}");
+        let built = {
+            let _context = io_runtime()?.enter();
+            deadpool_postgres::Pool::builder(manager)
+                .max_size(MAX_CONNECTIONS)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(CONNECTION_WAIT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .post_create(setup)
+                .build()
+        };
+        let pool = Pool {
+            pool: built.map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))?,
+            leased: Mutex::new(HashMap::new()),
+            shown,
         };
         let schema_lock = class_of("filesession_schema");
         let create_table = format!(
@@ -263,7 +277,7 @@ impl Postgres {
         );
         // One creator at a time (an advisory lock for the transaction), and a table that
         // exists without our version row is someone else's: never adopted.
-        let found: Option<i32> = pool.run("create the session table", false, |c| {
+        let found: Option<i32> = pool.run("create the session table", false, None, |c| {
             block_on(async {
                 c.batch_execute("BEGIN").await?;
                 let done = async {
@@ -339,13 +353,13 @@ fn row_of(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
 }
 
 impl Database for Postgres {
-    fn read(&self, key: &SessionKey) -> Result<Option<Row>, StoreError> {
+    fn read(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<Option<Row>, StoreError> {
         let sql = format!(
             "SELECT session_data, expire_date FROM {} WHERE session_key = $1",
             self.table
         );
         let key = key.to_string();
-        self.pool.run("load a session", true, |c| {
+        self.pool.run("load a session", true, lease, |c| {
             block_on(c.query_opt(&sql, &[&key]))?
                 .as_ref()
                 .map(row_of)
@@ -360,7 +374,7 @@ impl Database for Postgres {
             self.table
         );
         let key = key.to_string();
-        let n = self.pool.run("create a session", false, |c| {
+        let n = self.pool.run("create a session", false, None, |c| {
             block_on(c.execute(&sql, &[&key, &row.document, &row.expires_at]))
         })?;
         Ok(n == 1)
@@ -372,90 +386,39 @@ impl Database for Postgres {
         lease: Option<&Lease>,
         decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
     ) -> Result<bool, StoreError> {
-        let table = &self.table;
-        let key_text = key.to_string();
         let shown = &self.pool.shown;
         let fail = |e| backend(shown, "save a session", e);
-        let (mut client, _) = self.pool.get()?;
-        let outcome = (|| {
-            // Dropped without commit (an error, a refusal), the transaction rolls back.
-            let tx = block_on(client.transaction()).map_err(fail)?;
-            if let Some(lease) = lease {
-                // The lock is still ours: its connection (the lease's token is its backend
-                // pid) holds it. A lock lost with its connection writes nothing.
-                let holder: i32 = lease.token().parse().unwrap_or(0);
-                let held = block_on(tx.query_one(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                     AND objsubid = 2 AND classid::bigint = $1 AND objid::bigint = $2 \
-                     AND pid = $3",
-                    &[&as_oid(self.lock_class), &as_oid(object_of(key)), &holder],
-                ))
-                .and_then(|r| r.try_get::<_, i64>(0))
-                .map_err(fail)?;
-                if held == 0 {
-                    return Err(lost_lock(key));
-                }
+        // The holder's own connection (the one holding its lock), or one of the pool.
+        let lent = lease.and_then(|l| self.pool.lent(l));
+        let was_lent = lent.is_some();
+        let mut client = match lent {
+            Some(client) => client,
+            None => self.pool.get()?,
+        };
+        let mut outcome = self.update_on(&mut client, key, lease, decide, &fail);
+        if was_lent {
+            if outcome.is_err() && client.is_closed() {
+                // The lock's connection ended, and the lock with it: nothing was written.
+                outcome = Err(lost_lock(key));
             }
-            let row = block_on(tx.query_opt(
-                &format!(
-                    "SELECT session_data, expire_date FROM {table} \
-                     WHERE session_key = $1 FOR UPDATE"
-                ),
-                &[&key_text],
-            ))
-            .map_err(fail)?;
-            let row = row.as_ref().map(row_of).transpose().map_err(fail)?;
-            match decide(row)? {
-                Change::Keep => return Ok(true),
-                Change::Write(row) => {
-                    block_on(tx.execute(
-                        &format!(
-                            "UPDATE {table} SET session_data = $2, expire_date = $3 \
-                             WHERE session_key = $1"
-                        ),
-                        &[&key_text, &row.document, &row.expires_at],
-                    ))
-                    .map_err(fail)?;
-                }
-                Change::Move(new_key, row) => {
-                    let inserted = block_on(tx.execute(
-                        &format!(
-                            "INSERT INTO {table} (session_key, session_data, expire_date) \
-                             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-                        ),
-                        &[&new_key.to_string(), &row.document, &row.expires_at],
-                    ))
-                    .map_err(fail)?;
-                    if inserted == 0 {
-                        return Ok(false);
-                    }
-                    block_on(tx.execute(
-                        &format!("DELETE FROM {table} WHERE session_key = $1"),
-                        &[&key_text],
-                    ))
-                    .map_err(fail)?;
-                }
-            }
-            block_on(tx.commit()).map_err(fail)?;
-            Ok(true)
-        })();
-        self.pool.put(client);
+            self.pool.give_back(lease, client);
+        }
         outcome
     }
 
-    fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+    fn delete(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE session_key = $1", self.table);
         let key = key.to_string();
-        self.pool.run("delete a session", true, |c| {
+        self.pool.run("delete a session", true, lease, |c| {
             block_on(c.execute(&sql, &[&key]))
         })?;
         Ok(())
     }
 
-    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    fn exists(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<bool, StoreError> {
         let sql = format!("SELECT 1 FROM {} WHERE session_key = $1", self.table);
         let key = key.to_string();
-        self.pool.run("look a session up", true, |c| {
+        self.pool.run("look a session up", true, lease, |c| {
             block_on(c.query_opt(&sql, &[&key])).map(|r| r.is_some())
         })
     }
@@ -469,14 +432,14 @@ impl Database for Postgres {
              (SELECT session_key FROM {table} WHERE expire_date <= $1 LIMIT $2)"
         );
         let batch = i64::from(batch);
-        self.pool.run("delete expired sessions", true, |c| {
+        self.pool.run("delete expired sessions", true, None, |c| {
             block_on(c.execute(&sql, &[&now, &batch]))
         })
     }
 
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {} WHERE expire_date > $1", self.table);
-        let n: i64 = self.pool.run("count sessions", true, |c| {
+        let n: i64 = self.pool.run("count sessions", true, None, |c| {
             block_on(c.query_one(&sql, &[&now]))?.try_get(0)
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -495,45 +458,162 @@ impl Database for Postgres {
     ) -> Result<Lease, StoreError> {
         // A session-level advisory lock lives as long as its connection: this connection
         // stays with the lease until it is released (then it goes back to the pool), and a
-        // holder that dies releases it with its connection.
+        // holder that dies releases it with its connection. The wait is the server's
+        // (`pg_advisory_lock` under `lock_timeout`), not a poll.
         let (class, object) = (self.lock_class, object_of(key));
-        let (client, _) = self.pool.get()?;
         let start = Instant::now();
-        let pid = loop {
-            let taken = block_on(client.query_one(
+        let timed_out = || StoreError::LockTimeout {
+            key: *key,
+            waited: start.elapsed(),
+        };
+        // A connection within the lock's own deadline: waiting for one is waiting for it.
+        let client = match self.pool.get_within(wait.max(Duration::from_millis(1))) {
+            Ok(client) => client,
+            Err(PoolWait::Busy) => return Err(timed_out()),
+            Err(PoolWait::Failed(e)) => return Err(e),
+        };
+        let left = wait.saturating_sub(start.elapsed());
+        let taken = if left.is_zero() {
+            block_on(client.query_one(
                 "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
                 &[&class, &object],
             ))
-            .and_then(|r| Ok((r.try_get::<_, bool>(0)?, r.try_get::<_, i32>(1)?)));
-            match taken {
-                Ok((true, pid)) => break pid,
-                Ok((false, _)) => {}
-                Err(e) => {
-                    self.pool.put(client);
-                    return Err(backend(&self.pool.shown, "take a session lock", e));
-                }
+            .and_then(|r| Ok((r.try_get::<_, bool>(0)?, r.try_get::<_, i32>(1)?)))
+        } else {
+            let millis = left.as_millis().max(1);
+            block_on(async {
+                // SET LOCAL: the timeouts end with this transaction; the session-level lock
+                // taken in it outlives it.
+                client
+                    .batch_execute(&format!(
+                        "BEGIN; SET LOCAL lock_timeout = {millis}; \
+                         SET LOCAL statement_timeout = {}",
+                        millis + 1_000
+                    ))
+                    .await?;
+                let row = client
+                    .query_one(
+                        "SELECT pg_advisory_lock($1, $2), pg_backend_pid()",
+                        &[&class, &object],
+                    )
+                    .await;
+                let end = if row.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                client.batch_execute(end).await?;
+                row.and_then(|r| Ok((true, r.try_get::<_, i32>(1)?)))
+            })
+        };
+        let pid = match taken {
+            Ok((true, pid)) => pid,
+            Ok((false, _)) => return Err(timed_out()),
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    c.code() == LOCK_NOT_AVAILABLE || c.code() == QUERY_CANCELED
+                }) =>
+            {
+                return Err(timed_out());
             }
-            if let Err(timeout) = wait_or_time_out(key, start, wait) {
-                self.pool.put(client);
-                return Err(timeout);
+            Err(e) => {
+                if client.is_closed() {
+                    drop(Object::take(client));
+                }
+                return Err(backend(&self.pool.shown, "take a session lock", e));
             }
         };
+        // The token is the backend's pid: the save checks in pg_locks that it still holds
+        // the lock. The connection is lent to the lease until it is released.
+        let token = pid.to_string();
+        locked(&self.pool.leased).insert(token.clone(), client);
         let pool = Arc::clone(&self.pool);
-        Ok(Lease::new(issuer, *key, pid.to_string(), move |key, _| {
+        Ok(Lease::new(issuer, *key, token, move |key, token| {
+            let Some(client) = locked(&pool.leased).remove(token) else {
+                return;
+            };
             let unlock =
                 block_on(client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]));
-            match unlock {
-                Ok(_) => pool.put(client),
+            if let Err(e) = unlock {
                 // Closing the connection ends its session, which releases the lock.
-                Err(e) => {
-                    log::warn!(
-                        "{}: cannot release the lock of session {}: {e}; closing its connection",
-                        pool.shown,
-                        key.short()
-                    );
-                    pool.discard(client);
-                }
+                log::warn!(
+                    "{}: cannot release the lock of session {}: {e}; closing its connection",
+                    pool.shown,
+                    key.short()
+                );
+                drop(Object::take(client));
             }
         }))
+    }
+}
+
+impl Postgres {
+    /// The transaction of [`Database::update`] on `client`.
+    fn update_on(
+        &self,
+        client: &mut Object,
+        key: &SessionKey,
+        lease: Option<&Lease>,
+        decide: &mut dyn FnMut(Option<Row>) -> Result<Change, StoreError>,
+        fail: &dyn Fn(tokio_postgres::Error) -> StoreError,
+    ) -> Result<bool, StoreError> {
+        let table = &self.table;
+        let key_text = key.to_string();
+        // Dropped without commit (an error, a refusal), the transaction rolls back.
+        let tx = block_on(client.transaction()).map_err(fail)?;
+        if let Some(lease) = lease {
+            // The lock is still ours: its connection (the lease's token is its backend
+            // pid) holds it. A lock lost with its connection writes nothing.
+            let holder: i32 = lease.token().parse().unwrap_or(0);
+            let held = block_on(tx.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND objsubid = 2 AND classid::bigint = $1 AND objid::bigint = $2 \
+                 AND pid = $3",
+                &[&as_oid(self.lock_class), &as_oid(object_of(key)), &holder],
+            ))
+            .and_then(|r| r.try_get::<_, i64>(0))
+            .map_err(fail)?;
+            if held == 0 {
+                return Err(lost_lock(key));
+            }
+        }
+        let row = block_on(tx.query_opt(
+            &format!(
+                "SELECT session_data, expire_date FROM {table} \
+                 WHERE session_key = $1 FOR UPDATE"
+            ),
+            &[&key_text],
+        ))
+        .map_err(fail)?;
+        let row = row.as_ref().map(row_of).transpose().map_err(fail)?;
+        match decide(row)? {
+            Change::Keep => return Ok(true),
+            Change::Write(row) => {
+                block_on(tx.execute(
+                    &format!(
+                        "UPDATE {table} SET session_data = $2, expire_date = $3 \
+                         WHERE session_key = $1"
+                    ),
+                    &[&key_text, &row.document, &row.expires_at],
+                ))
+                .map_err(fail)?;
+            }
+            Change::Move(new_key, row) => {
+                let inserted = block_on(tx.execute(
+                    &format!(
+                        "INSERT INTO {table} (session_key, session_data, expire_date) \
+                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                    ),
+                    &[&new_key.to_string(), &row.document, &row.expires_at],
+                ))
+                .map_err(fail)?;
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                block_on(tx.execute(
+                    &format!("DELETE FROM {table} WHERE session_key = $1"),
+                    &[&key_text],
+                ))
+                .map_err(fail)?;
+            }
+        }
+        block_on(tx.commit()).map_err(fail)?;
+        Ok(true)
     }
 }

@@ -335,7 +335,7 @@ impl Database for Sqlite {
             .store(millis_of(timeout), std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn read(&self, key: &SessionKey) -> Result<Option<Row>, StoreError> {
+    fn read(&self, key: &SessionKey, _: Option<&Lease>) -> Result<Option<Row>, StoreError> {
         let sql = format!(
             "SELECT session_data, expire_date FROM {} WHERE session_key = ?1",
             self.table
@@ -444,7 +444,7 @@ impl Database for Sqlite {
         decided.map(|()| applied)
     }
 
-    fn delete(&self, key: &SessionKey) -> Result<(), StoreError> {
+    fn delete(&self, key: &SessionKey, _: Option<&Lease>) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE session_key = ?1", self.table);
         let key = key.to_string();
         self.inner
@@ -452,7 +452,7 @@ impl Database for Sqlite {
         Ok(())
     }
 
-    fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+    fn exists(&self, key: &SessionKey, _: Option<&Lease>) -> Result<bool, StoreError> {
         let sql = format!("SELECT 1 FROM {} WHERE session_key = ?1", self.table);
         let key = key.to_string();
         let found: Option<i64> = self.inner.run("look a session up", |c| {

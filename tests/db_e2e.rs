@@ -186,6 +186,42 @@ mod postgres {
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
+    /// PostgreSQL 5 ms away each way: 8 clients writing 8 sessions overlap their round trips
+    /// (the store's pool, used off the server's one thread), and the cookieless page is
+    /// served meanwhile.
+    #[test]
+    fn requests_to_a_distant_postgresql_overlap_and_hold_up_nothing_else() {
+        let Some(table) = Table::new() else { return };
+        let upstream: std::net::SocketAddr = url::Url::parse(&url())
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port()?)))
+            .and_then(|a| a.parse().ok())
+            .expect("FILESESSION_POSTGRES_URL names a host and a port");
+        let proxy = common::DelayProxy::start(upstream, Duration::from_millis(5));
+        let mut through = url::Url::parse(&url()).unwrap();
+        through.set_port(Some(proxy.addr.port())).unwrap();
+        let server = TestServer::start(&[
+            ("SESSION_ENGINE", "db"),
+            ("DATABASE_URL", through.as_str()),
+            ("SESSION_DB_TABLE", &table.0),
+        ]);
+        let (writes, pages) = common::sessions_written_through(&server, 8, Duration::from_secs(3));
+        let (alone, _) = common::sessions_written_through(&server, 1, Duration::from_secs(3));
+        let median = pages[pages.len() / 2];
+        eprintln!(
+            "db_e2e/distant-postgresql: {writes} writes in 3 s by 8 clients ({:.1}x one client's {alone}); at most {} store \
+             requests in flight at once; the page (no store) p50 {median:?}, max {:?}",
+            writes as f64 / alone.max(1) as f64,
+            proxy.most_in_flight(),
+            pages.last().copied().unwrap_or_default()
+        );
+        assert!(
+            proxy.most_in_flight() >= 4,
+            "{} in flight",
+            proxy.most_in_flight()
+        );
+    }
+
     fn url() -> String {
         std::env::var("FILESESSION_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5439/postgres".to_owned())

@@ -323,3 +323,35 @@ fn a_holder_killed_mid_request_frees_its_redis_session_at_once() {
     let loaded = loaded.expect("taken within the 3 s lock timeout, not after the 21 s lease");
     assert!(loaded.is_some_and(|l| l.lock.is_some()));
 }
+
+/// Redis 5 ms away each way (a proxy that delays every chunk): 8 clients writing 8 sessions
+/// overlap their round trips (issue 23: one connection behind a mutex, on the server's one
+/// thread, let one store request out at a time), and the cookieless page, which needs no
+/// store, is served meanwhile.
+#[cfg(feature = "redis")]
+#[test]
+fn requests_to_a_distant_redis_overlap_and_hold_up_nothing_else() {
+    let Some(redis) = redis_or_skip() else { return };
+    let upstream = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let proxy = common::DelayProxy::start(upstream, Duration::from_millis(5));
+    let server = TestServer::start(&[
+        ("SESSION_ENGINE", "redis"),
+        ("SESSION_REDIS_URL", &format!("redis://{}/0", proxy.addr)),
+    ]);
+    let (writes, pages) = common::sessions_written_through(&server, 8, Duration::from_secs(3));
+    let (alone, _) = common::sessions_written_through(&server, 1, Duration::from_secs(3));
+    let median = pages[pages.len() / 2];
+    eprintln!(
+        "redis_e2e/distant: {writes} writes in 3 s by 8 clients ({:.1}x one client's {alone}); at most {} store requests in \
+         flight at once; the page (no store) p50 {median:?}, max {:?}",
+        writes as f64 / alone.max(1) as f64,
+        proxy.most_in_flight(),
+        pages.last().copied().unwrap_or_default()
+    );
+    assert!(
+        proxy.most_in_flight() >= 4,
+        "{} in flight",
+        proxy.most_in_flight()
+    );
+    assert!(proxy.in_flight() <= 8);
+}

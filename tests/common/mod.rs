@@ -615,3 +615,128 @@ pub fn request_counter_is_exact(a: &TestServer, b: &TestServer) {
         .unwrap();
     assert_eq!(json_body(r)["data"]["n"], serde_json::json!(100));
 }
+
+/// A TCP proxy that delays every chunk it forwards, each way, and counts the store requests
+/// in flight through it: a connection whose client has sent a chunk that the server has not
+/// answered yet. What a store a network away looks like, to see requests overlap.
+pub struct DelayProxy {
+    pub addr: SocketAddr,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DelayProxy {
+    /// Forwards 127.0.0.1:<free port> to `upstream`, `delay` each way.
+    pub fn start(upstream: SocketAddr, delay: Duration) -> DelayProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("its address");
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (flight, top) = (in_flight.clone(), most.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let awaiting = Arc::new(AtomicBool::new(false));
+                let pump = |mut from: TcpStream, mut to: TcpStream, request: bool| {
+                    let (flight, top, awaiting) = (flight.clone(), top.clone(), awaiting.clone());
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if request && !awaiting.swap(true, Ordering::SeqCst) {
+                                let now = flight.fetch_add(1, Ordering::SeqCst) + 1;
+                                top.fetch_max(now, Ordering::SeqCst);
+                            }
+                            std::thread::sleep(delay);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if !request && awaiting.swap(false, Ordering::SeqCst) {
+                                flight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        if awaiting.swap(false, Ordering::SeqCst) {
+                            flight.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                pump(client, server, true);
+                pump(s2, c2, false);
+            }
+        });
+        DelayProxy {
+            addr,
+            in_flight,
+            most,
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `clients` clients on as many sessions of `server` write for `run`; meanwhile a
+/// cookieless page is asked for again and again. Returns the writes done and the page's
+/// latencies, sorted.
+pub fn sessions_written_through(
+    server: &TestServer,
+    clients: usize,
+    run: Duration,
+) -> (usize, Vec<Duration>) {
+    let deadline = std::time::Instant::now() + run;
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..clients)
+            .map(|i| {
+                scope.spawn(move || {
+                    let a = agent();
+                    let mut writes = 0;
+                    while std::time::Instant::now() < deadline {
+                        let r = a
+                            .post(server.url("/api/session"))
+                            .header("Content-Type", "application/json")
+                            .send(format!(r#"{{"client": {i}, "n": {writes}}}"#))
+                            .expect("a write");
+                        assert_eq!(r.status(), 200, "client {i}");
+                        writes += 1;
+                    }
+                    writes
+                })
+            })
+            .collect();
+        let mut pages = Vec::new();
+        while std::time::Instant::now() < deadline {
+            let asked = std::time::Instant::now();
+            let r = agent().get(server.url("/")).call().expect("the page");
+            pages.push(asked.elapsed());
+            assert_eq!(r.status(), 200);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let writes = writers
+            .into_iter()
+            .map(|w| w.join().expect("a writer"))
+            .sum();
+        pages.sort();
+        (writes, pages)
+    })
+}

@@ -1,19 +1,152 @@
-//! The connection to Redis, shared with the request locks (which release themselves on
-//! drop), reconnected after a failure.
+//! The connections to Redis: a pool (r2d2) of plain connections with bounded connects and
+//! I/O, shared with the request locks (which release themselves on drop). Every call runs
+//! on a thread that may wait (a server calls the store only off its one thread), each on a
+//! connection of its own, so that requests of different sessions overlap their round trips.
 
 use super::*;
 
-/// The connection, shared with the locks (which release themselves on drop).
-pub(super) struct Shared {
+/// The most connections one store opens.
+pub(super) const MAX_CONNECTIONS: u32 = 16;
+/// How long a caller waits for a connection (a free one, or a new one to connect) before
+/// Redis counts as unavailable (503).
+const CONNECTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Makes the pool's connections: connect within [`CONNECT_TIMEOUT`], each command within
+/// [`IO_TIMEOUT`].
+pub(super) struct Connector {
     pub(super) client: redis::Client,
+}
+
+impl r2d2::ManageConnection for Connector {
+    type Connection = Connection;
+    type Error = RedisError;
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    /// Not asked at each checkout (a round trip per call): a broken one shows when used.
+    fn is_valid(&self, _: &mut Connection) -> RedisResult<()> {
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !redis::ConnectionLike::is_open(conn)
+    }
+}
+
+/// Keeps the pool's last connect error, so that a caller who got no connection is told
+/// Redis's own error (refused, a timeout, a wrong password), not only that none came.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LastError(Arc<Mutex<Option<RedisError>>>);
+
+impl r2d2::HandleError<RedisError> for LastError {
+    fn handle_error(&self, error: RedisError) {
+        *crate::store::locked(&self.0) = Some(error);
+    }
+}
+
+/// The pool, shared with the locks (which release themselves on drop).
+pub(super) struct Shared {
+    pub(super) pool: r2d2::Pool<Connector>,
+    /// The pool's last connect error.
+    pub(super) last_error: LastError,
     /// The URL without its password, for messages.
     pub(super) url: String,
-    pub(super) conn: Mutex<Option<Connection>>,
     /// The request locks held now, by lock key: their token and lease, renewed by the
     /// renewer thread while they are held.
     pub(super) held: Mutex<HashMap<String, (String, Duration)>>,
     /// Starts the renewer thread, once, at the first lock.
     pub(super) renewer: std::sync::Once,
+}
+
+impl Shared {
+    /// A pool of at most [`MAX_CONNECTIONS`] for `client`, none opened yet.
+    pub(super) fn pool(
+        client: redis::Client,
+        last_error: &LastError,
+    ) -> Result<r2d2::Pool<Connector>, String> {
+        r2d2::Pool::builder()
+            .max_size(MAX_CONNECTIONS)
+            .min_idle(Some(0))
+            .connection_timeout(CONNECTION_WAIT)
+            .test_on_check_out(false)
+            .error_handler(Box::new(last_error.clone()))
+            .build(Connector { client })
+            .map_err(|e| e.to_string())
+    }
+
+    /// A connection of the pool, within [`CONNECTION_WAIT`]; else Redis's own error (the
+    /// last connect's), or the pool's.
+    fn get(&self, what: &str) -> Result<r2d2::PooledConnection<Connector>, StoreError> {
+        self.pool.get().map_err(|e| {
+            let action = format!("Redis at {}: cannot {what}", self.url);
+            match crate::store::locked(&self.last_error.0).take() {
+                Some(redis) => StoreError::Backend {
+                    action,
+                    source: Box::new(redis),
+                },
+                None => StoreError::Backend {
+                    action,
+                    source: Box::new(e),
+                },
+            }
+        })
+    }
+
+    /// Runs `f` on a connection. A connection that fails with an I/O error is dropped (the
+    /// pool replaces it); `f` is retried once on another (Redis restarted, an idle
+    /// timeout): `f` must be safe to run twice.
+    pub(super) fn run<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run_with(what, true, f)
+    }
+
+    /// [`run`](Shared::run) without the retry, for what must not run twice (a cycle: the
+    /// first run may have moved the session already).
+    pub(super) fn run_once<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run_with(what, false, f)
+    }
+
+    pub(super) fn run_with<T>(
+        &self,
+        what: &str,
+        retry: bool,
+        f: impl Fn(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.get(what)?;
+        match f(&mut conn) {
+            Ok(v) => Ok(v),
+            Err(e) if broken(&e) && retry => {
+                drop(conn);
+                let mut fresh = self.get(what)?;
+                f(&mut fresh).map_err(|e| self.unavailable(what, e))
+            }
+            Err(e) => Err(self.unavailable(what, e)),
+        }
+    }
+
+    pub(super) fn unavailable(&self, what: &str, e: RedisError) -> StoreError {
+        StoreError::Backend {
+            action: format!("Redis at {}: cannot {what}", self.url),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Whether the error leaves the connection unusable.
+pub(super) fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Keeps the lease of a lock this process holds from running out while its request is still
@@ -54,13 +187,11 @@ fn renew_forever(shared: &std::sync::Weak<Shared>) {
         for (lock_key, token, lease) in held {
             let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
             let renewed = shared.run("renew a session lock", |conn| {
-                redis::cmd("EVAL")
-                    .arg(RENEW_SCRIPT)
-                    .arg(1)
-                    .arg(&lock_key)
+                RENEW
+                    .key(&lock_key)
                     .arg(&token)
                     .arg(lease_ms)
-                    .query::<i64>(conn)
+                    .invoke::<i64>(conn)
             });
             match renewed {
                 Ok(1) => {}
@@ -80,94 +211,6 @@ fn renew_forever(shared: &std::sync::Weak<Shared>) {
 /// How long the renewer first sleeps, and between rounds when no lock is held.
 const LEASE_RENEW_FIRST: Duration = Duration::from_millis(300);
 
-impl Shared {
-    pub(super) fn slot(&self) -> MutexGuard<'_, Option<Connection>> {
-        crate::store::locked(&self.conn)
-    }
-
-    pub(super) fn connect(&self) -> RedisResult<Connection> {
-        let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
-        conn.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(conn)
-    }
-
-    /// Runs `f` on the connection, connecting if needed. A connection that fails with an I/O
-    /// error is dropped; if it was an old one (Redis restarted, idle timeout), `f` is retried
-    /// once on a new one: `f` must be safe to run twice.
-    pub(super) fn run<T>(
-        &self,
-        what: &str,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        self.run_with(what, true, f)
-    }
-
-    /// [`run`](Shared::run) without the retry, for what must not run twice (a cycle: the
-    /// first run may have moved the session already).
-    pub(super) fn run_once<T>(
-        &self,
-        what: &str,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        self.run_with(what, false, f)
-    }
-
-    pub(super) fn run_with<T>(
-        &self,
-        what: &str,
-        retry: bool,
-        f: impl Fn(&mut Connection) -> RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let mut slot = self.slot();
-        let reused = slot.is_some();
-        let result = match slot.as_mut() {
-            Some(conn) => f(conn),
-            None => self.connect().and_then(|mut conn| {
-                let r = f(&mut conn);
-                *slot = Some(conn);
-                r
-            }),
-        };
-        match result {
-            Ok(v) => Ok(v),
-            Err(e) if broken(&e) => {
-                *slot = None;
-                if !reused || !retry {
-                    return Err(self.unavailable(what, e));
-                }
-                let mut conn = self.connect().map_err(|e| self.unavailable(what, e))?;
-                let r = f(&mut conn);
-                match r {
-                    Ok(v) => {
-                        *slot = Some(conn);
-                        Ok(v)
-                    }
-                    Err(e) => {
-                        if !broken(&e) {
-                            *slot = Some(conn);
-                        }
-                        Err(self.unavailable(what, e))
-                    }
-                }
-            }
-            Err(e) => Err(self.unavailable(what, e)),
-        }
-    }
-
-    pub(super) fn unavailable(&self, what: &str, e: RedisError) -> StoreError {
-        StoreError::Backend {
-            action: format!("Redis at {}: cannot {what}", self.url),
-            source: Box::new(e),
-        }
-    }
-}
-
-/// Whether the error leaves the connection unusable.
-pub(super) fn broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-}
-
 /// Releases a request lock: deletes `lock_key` only if it still holds `token` (a lease
 /// that outlived its expiry may be someone else's by now).
 pub(super) fn release(shared: &Shared, lock_key: &str, session: &SessionKey, token: &str) {
@@ -178,12 +221,7 @@ pub(super) fn release(shared: &Shared, lock_key: &str, session: &SessionKey, tok
         }
     }
     let result = shared.run("release a session lock", |conn| {
-        redis::cmd("EVAL")
-            .arg(UNLOCK_SCRIPT)
-            .arg(1)
-            .arg(lock_key)
-            .arg(token)
-            .query::<i64>(conn)
+        UNLOCK.key(lock_key).arg(token).invoke::<i64>(conn)
     });
     if let Err(e) = result {
         log::warn!(

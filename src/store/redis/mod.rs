@@ -15,7 +15,7 @@
 //! old rule until the next save; the rule stored is always the newest one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::{Connection, RedisError, RedisResult};
@@ -100,18 +100,28 @@ impl RedisStore {
             source: Box::new(e),
         };
         let client = redis::Client::open(url).map_err(unreachable)?;
+        let last_error = connection::LastError::default();
+        let pool = Shared::pool(client, &last_error).map_err(|e| {
+            StoreError::Unavailable(format!("Redis at {shown}: cannot make its pool: {e}"))
+        })?;
         let shared = Shared {
-            client,
+            pool,
+            last_error,
             url: shown.clone(),
-            conn: Mutex::new(None),
             held: Mutex::new(HashMap::new()),
             renewer: std::sync::Once::new(),
         };
-        let mut conn = shared.connect().map_err(unreachable)?;
-        redis::cmd("PING")
-            .query::<String>(&mut conn)
-            .map_err(unreachable)?;
-        *shared.slot() = Some(conn);
+        shared
+            .run("answer PING", |conn| {
+                redis::cmd("PING").query::<String>(conn)
+            })
+            .map_err(|e| match e {
+                StoreError::Backend { source, .. } => StoreError::Backend {
+                    action: format!("Redis at {shown} is unreachable"),
+                    source,
+                },
+                other => other,
+            })?;
         Ok(RedisStore {
             shared: Arc::new(shared),
             prefix: "filesession:".to_owned(),
@@ -165,14 +175,11 @@ impl RedisStore {
         let mut dead = String::new();
         loop {
             let taken = self.shared.run("take a session lock", |conn| {
-                redis::cmd("EVAL")
-                    .arg(LOCK_SCRIPT)
-                    .arg(1)
-                    .arg(&lock_key)
+                LOCK.key(&lock_key)
                     .arg(&token)
                     .arg(lease_ms)
                     .arg(&dead)
-                    .query::<i64>(conn)
+                    .invoke::<i64>(conn)
             })?;
             if taken == 1 {
                 if !dead.is_empty() {
@@ -224,11 +231,8 @@ impl RedisStore {
     fn read(&self, key: &SessionKey) -> Result<Option<Record>, StoreError> {
         let redis_key = self.redis_key(key);
         let found = self.shared.run("load a session", |conn| {
-            redis::cmd("EVAL")
-                .arg(LOAD_SCRIPT)
-                .arg(1)
-                .arg(&redis_key)
-                .query::<Option<(i64, Vec<String>)>>(conn)
+            LOAD.key(&redis_key)
+                .invoke::<Option<(i64, Vec<String>)>>(conn)
         })?;
         let Some((ttl, fields)) = found else {
             return Ok(None);
@@ -280,25 +284,24 @@ impl RedisStore {
         };
         let now = SystemTime::now();
         let expires_at = rule.date(now, changes.cookie_age());
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPLY_SCRIPT).arg(2 + usize::from(new.is_some()));
-        cmd.arg(self.lock_key(old)).arg(&old_key);
+        let mut call = APPLY.prepare_invoke();
+        call.key(self.lock_key(old)).key(&old_key);
         if let Some(new) = new {
-            cmd.arg(self.redis_key(new));
+            call.key(self.redis_key(new));
         }
-        cmd.arg(lease.map_or("", Lease::token))
+        call.arg(lease.map_or("", Lease::token))
             .arg(if changes.cleared() { "1" } else { "0" })
             .arg(epoch_ms(expires_at))
             .arg(expiry_json(&rule))
             .arg(if changes.expiry().is_some() { "1" } else { "0" })
             .arg(changes.removals().len());
         for name in changes.removals() {
-            cmd.arg(field_of(name));
+            call.arg(field_of(name));
         }
         for (name, value) in changes.writes() {
-            cmd.arg(field_of(name)).arg(value.to_string());
+            call.arg(field_of(name)).arg(value.to_string());
         }
-        let query = |conn: &mut Connection| cmd.query::<(i64, Vec<String>)>(conn);
+        let query = |conn: &mut Connection| call.invoke::<(i64, Vec<String>)>(conn);
         // A save is safe to run twice; a cycle is not (its first run may have moved the key).
         let (status, fields) = match new {
             None => self.shared.run("save a session", query)?,
@@ -354,12 +357,7 @@ impl SessionStore for RedisStore {
             let key = SessionKey::generate();
             let redis_key = self.redis_key(&key);
             let created = self.shared.run("create a session", |conn| {
-                redis::cmd("EVAL")
-                    .arg(CREATE_SCRIPT)
-                    .arg(1)
-                    .arg(&redis_key)
-                    .arg(&args)
-                    .query::<i64>(conn)
+                CREATE.key(&redis_key).arg(&args).invoke::<i64>(conn)
             })?;
             if created == 1 {
                 return Ok(key);

@@ -1,4 +1,22 @@
-//! The Lua scripts every change runs as (`EVAL`): each one atomic in Redis.
+//! The Lua scripts every change runs as: each one atomic in Redis, sent by its SHA-1
+//! (`EVALSHA`, `redis::Script`), and loaded first where Redis does not know it yet.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// [`LOAD_SCRIPT`].
+pub(super) static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD_SCRIPT));
+/// [`CREATE_SCRIPT`].
+pub(super) static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_SCRIPT));
+/// [`APPLY_SCRIPT`].
+pub(super) static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_SCRIPT));
+/// [`LOCK_SCRIPT`].
+pub(super) static LOCK: LazyLock<Script> = LazyLock::new(|| Script::new(LOCK_SCRIPT));
+/// [`RENEW_SCRIPT`].
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_SCRIPT));
+/// [`UNLOCK_SCRIPT`].
+pub(super) static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK_SCRIPT));
 
 /// `{PTTL, HGETALL}` of KEYS[1], or nil if it does not exist.
 pub(super) const LOAD_SCRIPT: &str = r"

@@ -1212,3 +1212,98 @@ fn request_locking_across_two_processes_on_postgresql_is_linearizable() {
         false,
     );
 }
+
+/// One server on SQLite: since the store is used off the server's one thread, requests of
+/// one process overlap too (issue 23).
+#[cfg(feature = "sqlite")]
+#[test]
+fn merge_locking_in_one_process_on_sqlite_is_linearizable() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("SESSION_ENGINE", "db"),
+        ("DATABASE_URL", &sqlite_url(&db) as &str),
+        ("SESSION_LOCKING", "merge"),
+    ];
+    let server = TestServer::start(&env);
+    run("merge locking, one process, SQLite", &[&server], false);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn merge_locking_in_one_process_on_postgresql_is_linearizable() {
+    let Some(table) = PgTable::new() else { return };
+    let env = [
+        ("SESSION_ENGINE", "db"),
+        ("DATABASE_URL", table.url.as_str()),
+        ("SESSION_DB_TABLE", table.name.as_str()),
+        ("SESSION_LOCKING", "merge"),
+    ];
+    let server = TestServer::start(&env);
+    run("merge locking, one process, PostgreSQL", &[&server], false);
+}
+
+/// Without `--features redis` the Redis histories are not compiled: say so.
+#[cfg(not(feature = "redis"))]
+#[test]
+fn redis_histories_are_not_compiled_without_their_feature() {
+    common::skip(
+        "redis history",
+        "not compiled (cargo test --features redis --test history, with a server at \
+         FILESESSION_REDIS_URL)",
+        "FILESESSION_REDIS_TEST",
+    );
+}
+
+/// The Redis at `FILESESSION_REDIS_URL` (default: the one `.ci/run` starts); unreachable,
+/// `SKIPPED` unless `FILESESSION_REDIS_TEST=require`. Sessions have random keys: tests may
+/// share it.
+#[cfg(feature = "redis")]
+fn redis_servers(mode: &str, count: usize) -> Option<Vec<TestServer>> {
+    let url = std::env::var("FILESESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
+    if let Err(e) = filesession::RedisStore::open(&url) {
+        common::skip("redis history", &e.to_string(), "FILESESSION_REDIS_TEST");
+        return None;
+    }
+    let env = [
+        ("SESSION_ENGINE", "redis"),
+        ("SESSION_REDIS_URL", url.as_str()),
+        ("SESSION_LOCKING", mode),
+    ];
+    Some((0..count).map(|_| TestServer::start(&env)).collect())
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn merge_locking_in_one_process_on_redis_is_linearizable() {
+    let Some(servers) = redis_servers("merge", 1) else {
+        return;
+    };
+    run("merge locking, one process, Redis", &[&servers[0]], false);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn merge_locking_across_two_processes_on_redis_is_linearizable_with_blind_deletes() {
+    let Some(servers) = redis_servers("merge", 2) else {
+        return;
+    };
+    run(
+        "merge locking, two processes, Redis",
+        &[&servers[0], &servers[1]],
+        true,
+    );
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn request_locking_across_two_processes_on_redis_is_linearizable() {
+    let Some(servers) = redis_servers("request", 2) else {
+        return;
+    };
+    run(
+        "request locking, two processes, Redis",
+        &[&servers[0], &servers[1]],
+        false,
+    );
+}

@@ -63,7 +63,6 @@ impl SessionKey {
     }
 
     /// The key's 16 bytes (122 of them random).
-    #[cfg(feature = "postgres")]
     pub(crate) fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }

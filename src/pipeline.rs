@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use crate::expiry::later;
-use crate::http::{Prepared, Ran, Request, Response};
+use crate::http::{Prepared, Ran, Request, Response, Turn};
 use crate::middleware::{CookieKey, SessionMiddleware, store_failure};
 use crate::router::{Handler, Routed, Router};
 use crate::session::Session;
@@ -75,6 +75,25 @@ impl App {
     /// The session middleware.
     pub fn middleware(&self) -> &SessionMiddleware {
         &self.middleware
+    }
+
+    /// Requests of one session take turns when the store is used off the one thread (its
+    /// loads or saves may wait): two of them must not read the same copy and both write it
+    /// back, which a `merge`-mode read-modify-write (a counter, "delete if present") would
+    /// lose, as it does across processes. One process then keeps the order and the
+    /// exactness it has when everything runs on its one thread. Each waits at most the lock
+    /// timeout for its turn (then 503). `None` for a request without a session cookie, and
+    /// for a store used on the thread.
+    pub fn turn(&self, request: &Request) -> Option<Turn> {
+        let store = self.middleware.store();
+        if !store.loads_wait() && !store.saves_wait() {
+            return None;
+        }
+        let key = self.middleware.cookie_key(request).key?;
+        Some(Turn {
+            key: u128::from_be_bytes(*key.as_bytes()),
+            wait: self.middleware.settings().lock_timeout,
+        })
     }
 
     /// Resolves the request without waiting: host and origin checks, route, the session

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::cleanup::Cleanup;
-use crate::http::{Limits, Prepared, Ran, Request, Service};
+use crate::http::{Limits, Prepared, Ran, Request, Service, Turn};
 use crate::pipeline::{App, Ticket};
 
 /// Stops a running [`Server`]: it stops accepting, finishes the request in hand, writes
@@ -172,6 +172,10 @@ struct Pipeline {
 
 impl Service for Pipeline {
     type Ticket = Ticket;
+
+    fn turn(&self, request: &Request) -> Option<Turn> {
+        self.app.turn(request)
+    }
 
     fn prepare(&self, request: &Request) -> Prepared<Ticket> {
         self.app.prepare(request)

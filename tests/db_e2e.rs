@@ -680,3 +680,34 @@ fn a_database_locked_by_another_process_holds_up_no_other_request() {
         .unwrap();
     assert_eq!(r.status(), 200, "writes go on once the lock is let go");
 }
+
+/// One server on SQLite, `merge` locking: the store is used off the server's one thread, so
+/// requests overlap; those of one session still take turns, so a read-modify-write (the
+/// visit counter) stays exact in one process, as it is on the file store.
+#[test]
+fn a_counter_in_one_process_on_sqlite_is_exact_in_merge_mode() {
+    let server = TestServer::start(&[("SESSION_ENGINE", "db")]);
+    let r = agent()
+        .post(server.url("/api/session/incr/n"))
+        .send_empty()
+        .unwrap();
+    let key = cookie_value(&set_cookies(&r)[0]);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    let r = post_as(&server.url("/api/session/incr/n"), &key, "");
+                    assert_eq!(r.status(), 200);
+                }
+            });
+        }
+    });
+    let r = agent()
+        .get(server.url("/api/session"))
+        .header("Cookie", format!("sessionid={key}"))
+        .call()
+        .unwrap();
+    let v: Value = serde_json::from_str(&body_of(r)).unwrap();
+    eprintln!("db_e2e/one-process-counter: n = {} of 401", v["data"]["n"]);
+    assert_eq!(v["data"]["n"], json!(401));
+}

@@ -25,4 +25,4 @@ pub use response::Response;
 pub use serve::{
     MAX_BLOCKING_THREADS, MAX_LOCK_WAITS, RESERVED_DESCRIPTORS, connection_cap, serve,
 };
-pub use service::{Finish, Prepared, Ran, Service, Wait};
+pub use service::{Finish, Prepared, Ran, Service, Turn, Wait};

@@ -7,6 +7,7 @@
 //! (the table in [`super::service`]).
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -31,7 +32,7 @@ use super::limits::Limits;
 use super::registry::{Conn, InRequest, Registry, Slot, client_key};
 use super::request::{Method, Request};
 use super::response::{Response, reason};
-use super::service::{Prepared, Ran, Service};
+use super::service::{Prepared, Ran, Service, Turn};
 
 /// Access-log lines are written at least this often (and whenever the server is idle).
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -56,6 +57,48 @@ struct Shared<S> {
     last_request: Cell<Instant>,
     /// [`MAX_LOCK_WAITS`] permits, one per [`Prepared::Wait`] on a blocking thread.
     lock_waits: tokio::sync::Semaphore,
+    /// The turns being taken ([`Service::turn`]), by key: a fair (first come, first served)
+    /// lock each, dropped once no request holds or waits for it.
+    turns: Turns,
+}
+
+/// The turns being taken, by key (one thread: `Rc`, `RefCell`).
+type Turns = Rc<RefCell<HashMap<u128, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// A request's turn ([`Service::turn`]), held until its answer is produced.
+struct TurnHeld {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: u128,
+    turns: Turns,
+}
+
+impl Drop for TurnHeld {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut turns = self.turns.borrow_mut();
+        // Only the map holds it: no request holds or waits for this turn.
+        if turns
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            turns.remove(&self.key);
+        }
+    }
+}
+
+/// Waits (without holding up the thread) for `turn`, at most its wait.
+async fn take_turn(turns: &Turns, turn: Turn) -> Option<TurnHeld> {
+    let lock = turns.borrow_mut().entry(turn.key).or_default().clone();
+    let mut held = TurnHeld {
+        guard: None,
+        key: turn.key,
+        turns: turns.clone(),
+    };
+    let guard = tokio::time::timeout(turn.wait, lock.lock_owned())
+        .await
+        .ok()?;
+    held.guard = Some(guard);
+    Some(held)
 }
 
 /// Serves `listener` with `service` on the calling thread until `stop` is set and `wake`
@@ -83,6 +126,7 @@ pub fn serve<S: Service>(
         limits,
         last_request: Cell::new(Instant::now()),
         lock_waits: tokio::sync::Semaphore::new(MAX_LOCK_WAITS),
+        turns: Rc::default(),
     });
     local.block_on(&runtime, accept_loop(listener, shared, stop, wake))
 }
@@ -332,6 +376,23 @@ async fn respond<S: Service>(
     }
     in_request.answering();
 
+    // Requests that must not overlap take turns (an async wait: the thread goes on).
+    let _turn = match shared.service.turn(&request) {
+        Some(turn) => match take_turn(&shared.turns, turn).await {
+            Some(held) => Some(held),
+            None => {
+                let mut busy = Response::error(
+                    &path,
+                    503,
+                    "The session is busy with other requests; gave up waiting. Try again.",
+                );
+                busy.add_header("Retry-After", "1");
+                access_log::log(&line, 503, busy.body().len());
+                return Ok(to_hyper(busy, false));
+            }
+        },
+        None => None,
+    };
     // Prepare on this thread; what may wait goes to a blocking thread, never this one.
     let (request, ticket) = match shared.service.prepare(&request) {
         Prepared::Ready(ticket) => (request, Ok(ticket)),

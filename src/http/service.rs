@@ -16,7 +16,9 @@
 //!
 //! So lock waiters cannot fill the pool: at least `MAX_BLOCKING_THREADS - MAX_LOCK_WAITS`
 //! threads stay for loads and saves. The answer is sent once the finish returns, so a
-//! request that begins after another's answer sees what it wrote.
+//! request that begins after another's answer sees what it wrote. Requests that must not
+//! overlap (two of one session) say so ([`Service::turn`]) and take turns, waiting for
+//! theirs off the thread (an async wait, at most [`Turn::wait`]).
 
 use std::time::Duration;
 
@@ -32,6 +34,17 @@ pub trait Service: 'static {
     /// What `prepare` hands on to `run` (such as a lock taken for the request, or the
     /// session read before the handler).
     type Ticket: Send + 'static;
+
+    /// Requests that must be answered one at a time, in the order they came, though their
+    /// work leaves the one thread (two requests of one session, whose store may wait, must
+    /// not read the same copy and both write it back): those with the same [`Turn::key`]
+    /// take turns, each waiting at most [`Turn::wait`] for its turn (then 503). Asked before
+    /// [`prepare`](Service::prepare). Default: none (work on the one thread takes turns by
+    /// itself).
+    fn turn(&self, request: &Request) -> Option<Turn> {
+        let _ = request;
+        None
+    }
 
     /// Called once the whole request (head and body) is read; never waits.
     fn prepare(&self, request: &Request) -> Prepared<Self::Ticket>;
@@ -52,6 +65,15 @@ pub trait Service: 'static {
 
     /// Called after each answer is produced (before it is written).
     fn after_request(&self) {}
+}
+
+/// Which requests take turns ([`Service::turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// Requests with the same key are answered one at a time, in arrival order.
+    pub key: u128,
+    /// The longest a request waits for its turn: then it is answered 503.
+    pub wait: Duration,
 }
 
 /// Work for a blocking thread before [`Service::run`]: its result goes to `run` (`Ok`) or is

@@ -158,9 +158,12 @@ pub struct Settings {
     /// `SESSION_DB_TABLE`: the table of [`Engine::Db`], created if missing. Default:
     /// `filesession_session` (never Django's `django_session`, whose rows are signed).
     pub db_table: String,
-    /// `SESSION_REDIS_URL`: the Redis of [`Engine::Redis`].
-    /// Default: `redis://127.0.0.1:6379/0`.
+    /// `SESSION_REDIS_URL`: the Redis of [`Engine::Redis`], and the cache of
+    /// [`Engine::CachedDb`]. Default: `redis://127.0.0.1:6379/0`.
     pub redis_url: String,
+    /// `SESSION_CACHE_TTL`: how long a session stays in the cache of [`Engine::CachedDb`]
+    /// at most (never past its end). Default: an hour.
+    pub cache_ttl: Duration,
     /// `SESSION_GC_INTERVAL`: how often the server starts a cleanup pass (expired sessions,
     /// leftovers of crashed writes), done a few milliseconds at a time between requests.
     /// Default: `None`, off, as Django (which leaves it to `clearsessions` from cron).
@@ -263,11 +266,14 @@ pub enum Engine {
     /// `db`: one row per session in the database at `DATABASE_URL` (SQLite, or PostgreSQL
     /// with the `postgres` feature), Django's default engine.
     Db,
+    /// `cached_db`: [`Engine::Db`] with a cache in the Redis at `SESSION_REDIS_URL` in
+    /// front (Django's `cached_db`); needs the `redis` feature.
+    CachedDb,
 }
 
 impl Engine {
-    /// Parses `file`, `db` or `redis` (also Django's `django.contrib.sessions.backends.file`
-    /// and `...backends.db`).
+    /// Parses `file`, `db`, `cached_db` or `redis` (also Django's
+    /// `django.contrib.sessions.backends.file`, `...backends.db` and `...backends.cached_db`).
     ///
     /// # Errors
     /// Any other value, with a message naming the setting.
@@ -276,8 +282,9 @@ impl Engine {
             "file" => Ok(Engine::File),
             "redis" => Ok(Engine::Redis),
             "db" => Ok(Engine::Db),
+            "cached_db" => Ok(Engine::CachedDb),
             _ => Err(format!(
-                "SESSION_ENGINE must be file, db or redis, not {text:?}"
+                "SESSION_ENGINE must be file, db, cached_db or redis, not {text:?}"
             )),
         }
     }
@@ -308,6 +315,7 @@ impl Default for Settings {
             database_url: DEFAULT_DATABASE_URL.into(),
             db_table: DEFAULT_DB_TABLE.into(),
             redis_url: DEFAULT_REDIS_URL.into(),
+            cache_ttl: Duration::from_secs(3600),
             allowed_hosts: DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
             csrf_trusted_origins: Vec::new(),
             secure_proxy_ssl_header: None,
@@ -372,6 +380,13 @@ impl Settings {
                 "SESSION_COOKIE_AGE is too large: {} seconds",
                 self.cookie_age.as_secs()
             ));
+        }
+        if self.engine == Engine::CachedDb && !cfg!(feature = "redis") {
+            return bad(
+                "SESSION_ENGINE=cached_db needs filesession built with the redis feature: \
+                 cargo run --features redis"
+                    .into(),
+            );
         }
         if self.engine == Engine::Redis && !cfg!(feature = "redis") {
             return bad(

@@ -60,7 +60,7 @@
 //! | the session (Django's `SessionBase`) | [`Session`], [`SessionKey`], [`Expiry`], [`SessionConfig`] |
 //! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`] |
 //! | the store contract ([`store`]) | [`SessionStore`] (storage), [`LockPreflight`] (waiting for a lock off the one thread), [`ExpiredDeletion`] (cleanup); [`store::open`]; [`Record`], [`ChangeSet`], [`SessionLock`], [`Lease`], [`Acquired`], [`StoreError`] |
-//! | stores | [`FileStore`] (the default), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` (feature `redis`) |
+//! | stores | [`FileStore`] (the default), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
 //!
@@ -161,5 +161,7 @@ pub use store::{
     LockPreflight, Merged, REFRESH_SLACK, Record, SessionLock, SessionStore, StoreError, Sweep,
     SweepCursor,
 };
+#[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
+pub use store::{CachedDbStore, DEFAULT_CACHE_TTL};
 #[cfg(feature = "signals")]
 pub use supervisor::Supervisor;

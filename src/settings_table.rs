@@ -299,8 +299,9 @@ pub static SETTINGS: &[Setting] = &[
         name: "SESSION_ENGINE",
         flag: "session-engine",
         default: "file",
-        help: "Where sessions live: file (one JSON file each), db (a row each in DATABASE_URL) \
-               or redis (needs --features redis).",
+        help: "Where sessions live: file (one JSON file each), db (a row each in DATABASE_URL), \
+               cached_db (db with SESSION_REDIS_URL as a cache in front) or redis (these two \
+               need --features redis).",
         boolean: false,
         set: |s, t| {
             s.engine = Engine::parse_setting(t)?;
@@ -312,6 +313,7 @@ pub static SETTINGS: &[Setting] = &[
                     Engine::File => "file",
                     Engine::Redis => "redis",
                     Engine::Db => "db",
+                    Engine::CachedDb => "cached_db",
                 }
                 .to_owned(),
             )
@@ -347,13 +349,30 @@ pub static SETTINGS: &[Setting] = &[
         name: "SESSION_REDIS_URL",
         flag: "session-redis-url",
         default: crate::config::DEFAULT_REDIS_URL,
-        help: "The Redis of SESSION_ENGINE=redis.",
+        help: "The Redis of SESSION_ENGINE=redis, and the cache of SESSION_ENGINE=cached_db.",
         boolean: false,
         set: |s, t| {
             t.clone_into(&mut s.redis_url);
             Ok(())
         },
         show: |s| Some(s.redis_url.clone()),
+    },
+    Setting {
+        name: "SESSION_CACHE_TTL",
+        flag: "session-cache-ttl",
+        default: "3600",
+        help: "SESSION_ENGINE=cached_db: how long a session stays in the cache at most, in \
+               seconds (never past its end), 1 to 31536000.",
+        boolean: false,
+        set: |s, t| {
+            let n = seconds(t)?;
+            if !(1..=31_536_000).contains(&n) {
+                return Err(format!("must be from 1 to 31536000 seconds, not {n}"));
+            }
+            s.cache_ttl = Duration::from_secs(n);
+            Ok(())
+        },
+        show: |s| Some(s.cache_ttl.as_secs().to_string()),
     },
     Setting {
         name: "ALLOWED_HOSTS",

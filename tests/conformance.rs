@@ -165,6 +165,37 @@ fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     })
 }
 
+/// `cached_db`: a SQLite file in a temp dir, with the Redis of the Redis cases as its cache
+/// (sessions have random keys: tests may share it).
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+fn cached_db(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let url = std::env::var("FILESESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+    let db = filesession::DbStore::open(&db_url, "filesession_session")
+        .expect("open SQLite")
+        .with_locking(locking)
+        .with_lock_timeout(lock_timeout);
+    match filesession::CachedDbStore::open(db, &url) {
+        Ok(store) => Some(Fixture {
+            store: Arc::new(store),
+            _dir: Some(dir),
+            _redis: None,
+            #[cfg(feature = "postgres")]
+            _table: None,
+        }),
+        Err(e) => {
+            common::skip(
+                "cached_db conformance",
+                &e.to_string(),
+                "FILESESSION_REDIS_TEST",
+            );
+            None
+        }
+    }
+}
+
 #[cfg(feature = "redis")]
 fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     let url = std::env::var("FILESESSION_REDIS_URL")
@@ -593,6 +624,8 @@ conformance!(sqlite);
 conformance!(postgres);
 #[cfg(feature = "redis")]
 conformance!(redis);
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+conformance!(cached_db);
 
 /// Without `--features postgres` the PostgreSQL cases are not compiled: say so where a plain
 /// `cargo test` shows it (`.ci/run` runs them with the feature and a server).

@@ -1307,3 +1307,70 @@ fn request_locking_across_two_processes_on_redis_is_linearizable() {
         false,
     );
 }
+
+/// `cached_db` servers: SQLite in a temp dir, the Redis of the Redis histories as the cache.
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+fn cached_db_servers(db: &tempfile::TempDir, mode: &str, count: usize) -> Option<Vec<TestServer>> {
+    let url = std::env::var("FILESESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
+    if let Err(e) = filesession::RedisStore::open(&url) {
+        common::skip(
+            "cached_db history",
+            &e.to_string(),
+            "FILESESSION_REDIS_TEST",
+        );
+        return None;
+    }
+    let database = sqlite_url(db);
+    let env = [
+        ("SESSION_ENGINE", "cached_db"),
+        ("DATABASE_URL", database.as_str()),
+        ("SESSION_REDIS_URL", url.as_str()),
+        ("SESSION_LOCKING", mode),
+    ];
+    Some((0..count).map(|_| TestServer::start(&env)).collect())
+}
+
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn merge_locking_in_one_process_on_cached_db_is_linearizable() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let Some(servers) = cached_db_servers(&db, "merge", 1) else {
+        return;
+    };
+    run(
+        "merge locking, one process, cached_db",
+        &[&servers[0]],
+        false,
+    );
+}
+
+/// Two processes, one filling the cache while the other writes: a copy read before a write
+/// never lands in the cache after it (the cache's write counter, `store::redis::cache`).
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn merge_locking_across_two_processes_on_cached_db_is_linearizable_with_blind_deletes() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let Some(servers) = cached_db_servers(&db, "merge", 2) else {
+        return;
+    };
+    run(
+        "merge locking, two processes, cached_db",
+        &[&servers[0], &servers[1]],
+        true,
+    );
+}
+
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn request_locking_across_two_processes_on_cached_db_is_linearizable() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let Some(servers) = cached_db_servers(&db, "request", 2) else {
+        return;
+    };
+    run(
+        "request locking, two processes, cached_db",
+        &[&servers[0], &servers[1]],
+        false,
+    );
+}

@@ -355,3 +355,137 @@ fn requests_to_a_distant_redis_overlap_and_hold_up_nothing_else() {
     );
     assert!(proxy.in_flight() <= 8);
 }
+
+/// `cached_db` (SQLite behind, this Redis in front) when its cache goes away: reads are
+/// served from the database (fresh), writes answer 503 and keep the cookie (a write the
+/// cache could not be told of could leave an older copy there), and once Redis is back
+/// writes go on and every read shows the last write.
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn cached_db_serves_reads_from_the_database_while_its_cache_is_down() {
+    let Some(redis) = redis_or_skip() else { return };
+    let port = redis.port;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+    let server = TestServer::start_in(
+        dir,
+        &[
+            ("SESSION_ENGINE", "cached_db"),
+            ("DATABASE_URL", &db),
+            ("SESSION_REDIS_URL", &redis.url()),
+        ],
+    );
+    assert!(
+        server.banner.contains("cached in Redis"),
+        "{}",
+        server.banner
+    );
+    let a = agent();
+    let post = |json: &str| {
+        a.post(server.url("/api/session"))
+            .header("Content-Type", "application/json")
+            .send(json)
+            .unwrap()
+    };
+    let read = || -> serde_json::Value {
+        let mut r = a.get(server.url("/api/session")).call().unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    assert_eq!(post(r#"{"n": 1}"#).status(), 200);
+    assert_eq!(read()["data"]["n"], 1, "read, and now cached");
+    assert_eq!(post(r#"{"n": 2}"#).status(), 200);
+    assert_eq!(read()["data"]["n"], 2, "the write dropped the cached copy");
+
+    drop(redis);
+    assert_eq!(
+        read()["data"]["n"],
+        2,
+        "from the database while the cache is down"
+    );
+    let r = post(r#"{"n": 3}"#);
+    assert_eq!(r.status(), 503, "a write the cache cannot be told of");
+    assert!(set_cookies(&r).is_empty(), "the cookie is kept");
+    assert_eq!(read()["data"]["n"], 2, "nothing was written");
+
+    let _redis = Redis::start_on(port).expect("restart redis");
+    let started = Instant::now();
+    while post(r#"{"n": 4}"#).status() != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read()["data"]["n"], 4);
+    assert_eq!(read()["data"]["n"], 4, "and from the cache");
+}
+
+/// The race the cache's write counter exists for, made to happen: server A's cache is
+/// 150 ms away each way (a delaying proxy), so between A's read of the database and its
+/// filling of the cache, server B writes the session. A's older copy must not land in the cache: B's
+/// next read, from the cache, shows B's write.
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn cached_db_never_caches_a_copy_read_before_a_write() {
+    let Some(redis) = redis_or_skip() else { return };
+    let upstream = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let proxy = common::DelayProxy::start(upstream, Duration::from_millis(150));
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:///{}", db_dir.path().join("db.sqlite3").display());
+    let start = |redis_url: &str| {
+        TestServer::start(&[
+            ("SESSION_ENGINE", "cached_db"),
+            ("DATABASE_URL", &db),
+            ("SESSION_REDIS_URL", redis_url),
+        ])
+    };
+    let (a, b) = (
+        start(&format!("redis://{}/0", proxy.addr)),
+        start(&redis.url()),
+    );
+    let r = agent()
+        .post(b.url("/api/session"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"n": 1}"#)
+        .unwrap();
+    let cookie = format!("sessionid={}", cookie_value(&set_cookies(&r)[0]));
+    let read = |server: &TestServer| -> serde_json::Value {
+        let mut r = agent()
+            .get(server.url("/api/session"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    // Redis learns every script now (a script's first use takes more round trips), and
+    // the cache is left empty: B reads (and fills), then writes (and empties).
+    assert_eq!(read(&b)["data"]["n"], 1);
+    assert_eq!(read(&a)["data"]["n"], 1);
+    let r = agent()
+        .post(b.url("/api/session"))
+        .header("Content-Type", "application/json")
+        .header("Cookie", &cookie)
+        .send(r#"{"m": 1}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    std::thread::scope(|scope| {
+        // A: the cache misses (its answer comes at ~300 ms), A reads n = 1 from the
+        // database, and its fill reaches Redis at ~450 ms.
+        let slow = scope.spawn(|| read(&a));
+        std::thread::sleep(Duration::from_millis(375));
+        // B writes n = 2 meanwhile, through the cache at once.
+        let r = agent()
+            .post(b.url("/api/session"))
+            .header("Content-Type", "application/json")
+            .header("Cookie", &cookie)
+            .send(r#"{"n": 2}"#)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            slow.join().unwrap()["data"]["n"],
+            1,
+            "A read before the write"
+        );
+    });
+    std::thread::sleep(Duration::from_millis(500)); // A's fill has reached Redis
+    assert_eq!(read(&b)["data"]["n"], 2, "no older copy in the cache");
+    assert_eq!(read(&b)["data"]["n"], 2);
+}

@@ -80,6 +80,8 @@ use std::time::Duration;
 use crate::config::{Engine, Settings};
 use crate::key::SessionKey;
 
+#[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
+pub(crate) mod cached_db;
 pub(crate) mod db;
 mod error;
 pub(crate) mod file;
@@ -92,6 +94,8 @@ mod record;
 pub(crate) mod redis;
 mod sweep;
 
+#[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
+pub use cached_db::{CachedDbStore, DEFAULT_CACHE_TTL};
 pub use db::DbStore;
 pub use error::StoreError;
 pub use file::{DirCursor, FileCandidate, FileLock};
@@ -322,6 +326,25 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
                     .with_lock_timeout(settings.lock_timeout),
             ))
         }
+        #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
+        Engine::CachedDb => {
+            let db = if create {
+                db::DbStore::open(&settings.database_url, &settings.db_table)?
+            } else {
+                db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
+            };
+            let db = db
+                .with_locking(settings.locking)
+                .with_lock_timeout(settings.lock_timeout);
+            Ok(Arc::new(
+                cached_db::CachedDbStore::open(db, &settings.redis_url)?
+                    .with_cache_ttl(settings.cache_ttl),
+            ))
+        }
+        #[cfg(not(all(feature = "redis", any(feature = "sqlite", feature = "postgres"))))]
+        Engine::CachedDb => Err(StoreError::Unavailable(
+            "SESSION_ENGINE=cached_db needs filesession built with the redis feature".into(),
+        )),
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(
             redis::RedisStore::open(&settings.redis_url)?

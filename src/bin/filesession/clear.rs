@@ -15,9 +15,15 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
         println!("Redis {NOTHING}");
         return ExitCode::SUCCESS;
     }
+    // cached_db: the database's expired rows (the cache's entries expire by themselves),
+    // whether or not the cache answers.
+    let mut settings = settings.clone();
+    if settings.engine == Engine::CachedDb {
+        settings.engine = Engine::Db;
+    }
     // Nothing is created: a mistyped path or URL fails (exit 1) instead of cleaning an
     // empty new store forever.
-    let store = match store::open_existing(settings) {
+    let store = match store::open_existing(&settings) {
         Ok(store) => store,
         Err(e) => return fail(e),
     };

@@ -91,6 +91,12 @@ fn store_text(settings: &Settings) -> String {
             settings.db_table,
             filesession::redacted(&settings.database_url)
         ),
+        Engine::CachedDb => format!(
+            "table {} of {}, cached in Redis at {}",
+            settings.db_table,
+            filesession::redacted(&settings.database_url),
+            filesession::redacted(&settings.redis_url)
+        ),
     }
 }
 

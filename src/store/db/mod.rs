@@ -241,6 +241,11 @@ impl DbStore {
         self
     }
 
+    /// The locking mode.
+    pub fn locking(&self) -> Locking {
+        self.locking
+    }
+
     /// The database, as it may be shown (no password).
     pub fn database(&self) -> &str {
         &self.shown

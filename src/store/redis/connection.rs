@@ -9,7 +9,7 @@ use super::*;
 pub(super) const MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a connection (a free one, or a new one to connect) before
 /// Redis counts as unavailable (503).
-const CONNECTION_WAIT: Duration = Duration::from_secs(1);
+const CONNECTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Makes the pool's connections: connect within [`CONNECT_TIMEOUT`], each command within
 /// [`IO_TIMEOUT`].

@@ -28,6 +28,7 @@ use super::{
 use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
 use crate::key::SessionKey;
 
+pub(crate) mod cache;
 mod connection;
 mod fields;
 mod scripts;
@@ -38,8 +39,9 @@ use connection::{Shared, release};
 use fields::{EXPIRY_FIELD, decode, epoch_ms, expiry_json, field_of};
 use scripts::*;
 
-/// How long connecting may take. Short: a server has one handler thread to keep moving.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long connecting may take (the handshake included). The store is used off the
+/// server's one thread, so a Redis some way off may take its time.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command may take before Redis counts as unavailable (503).
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request lock's lease outlives the lock timeout. The holder renews it every

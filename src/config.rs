@@ -532,11 +532,20 @@ mod tests {
             ("db", Engine::Db),
             ("django.contrib.sessions.backends.db", Engine::Db),
             ("redis", Engine::Redis),
+            ("cached_db", Engine::CachedDb),
+            (
+                "django.contrib.sessions.backends.cached_db",
+                Engine::CachedDb,
+            ),
         ] {
             assert_eq!(Engine::parse_setting(text), Ok(engine), "{text}");
         }
-        // Django's cached_db and signed_cookies are not ours: refused, naming the setting.
-        for text in ["cache", "django.contrib.sessions.backends.cached_db", ""] {
+        // Django's cache and signed_cookies are not ours (yet): refused, naming the setting.
+        for text in [
+            "cache",
+            "django.contrib.sessions.backends.signed_cookies",
+            "",
+        ] {
             let err = Engine::parse_setting(text).unwrap_err();
             assert!(err.contains("SESSION_ENGINE"), "{err}");
         }

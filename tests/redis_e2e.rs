@@ -63,6 +63,35 @@ impl Redis {
         Some(redis)
     }
 
+    /// A Redis that keeps every acknowledged write (`appendfsync always`) in `dir`.
+    fn start_durable(port: u16, dir: &std::path::Path) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis { child, port };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(redis)
+    }
+
     fn start() -> Option<Redis> {
         let port = TcpListener::bind("127.0.0.1:0")
             .ok()?
@@ -488,4 +517,87 @@ fn cached_db_never_caches_a_copy_read_before_a_write() {
     std::thread::sleep(Duration::from_millis(500)); // A's fill has reached Redis
     assert_eq!(read(&b)["data"]["n"], 2, "no older copy in the cache");
     assert_eq!(read(&b)["data"]["n"], 2);
+}
+
+/// Redis killed (SIGKILL) and restarted under writes, with `appendfsync always` (Redis's own
+/// durability setting: without it Redis itself may lose the last writes): every write
+/// answered 200 is there afterwards, the others answered 503 with no cookie, and service
+/// is back at once.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_killed_under_writes_loses_no_acknowledged_write() {
+    let Some(probe) = redis_or_skip() else { return };
+    let port = probe.port;
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start_durable(port, dir.path()) else {
+        panic!("redis-server with appendonly could not start");
+    };
+    let server = server_on(&redis);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (stop, url) = (stop.clone(), server.url("/api/session"));
+            std::thread::spawn(move || {
+                let a = agent();
+                let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let r = a
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .send(format!(r#"{{"w{c}-{n}": {n}}}"#))
+                        .unwrap();
+                    match r.status().as_u16() {
+                        200 => acked.push(format!("w{c}-{n}")),
+                        503 => {
+                            assert!(set_cookies(&r).is_empty(), "a 503 keeps the cookie");
+                            refused += 1;
+                        }
+                        other => panic!("client {c}: status {other}"),
+                    }
+                }
+                (a, acked, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    drop(redis); // SIGKILL
+    std::thread::sleep(Duration::from_millis(400));
+    let back = Instant::now();
+    let _redis = Redis::start_durable(port, dir.path()).expect("restart redis");
+    // Service back: the first 200 after Redis's return.
+    let probe = agent();
+    let first_ok = loop {
+        let r = probe
+            .post(server.url("/api/session"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"probe": 1}"#)
+            .unwrap();
+        if r.status() == 200 {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "no recovery");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut acked_all, mut refused_all, mut lost) = (0, 0, Vec::new());
+    for client in clients {
+        let (a, acked, refused) = client.join().unwrap();
+        acked_all += acked.len();
+        refused_all += refused;
+        let mut r = a.get(server.url("/api/session")).call().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        lost.extend(acked.into_iter().filter(|k| v["data"].get(k).is_none()));
+    }
+    eprintln!(
+        "redis_e2e/killed-under-writes: {acked_all} writes answered 200, {refused_all} 503 while \
+         Redis was down, {} lost; service back {first_ok:?} after Redis's return",
+        lost.len()
+    );
+    assert!(refused_all > 0, "Redis was down for a while");
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(first_ok < Duration::from_secs(5), "{first_ok:?}");
 }

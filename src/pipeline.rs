@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::expiry::later;
 use crate::http::{Prepared, Ran, Request, Response, Turn};
+use crate::key::SessionKey;
 use crate::middleware::{CookieKey, SessionMiddleware, store_failure};
 use crate::router::{Handler, Routed, Router};
 use crate::session::Session;
@@ -48,6 +49,17 @@ pub struct Ticket {
     /// The session, read before the handler (off the one thread) from a store whose loads
     /// may wait.
     session: Option<Session>,
+}
+
+/// The session of `key`, read now, with what its lock preflight handed on.
+fn preloaded(
+    middleware: &SessionMiddleware,
+    key: SessionKey,
+    acquired: Option<Acquired>,
+) -> Session {
+    let session = middleware.session(Some(key), acquired);
+    session.preload();
+    session
 }
 
 /// Where the request goes: a handler with the route's captures, or an answer decided
@@ -142,20 +154,53 @@ impl App {
     /// and the middleware's `process_response` (save, `Set-Cookie`, `Vary`). A panic in the
     /// handler unwinds out of here (the server answers 500; [`App::handle`] catches it).
     pub fn run(&self, request: Request, ticket: Ticket) -> Response {
-        let (session, had_cookie, path, response) = self.run_handler(request, ticket);
-        self.middleware.finish(session, had_cookie, &path, response)
+        let (mut session, had_cookie, mut request, target) = self.begin(request, ticket);
+        let response = match target {
+            Target::Handler(handler, params) => {
+                request.params = params;
+                handler(&request, &mut session)
+            }
+            Target::Answer(answer) => answer,
+        };
+        self.middleware
+            .finish(session, had_cookie, request.path(), response)
     }
 
     /// [`run`](App::run) for a server whose one thread must not wait: the handler here, and
     /// the middleware's save handed to a blocking thread ([`Ran::Finish`]) when the store's
     /// saves may wait and the session needs one (modified, `SESSION_SAVE_EVERY_REQUEST`) or
-    /// holds a lock to let go of.
+    /// holds a lock to let go of. A handler that panics is answered 500 with nothing saved,
+    /// and a lock it held is let go on a blocking thread too.
     pub fn run_off_thread(&self, request: Request, ticket: Ticket) -> Ran {
-        let (session, had_cookie, path, response) = self.run_handler(request, ticket);
+        let (mut session, had_cookie, mut request, target) = self.begin(request, ticket);
+        let path = request.path().to_owned();
         let middleware = &self.middleware;
+        let waits = middleware.store().saves_wait();
+        let response = match target {
+            Target::Handler(handler, params) => {
+                request.params = params;
+                let ran = catch_unwind(AssertUnwindSafe(|| handler(&request, &mut session)));
+                match ran {
+                    Ok(response) => response,
+                    Err(_) => {
+                        log::error!("handler for {path} panicked; answered 500");
+                        let failed = Response::error(&path, 500, "Internal server error.");
+                        if waits && session.holds_lock() {
+                            // Letting the lock go is a call to the store: not here.
+                            return Ran::Finish(Box::new(move || {
+                                drop(session);
+                                failed
+                            }));
+                        }
+                        return Ran::Answer(failed);
+                    }
+                }
+            }
+            Target::Answer(answer) => answer,
+        };
         let needs_store =
             session.modified() || middleware.settings().save_every_request || session.holds_lock();
-        if middleware.store().saves_wait() && needs_store {
+        if waits && needs_store {
             let middleware = middleware.clone();
             return Ran::Finish(Box::new(move || {
                 middleware.finish(session, had_cookie, &path, response)
@@ -164,61 +209,56 @@ impl App {
         Ran::Answer(middleware.finish(session, had_cookie, &path, response))
     }
 
-    /// The session and the handler: what is left is the middleware's `process_response`.
-    fn run_handler(
-        &self,
-        mut request: Request,
-        ticket: Ticket,
-    ) -> (Session, bool, String, Response) {
+    /// The session (read already, or to read when first touched) and where the request
+    /// goes: what is left is the handler and the middleware's `process_response`.
+    fn begin(&self, request: Request, ticket: Ticket) -> (Session, bool, Request, Target) {
         let Ticket {
             target,
             cookie,
             acquired,
             session,
         } = ticket;
-        let mut session = session.unwrap_or_else(|| self.middleware.session(cookie.key, acquired));
-        let response = match target {
-            Target::Handler(handler, params) => {
-                request.params = params;
-                handler(&request, &mut session)
-            }
-            Target::Answer(answer) => answer,
-        };
-        (session, cookie.present, request.path().to_owned(), response)
+        let session = session.unwrap_or_else(|| self.middleware.session(cookie.key, acquired));
+        (session, cookie.present, request, target)
     }
 
     /// `prepare` for a store whose loads may wait: a request for a handler with a session
-    /// key gets its lock (`request` locking, a [`Prepared::Wait`]) and its session read
-    /// ([`Prepared::Work`]) on a blocking thread; the rest go on at once (no key: nothing to
-    /// read; an answer without a handler reads the session only to save it, in the finish).
+    /// key gets its session read on a blocking thread ([`Prepared::Work`]), with a first try
+    /// at its lock (`request` locking) that does not wait; only a lock held elsewhere makes
+    /// it a [`Prepared::Wait`], with the lock waits' own budget. The rest go on at once (no
+    /// key: nothing to read; an answer without a handler reads the session only to save it,
+    /// in the finish).
     fn prepare_off_thread(&self, mut ticket: Ticket) -> Prepared<Ticket> {
         let (Some(key), Target::Handler(..)) = (ticket.cookie.key, &ticket.target) else {
             return Prepared::Ready(ticket);
         };
-        let locks = self.middleware.store().preflight().is_some();
         // The deadline starts now: time spent waiting for a thread counts.
         let deadline = later(Instant::now(), self.middleware.settings().lock_timeout);
         let middleware = self.middleware.clone();
-        let job = Box::new(move |request: &Request| {
+        Prepared::Work(Box::new(move |request: &Request| {
             let acquired = match middleware.store().preflight() {
-                Some(preflight) => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    preflight
-                        .acquire(&key, wait)
-                        .map_err(|e| store_failure(request.path(), &e))?
-                }
                 None => None,
+                Some(preflight) => match preflight.acquire(&key, Duration::ZERO) {
+                    Ok(acquired) => acquired,
+                    Err(StoreError::LockTimeout { .. }) => {
+                        return Prepared::Wait(Box::new(move |request: &Request| {
+                            let wait = deadline.saturating_duration_since(Instant::now());
+                            let acquired = match middleware.store().preflight() {
+                                Some(preflight) => preflight
+                                    .acquire(&key, wait)
+                                    .map_err(|e| store_failure(request.path(), &e))?,
+                                None => None,
+                            };
+                            ticket.session = Some(preloaded(&middleware, key, acquired));
+                            Ok(ticket)
+                        }));
+                    }
+                    Err(e) => return Prepared::Answer(store_failure(request.path(), &e)),
+                },
             };
-            let session = middleware.session(Some(key), acquired);
-            session.preload();
-            ticket.session = Some(session);
-            Ok(ticket)
-        });
-        if locks {
-            Prepared::Wait(job)
-        } else {
-            Prepared::Work(job)
-        }
+            ticket.session = Some(preloaded(&middleware, key, acquired));
+            Prepared::Ready(ticket)
+        }))
     }
 
     /// Answers one request on this thread, for a server of your own (see

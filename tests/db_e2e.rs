@@ -711,3 +711,86 @@ fn a_counter_in_one_process_on_sqlite_is_exact_in_merge_mode() {
     eprintln!("db_e2e/one-process-counter: n = {} of 401", v["data"]["n"]);
     assert_eq!(v["data"]["n"], json!(401));
 }
+
+/// `request` locking on SQLite: 40 requests wait, each for a session whose lock another
+/// process holds: more than the lock waits' budget (16, once 32). A request for a free session is
+/// answered meanwhile: its lock is taken at the first try, with no wait and no permit (issue
+/// 23 review: every `request`-mode load took a lock-wait permit, so it queued behind them).
+#[test]
+fn requests_waiting_for_locked_sessions_hold_up_no_other_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite3");
+    let server = TestServer::start_in(
+        dir,
+        &[
+            ("SESSION_ENGINE", "db"),
+            ("SESSION_LOCKING", "request"),
+            ("SESSION_LOCK_TIMEOUT", "3"),
+        ],
+    );
+    let new_session = || {
+        let r = agent()
+            .post(server.url("/api/session"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"x": 1}"#)
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        cookie_value(&set_cookies(&r)[0])
+    };
+    let locked: Vec<String> = (0..40).map(|_| new_session()).collect();
+    let free = new_session();
+    // Another process holds their locks (this test's own store).
+    let url = format!("sqlite:///{}", db.display());
+    let store = filesession::DbStore::open(&url, "filesession_session")
+        .unwrap()
+        .with_locking(filesession::Locking::Request)
+        .with_lock_timeout(Duration::from_secs(3));
+    let held: Vec<_> = locked
+        .iter()
+        .map(|k| {
+            filesession::SessionStore::load(&store, &filesession::SessionKey::parse(k).unwrap())
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let waiters: Vec<_> = locked
+            .iter()
+            .map(|key| {
+                let url = server.url("/api/session");
+                scope.spawn(move || {
+                    agent()
+                        .get(&url)
+                        .header("Cookie", format!("sessionid={key}"))
+                        .call()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300)); // all 40 wait by now
+        let r = agent()
+            .get(server.url("/api/session"))
+            .header("Cookie", format!("sessionid={free}"))
+            .call()
+            .unwrap();
+        let answered_while_waiting = waiters.iter().all(|w| !w.is_finished());
+        drop(held);
+        let statuses: Vec<u16> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        eprintln!(
+            "db_e2e/waiters: the free session {} while the 40 waited: {answered_while_waiting}; \
+             the waiters then {statuses:?}",
+            r.status()
+        );
+        assert_eq!(r.status(), 200, "the free session is served");
+        assert!(
+            answered_while_waiting,
+            "and answered while the 40 still waited"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 503),
+            "{statuses:?}"
+        );
+    });
+}

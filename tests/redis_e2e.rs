@@ -454,6 +454,20 @@ fn cached_db_serves_reads_from_the_database_while_its_cache_is_down() {
 #[cfg(all(feature = "redis", feature = "sqlite"))]
 #[test]
 fn cached_db_never_caches_a_copy_read_before_a_write() {
+    cached_db_race(false);
+}
+
+/// The same race, with the cache's token for the session gone between the read and the
+/// write (its TTL, a Redis restart, an eviction: here a DEL): a counter that starts again
+/// from nothing could match the value the read noted; a random token never does.
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+#[test]
+fn cached_db_never_caches_a_copy_read_before_a_write_even_when_its_token_vanished() {
+    cached_db_race(true);
+}
+
+#[cfg(all(feature = "redis", feature = "sqlite"))]
+fn cached_db_race(vanish: bool) {
     let Some(redis) = redis_or_skip() else { return };
     let upstream = format!("127.0.0.1:{}", redis.port).parse().unwrap();
     let proxy = common::DelayProxy::start(upstream, Duration::from_millis(150));
@@ -500,6 +514,17 @@ fn cached_db_never_caches_a_copy_read_before_a_write() {
         // database, and its fill reaches Redis at ~450 ms.
         let slow = scope.spawn(|| read(&a));
         std::thread::sleep(Duration::from_millis(375));
+        if vanish {
+            let mut conn = redis::Client::open(redis.url())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let key = cookie.trim_start_matches("sessionid=");
+            redis::cmd("DEL")
+                .arg(format!("filesession:cache-gen:{key}"))
+                .query::<i64>(&mut conn)
+                .unwrap();
+        }
         // B writes n = 2 meanwhile, through the cache at once.
         let r = agent()
             .post(b.url("/api/session"))

@@ -23,6 +23,6 @@ pub(crate) use request::decode_segment;
 pub use request::{Method, Request};
 pub use response::Response;
 pub use serve::{
-    MAX_BLOCKING_THREADS, MAX_LOCK_WAITS, RESERVED_DESCRIPTORS, connection_cap, serve,
+    MAX_BLOCKING_THREADS, MAX_FINISHES, MAX_LOCK_WAITS, RESERVED_DESCRIPTORS, connection_cap, serve,
 };
-pub use service::{Finish, Prepared, Ran, Service, Turn, Wait};
+pub use service::{Finish, Prepared, Ran, Service, Turn, Wait, Work};

@@ -47,7 +47,10 @@ pub const MAX_BLOCKING_THREADS: usize = 64;
 /// The most [`Prepared::Wait`]s (waits for a lock held elsewhere, which poll until their
 /// deadline) on blocking threads at once: the other threads stay for loads and saves, so
 /// that requests waiting for one session never hold up every other session's.
-pub const MAX_LOCK_WAITS: usize = 32;
+pub const MAX_LOCK_WAITS: usize = 16;
+/// The most [`Ran::Finish`]es (writes to a store, which may wait for a database's lock held
+/// by another process) on blocking threads at once: the rest of the pool stays for reads.
+pub const MAX_FINISHES: usize = 32;
 /// The least time between two "accept failed" log lines.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,6 +60,8 @@ struct Shared<S> {
     last_request: Cell<Instant>,
     /// [`MAX_LOCK_WAITS`] permits, one per [`Prepared::Wait`] on a blocking thread.
     lock_waits: tokio::sync::Semaphore,
+    /// [`MAX_FINISHES`] permits, one per [`Ran::Finish`] on a blocking thread.
+    finishes: tokio::sync::Semaphore,
     /// The turns being taken ([`Service::turn`]), by key: a fair (first come, first served)
     /// lock each, dropped once no request holds or waits for it.
     turns: Turns,
@@ -126,6 +131,7 @@ pub fn serve<S: Service>(
         limits,
         last_request: Cell::new(Instant::now()),
         lock_waits: tokio::sync::Semaphore::new(MAX_LOCK_WAITS),
+        finishes: tokio::sync::Semaphore::new(MAX_FINISHES),
         turns: Rc::default(),
     });
     local.block_on(&runtime, accept_loop(listener, shared, stop, wake))
@@ -394,33 +400,43 @@ async fn respond<S: Service>(
         None => None,
     };
     // Prepare on this thread; what may wait goes to a blocking thread, never this one.
-    let (request, ticket) = match shared.service.prepare(&request) {
-        Prepared::Ready(ticket) => (request, Ok(ticket)),
-        Prepared::Answer(answer) => (request, Err(answer)),
-        Prepared::Wait(wait) => {
-            // Lock waits have a budget of their own (closed only when the server ends).
-            let Ok(_permit) = shared.lock_waits.acquire().await else {
-                return Ok(reject(503, "The server is stopping."));
-            };
-            match tokio::task::spawn_blocking(move || {
-                let ticket = wait(&request);
-                (request, ticket)
-            })
-            .await
-            {
-                Ok(pair) => pair,
-                Err(_) => return Ok(reject(500, "Internal server error.")),
+    let mut prepared = shared.service.prepare(&request);
+    let ticket = loop {
+        match prepared {
+            Prepared::Ready(ticket) => break Ok(ticket),
+            Prepared::Answer(answer) => break Err(answer),
+            Prepared::Wait(wait) => {
+                // Lock waits have a budget of their own (closed only when the server ends).
+                let Ok(_permit) = shared.lock_waits.acquire().await else {
+                    return Ok(reject(503, "The server is stopping."));
+                };
+                let waited = tokio::task::spawn_blocking(move || {
+                    let ticket = wait(&request);
+                    (request, ticket)
+                })
+                .await;
+                match waited {
+                    Ok((back, ticket)) => {
+                        request = back;
+                        break ticket;
+                    }
+                    Err(_) => return Ok(reject(500, "Internal server error.")),
+                }
             }
-        }
-        Prepared::Work(work) => {
-            match tokio::task::spawn_blocking(move || {
-                let ticket = work(&request);
-                (request, ticket)
-            })
-            .await
-            {
-                Ok(pair) => pair,
-                Err(_) => return Ok(reject(500, "Internal server error.")),
+            Prepared::Work(work) => {
+                let worked = tokio::task::spawn_blocking(move || {
+                    let next = work(&request);
+                    (request, next)
+                })
+                .await;
+                match worked {
+                    // What the work decided: ready, an answer, or a wait for a held lock.
+                    Ok((back, next)) => {
+                        request = back;
+                        prepared = next;
+                    }
+                    Err(_) => return Ok(reject(500, "Internal server error.")),
+                }
             }
         }
     };
@@ -437,9 +453,16 @@ async fn respond<S: Service>(
         Ran::Answer(response) => response,
         // The answer is sent once the finish returns: a request that begins after it sees
         // what it wrote.
-        Ran::Finish(finish) => tokio::task::spawn_blocking(finish)
-            .await
-            .unwrap_or_else(|_| internal_error()),
+        Ran::Finish(finish) => {
+            // Writes have a budget of their own (closed only when the server ends): the
+            // rest of the pool stays for reads.
+            let Ok(_permit) = shared.finishes.acquire().await else {
+                return Ok(reject(503, "The server is stopping."));
+            };
+            tokio::task::spawn_blocking(finish)
+                .await
+                .unwrap_or_else(|_| internal_error())
+        }
     };
     access_log::log(&line, response.status(), response.body().len());
     shared.last_request.set(Instant::now());

@@ -11,11 +11,11 @@
 //! | returned | runs on | budget | for |
 //! |---|---|---|---|
 //! | [`Prepared::Wait`] | a blocking thread, before `run` | at most [`MAX_LOCK_WAITS`](super::MAX_LOCK_WAITS) at once (more queue; the wait's deadline counts from `prepare`) | waiting for another request or process: a session's lock held elsewhere |
-//! | [`Prepared::Work`] | a blocking thread, before `run` | the blocking pool ([`MAX_BLOCKING_THREADS`](super::MAX_BLOCKING_THREADS)) | reading from a store that may wait (a database, the network): the session loaded before the handler |
-//! | [`Ran::Finish`] | a blocking thread, after `run` | the blocking pool | writing to such a store: the save, the logout's delete, a cycle, and the answer built from them |
+//! | [`Prepared::Work`] | a blocking thread, before `run` | the blocking pool ([`MAX_BLOCKING_THREADS`](super::MAX_BLOCKING_THREADS)) | reading from a store that may wait (a database, the network): the session loaded before the handler, and a first try at its lock, which hands on a [`Prepared::Wait`] if the lock is held |
+//! | [`Ran::Finish`] | a blocking thread, after `run` | at most [`MAX_FINISHES`](super::MAX_FINISHES) at once | writing to such a store (which may wait for a database's lock): the save, the logout's delete, a cycle, and the answer built from them |
 //!
-//! So lock waiters cannot fill the pool: at least `MAX_BLOCKING_THREADS - MAX_LOCK_WAITS`
-//! threads stay for loads and saves. The answer is sent once the finish returns, so a
+//! So neither lock waiters nor writes waiting for a database can fill the pool: at least
+//! `MAX_BLOCKING_THREADS - MAX_LOCK_WAITS - MAX_FINISHES` threads stay for reads. The answer is sent once the finish returns, so a
 //! request that begins after another's answer sees what it wrote. Requests that must not
 //! overlap (two of one session) say so ([`Service::turn`]) and take turns, waiting for
 //! theirs off the thread (an async wait, at most [`Turn::wait`]).
@@ -80,6 +80,10 @@ pub struct Turn {
 /// the answer (`Err`).
 pub type Wait<T> = Box<dyn FnOnce(&Request) -> Result<T, Response> + Send>;
 
+/// Work for a blocking thread before [`Service::run`] ([`Prepared::Work`]): what comes of
+/// it.
+pub type Work<T> = Box<dyn FnOnce(&Request) -> Prepared<T> + Send>;
+
 /// Work for a blocking thread after [`Service::run`]: the answer.
 pub type Finish = Box<dyn FnOnce() -> Response + Send>;
 
@@ -92,9 +96,10 @@ pub enum Prepared<T> {
     /// goes to [`Service::run`] (`Ok`) or is the answer (`Err`).
     Wait(Wait<T>),
     /// Store work that may wait for the store itself (a load from a database or over the
-    /// network), not for another request: runs on a blocking thread, and its result goes
-    /// to [`Service::run`] (`Ok`) or is the answer (`Err`).
-    Work(Wait<T>),
+    /// network), not for another request: runs on a blocking thread, and what it returns
+    /// is decided as `prepare`'s result was (it may be a [`Prepared::Wait`]: the lock was
+    /// held).
+    Work(Work<T>),
     /// The answer, given at once without [`Service::run`] (such as 503: a lock timed out).
     Answer(Response),
 }

@@ -55,10 +55,11 @@ impl CachedDbStore {
     /// # Errors
     /// [`StoreError::Backend`]: Redis does not answer (checked with `PING`).
     pub fn open(db: DbStore, redis_url: &str) -> Result<CachedDbStore, StoreError> {
+        let cache = RedisCache::open(redis_url, "filesession:", db.lock_timeout())?;
         Ok(CachedDbStore {
             locking: db.locking(),
             db,
-            cache: RedisCache::open(redis_url, "filesession:")?,
+            cache,
             ttl: DEFAULT_CACHE_TTL,
             cache_down: AtomicBool::new(false),
         })

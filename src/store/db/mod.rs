@@ -246,6 +246,11 @@ impl DbStore {
         self.locking
     }
 
+    /// How long a request waits for a session's lock.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
     /// The database, as it may be shown (no password).
     pub fn database(&self) -> &str {
         &self.shown

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +53,8 @@ pub(super) const MAX_CONNECTIONS: usize = 16;
 const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 /// PostgreSQL's SQLSTATE for a lock not granted within `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// Pause between two tries at a lock, for a waiter that holds no connection meanwhile.
+const LOCK_POLL: Duration = Duration::from_millis(5);
 /// PostgreSQL's SQLSTATE for a statement cancelled (`statement_timeout`).
 const QUERY_CANCELED: &str = "57014";
 
@@ -134,13 +137,18 @@ impl Pool {
         lease: Option<&Lease>,
         f: impl Fn(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
-        if let Some(client) = lease.and_then(|l| self.lent(l)) {
-            let result = f(&client).map_err(|e| match (client.is_closed(), lease) {
-                // The lock's connection ended, and the lock with it.
-                (true, Some(lease)) => lost_lock(lease.session()),
-                _ => backend(&self.shown, what, e),
+        if let Some(lease) = lease
+            && let Some(mut lent) = self.lent(lease)
+        {
+            let result = f(lent.client()).map_err(|e| {
+                if lent.client().is_closed() {
+                    // The lock's connection ended, and the lock with it.
+                    lost_lock(lease.session())
+                } else {
+                    backend(&self.shown, what, e)
+                }
             });
-            self.give_back(lease, client);
+            lent.give_back();
             return result;
         }
         let client = self.get()?;
@@ -157,14 +165,44 @@ impl Pool {
     }
 
     /// The connection a lease holds, taken out while it is used.
-    fn lent(&self, lease: &Lease) -> Option<Object> {
-        locked(&self.leased).remove(lease.token())
+    fn lent<'a>(&'a self, lease: &'a Lease) -> Option<Lent<'a>> {
+        let client = locked(&self.leased).remove(lease.token())?;
+        Some(Lent {
+            pool: self,
+            lease,
+            client: Some(client),
+        })
+    }
+}
+
+/// A lease's connection, out of its lease while it is used. [`give_back`](Lent::give_back)
+/// returns it; dropped without that (a panic in the middle), it is closed, which releases
+/// the lock it holds, rather than go back to the pool still holding it.
+struct Lent<'a> {
+    pool: &'a Pool,
+    lease: &'a Lease,
+    client: Option<Object>,
+}
+
+impl Lent<'_> {
+    fn client(&mut self) -> &mut Object {
+        match self.client.as_mut() {
+            Some(client) => client,
+            None => unreachable!("a lent connection is there until given back"),
+        }
     }
 
-    /// Puts back the connection [`lent`](Pool::lent) took.
-    fn give_back(&self, lease: Option<&Lease>, client: Object) {
-        if let Some(lease) = lease {
-            locked(&self.leased).insert(lease.token().to_owned(), client);
+    fn give_back(mut self) {
+        if let Some(client) = self.client.take() {
+            locked(&self.pool.leased).insert(self.lease.token().to_owned(), client);
+        }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
         }
     }
 }
@@ -186,6 +224,9 @@ fn backend(shown: &str, what: &str, e: tokio_postgres::Error) -> StoreError {
 
 pub(super) struct Postgres {
     pool: Arc<Pool>,
+    /// Requests waiting for a lock inside PostgreSQL now (each holding a connection): at
+    /// most half the pool; the others poll, holding none.
+    server_waiters: AtomicUsize,
     table: String,
     /// The advisory-lock class of this table's request locks.
     lock_class: i32,
@@ -339,6 +380,7 @@ impl Postgres {
         check_schema(i64::from(found), table, &pool.shown)?;
         Ok(Postgres {
             pool: Arc::new(pool),
+            server_waiters: AtomicUsize::new(0),
             table: table.to_owned(),
             lock_class: class_of(table),
         })
@@ -389,21 +431,19 @@ impl Database for Postgres {
         let shown = &self.pool.shown;
         let fail = |e| backend(shown, "save a session", e);
         // The holder's own connection (the one holding its lock), or one of the pool.
-        let lent = lease.and_then(|l| self.pool.lent(l));
-        let was_lent = lent.is_some();
-        let mut client = match lent {
-            Some(client) => client,
-            None => self.pool.get()?,
-        };
-        let mut outcome = self.update_on(&mut client, key, lease, decide, &fail);
-        if was_lent {
-            if outcome.is_err() && client.is_closed() {
+        if let Some(lease) = lease
+            && let Some(mut lent) = self.pool.lent(lease)
+        {
+            let mut outcome = self.update_on(lent.client(), key, Some(lease), decide, &fail);
+            if outcome.is_err() && lent.client().is_closed() {
                 // The lock's connection ended, and the lock with it: nothing was written.
                 outcome = Err(lost_lock(key));
             }
-            self.pool.give_back(lease, client);
+            lent.give_back();
+            return outcome;
         }
-        outcome
+        let mut client = self.pool.get()?;
+        self.update_on(&mut client, key, lease, decide, &fail)
     }
 
     fn delete(&self, key: &SessionKey, lease: Option<&Lease>) -> Result<(), StoreError> {
@@ -459,65 +499,52 @@ impl Database for Postgres {
         // A session-level advisory lock lives as long as its connection: this connection
         // stays with the lease until it is released (then it goes back to the pool), and a
         // holder that dies releases it with its connection. The wait is the server's
-        // (`pg_advisory_lock` under `lock_timeout`), not a poll.
+        // (`pg_advisory_lock` under `lock_timeout`) for at most half the pool at once; the
+        // others try again and again, holding no connection between tries, so that waiters
+        // never take every connection from the requests of other sessions.
         let (class, object) = (self.lock_class, object_of(key));
         let start = Instant::now();
         let timed_out = || StoreError::LockTimeout {
             key: *key,
             waited: start.elapsed(),
         };
-        // A connection within the lock's own deadline: waiting for one is waiting for it.
-        let client = match self.pool.get_within(wait.max(Duration::from_millis(1))) {
-            Ok(client) => client,
-            Err(PoolWait::Busy) => return Err(timed_out()),
-            Err(PoolWait::Failed(e)) => return Err(e),
-        };
-        let left = wait.saturating_sub(start.elapsed());
-        let taken = if left.is_zero() {
-            block_on(client.query_one(
-                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
-                &[&class, &object],
-            ))
-            .and_then(|r| Ok((r.try_get::<_, bool>(0)?, r.try_get::<_, i32>(1)?)))
-        } else {
-            let millis = left.as_millis().max(1);
-            block_on(async {
-                // SET LOCAL: the timeouts end with this transaction; the session-level lock
-                // taken in it outlives it.
-                client
-                    .batch_execute(&format!(
-                        "BEGIN; SET LOCAL lock_timeout = {millis}; \
-                         SET LOCAL statement_timeout = {}",
-                        millis + 1_000
-                    ))
-                    .await?;
-                let row = client
-                    .query_one(
-                        "SELECT pg_advisory_lock($1, $2), pg_backend_pid()",
-                        &[&class, &object],
-                    )
-                    .await;
-                let end = if row.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                client.batch_execute(end).await?;
-                row.and_then(|r| Ok((true, r.try_get::<_, i32>(1)?)))
-            })
-        };
-        let pid = match taken {
-            Ok((true, pid)) => pid,
-            Ok((false, _)) => return Err(timed_out()),
-            Err(e)
-                if e.code().is_some_and(|c| {
-                    c.code() == LOCK_NOT_AVAILABLE || c.code() == QUERY_CANCELED
-                }) =>
-            {
+        let (client, pid) = loop {
+            // A connection within the lock's own deadline: waiting for one is waiting for it.
+            let left = wait.saturating_sub(start.elapsed());
+            let client = match self.pool.get_within(left.max(Duration::from_millis(1))) {
+                Ok(client) => client,
+                Err(PoolWait::Busy) => return Err(timed_out()),
+                Err(PoolWait::Failed(e)) => return Err(e),
+            };
+            let left = wait.saturating_sub(start.elapsed());
+            let server_waits = !left.is_zero()
+                && self.server_waiters.fetch_add(1, Ordering::SeqCst) < MAX_CONNECTIONS / 2;
+            let taken = if server_waits {
+                let taken = lock_waiting(&client, class, object, left);
+                self.server_waiters.fetch_sub(1, Ordering::SeqCst);
+                taken
+            } else {
+                if !left.is_zero() {
+                    self.server_waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+                lock_now(&client, class, object)
+            };
+            match taken {
+                Ok(Some(pid)) => break (client, pid),
+                // Not granted: the connection holds nothing, back to the pool.
+                Ok(None) => drop(client),
+                Err(e) => {
+                    // Perhaps granted before the error (a COMMIT that failed): closing the
+                    // connection releases whatever it holds.
+                    drop(Object::take(client));
+                    return Err(backend(&self.pool.shown, "take a session lock", e));
+                }
+            }
+            let left = wait.saturating_sub(start.elapsed());
+            if left.is_zero() {
                 return Err(timed_out());
             }
-            Err(e) => {
-                if client.is_closed() {
-                    drop(Object::take(client));
-                }
-                return Err(backend(&self.pool.shown, "take a session lock", e));
-            }
+            std::thread::sleep(LOCK_POLL.min(left));
         };
         // The token is the backend's pid: the save checks in pg_locks that it still holds
         // the lock. The connection is lent to the lease until it is released.
@@ -540,6 +567,61 @@ impl Database for Postgres {
                 drop(Object::take(client));
             }
         }))
+    }
+}
+
+/// `pg_try_advisory_lock`: the backend's pid if granted, `None` if held elsewhere.
+fn lock_now(
+    client: &Client,
+    class: i32,
+    object: i32,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = block_on(client.query_one(
+        "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+        &[&class, &object],
+    ))?;
+    Ok(row
+        .try_get::<_, bool>(0)?
+        .then_some(row.try_get::<_, i32>(1)?))
+}
+
+/// `pg_advisory_lock`, waited for by the server at most `left`: the backend's pid if
+/// granted, `None` if not in time.
+fn lock_waiting(
+    client: &Client,
+    class: i32,
+    object: i32,
+    left: Duration,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let millis = left.as_millis().max(1);
+    let taken = block_on(async {
+        // SET LOCAL: the timeouts end with this transaction; the session-level lock taken in
+        // it outlives it.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {millis}; SET LOCAL statement_timeout = {}",
+                millis + 1_000
+            ))
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT pg_advisory_lock($1, $2), pg_backend_pid()",
+                &[&class, &object],
+            )
+            .await;
+        let end = if row.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        client.batch_execute(end).await?;
+        row.and_then(|r| r.try_get::<_, i32>(1))
+    });
+    match taken {
+        Ok(pid) => Ok(Some(pid)),
+        Err(e)
+            if e.code()
+                .is_some_and(|c| c.code() == LOCK_NOT_AVAILABLE || c.code() == QUERY_CANCELED) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -17,24 +17,35 @@ pub(super) struct Connector {
     pub(super) client: redis::Client,
 }
 
+/// A pooled connection, and whether a command on it failed in a way that leaves it unfit
+/// (an I/O error, a timeout whose late reply could be read by the next caller): such a
+/// connection is closed, never handed out again.
+pub(super) struct Conn {
+    inner: Connection,
+    broken: bool,
+}
+
 impl r2d2::ManageConnection for Connector {
-    type Connection = Connection;
+    type Connection = Conn;
     type Error = RedisError;
 
-    fn connect(&self) -> RedisResult<Connection> {
+    fn connect(&self) -> RedisResult<Conn> {
         let conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
         conn.set_read_timeout(Some(IO_TIMEOUT))?;
         conn.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(conn)
+        Ok(Conn {
+            inner: conn,
+            broken: false,
+        })
     }
 
     /// Not asked at each checkout (a round trip per call): a broken one shows when used.
-    fn is_valid(&self, _: &mut Connection) -> RedisResult<()> {
+    fn is_valid(&self, _: &mut Conn) -> RedisResult<()> {
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut Connection) -> bool {
-        !redis::ConnectionLike::is_open(conn)
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken || !redis::ConnectionLike::is_open(&conn.inner)
     }
 }
 
@@ -125,12 +136,19 @@ impl Shared {
         f: impl Fn(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.get(what)?;
-        match f(&mut conn) {
+        match f(&mut conn.inner) {
             Ok(v) => Ok(v),
-            Err(e) if broken(&e) && retry => {
+            Err(e) if broken(&e) => {
+                conn.broken = true;
                 drop(conn);
+                if !retry {
+                    return Err(self.unavailable(what, e));
+                }
                 let mut fresh = self.get(what)?;
-                f(&mut fresh).map_err(|e| self.unavailable(what, e))
+                f(&mut fresh.inner).map_err(|e| {
+                    fresh.broken |= broken(&e);
+                    self.unavailable(what, e)
+                })
             }
             Err(e) => Err(self.unavailable(what, e)),
         }
@@ -144,9 +162,10 @@ impl Shared {
     }
 }
 
-/// Whether the error leaves the connection unusable.
+/// Whether the error leaves the connection unusable (a timeout included: its reply may
+/// still come, and must not be read as the next command's).
 pub(super) fn broken(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
 }
 
 /// Keeps the lease of a lock this process holds from running out while its request is still

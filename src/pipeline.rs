@@ -89,16 +89,26 @@ impl App {
         &self.middleware
     }
 
-    /// Requests of one session take turns when the store is used off the one thread (its
-    /// loads or saves may wait): two of them must not read the same copy and both write it
-    /// back, which a `merge`-mode read-modify-write (a counter, "delete if present") would
-    /// lose, as it does across processes. One process then keeps the order and the
-    /// exactness it has when everything runs on its one thread. Each waits at most the lock
-    /// timeout for its turn (then 503). `None` for a request without a session cookie, and
-    /// for a store used on the thread.
+    /// Requests of one session that may change it take turns when the store is used off the
+    /// one thread (its loads or saves may wait): two of them must not read the same copy
+    /// and both write it back, which a `merge`-mode read-modify-write (a counter, "delete if
+    /// present") would lose, as it does across processes. One process then keeps the order
+    /// and the exactness it has when everything runs on its one thread. Each waits at most
+    /// the lock timeout for its turn (then 503). `None` for a request without a session
+    /// cookie, for a store used on the thread, and for the safe methods of RFC 9110 §9.2.1
+    /// (GET, HEAD, OPTIONS, TRACE): reads of one session overlap (a GET that writes, as the
+    /// demo's `/setsession/`, is merged as any write; a GET that reads a key to write it
+    /// back is as across processes: use `request` locking).
     pub fn turn(&self, request: &Request) -> Option<Turn> {
         let store = self.middleware.store();
         if !store.loads_wait() && !store.saves_wait() {
+            return None;
+        }
+        let safe = matches!(
+            request.method(),
+            crate::http::Method::Get | crate::http::Method::Head | crate::http::Method::Options
+        ) || request.method_token() == "TRACE";
+        if safe {
             return None;
         }
         let key = self.middleware.cookie_key(request).key?;

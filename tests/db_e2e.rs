@@ -205,21 +205,7 @@ mod postgres {
             ("DATABASE_URL", through.as_str()),
             ("SESSION_DB_TABLE", &table.0),
         ]);
-        let (writes, pages) = common::sessions_written_through(&server, 8, Duration::from_secs(3));
-        let (alone, _) = common::sessions_written_through(&server, 1, Duration::from_secs(3));
-        let median = pages[pages.len() / 2];
-        eprintln!(
-            "db_e2e/distant-postgresql: {writes} writes in 3 s by 8 clients ({:.1}x one client's {alone}); at most {} store \
-             requests in flight at once; the page (no store) p50 {median:?}, max {:?}",
-            writes as f64 / alone.max(1) as f64,
-            proxy.most_in_flight(),
-            pages.last().copied().unwrap_or_default()
-        );
-        assert!(
-            proxy.most_in_flight() >= 4,
-            "{} in flight",
-            proxy.most_in_flight()
-        );
+        common::requests_overlap_through(&server, &proxy, "db_e2e/distant-postgresql");
     }
 
     fn url() -> String {
@@ -426,6 +412,22 @@ mod postgres {
     }
 }
 
+/// A JSON POST to the API without a cookie: a new session, if it writes.
+fn post_new(server: &TestServer, json: &str) -> ureq::http::Response<ureq::Body> {
+    agent()
+        .post(server.url("/api/session"))
+        .header("Content-Type", "application/json")
+        .send(json)
+        .unwrap()
+}
+
+/// A new session holding `json`; its key.
+fn new_session(server: &TestServer, json: &str) -> String {
+    let r = post_new(server, json);
+    assert_eq!(r.status(), 200);
+    cookie_value(&set_cookies(&r)[0])
+}
+
 fn post_as(url: &str, key: &str, json: &str) -> ureq::http::Response<ureq::Body> {
     agent()
         .post(url)
@@ -443,13 +445,7 @@ fn database_gone_under_the_server(what: &str, gone: impl FnOnce(&std::path::Path
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite3");
     let server = TestServer::start_in(dir, &[("SESSION_ENGINE", "db")]);
-    let r = agent()
-        .post(server.url("/api/session"))
-        .header("Content-Type", "application/json")
-        .send(r#"{"n": 1}"#)
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let key = cookie_value(&set_cookies(&r)[0]);
+    let key = new_session(&server, r#"{"n": 1}"#);
     gone(&db);
     let inode_now = std::fs::metadata(&db).ok().map(|m| {
         use std::os::unix::fs::MetadataExt;
@@ -467,11 +463,7 @@ fn database_gone_under_the_server(what: &str, gone: impl FnOnce(&std::path::Path
     let r = post_as(&server.url("/api/session"), &key, r#"{"after": true}"#);
     answers.push((r.status().as_u16(), set_cookies(&r).len()));
     let message = body_of(r);
-    let r = agent()
-        .post(server.url("/api/session"))
-        .header("Content-Type", "application/json")
-        .send(r#"{"new": true}"#)
-        .unwrap();
+    let r = post_new(&server, r#"{"new": true}"#);
     answers.push((r.status().as_u16(), set_cookies(&r).len()));
     let r = post_as(&server.url("/api/session/flush"), &key, "");
     answers.push((r.status().as_u16(), set_cookies(&r).len()));
@@ -615,16 +607,10 @@ fn a_database_locked_by_another_process_holds_up_no_other_request() {
         dir,
         &[("SESSION_ENGINE", "db"), ("SESSION_LOCK_TIMEOUT", "2")],
     );
-    let new_session = |json: &str| {
-        let r = agent()
-            .post(server.url("/api/session"))
-            .header("Content-Type", "application/json")
-            .send(json)
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        cookie_value(&set_cookies(&r)[0])
-    };
-    let (writer_key, reader_key) = (new_session(r#"{"w": 0}"#), new_session(r#"{"r": 1}"#));
+    let (writer_key, reader_key) = (
+        new_session(&server, r#"{"w": 0}"#),
+        new_session(&server, r#"{"r": 1}"#),
+    );
 
     // Another process's write lock (this test process's own connection: SQLite's locks
     // are the process's).
@@ -673,11 +659,7 @@ fn a_database_locked_by_another_process_holds_up_no_other_request() {
         "503 at the lock timeout"
     );
     conn.execute_batch("ROLLBACK").unwrap();
-    let r = agent()
-        .post(server.url("/api/session"))
-        .header("Content-Type", "application/json")
-        .send(r#"{"after": true}"#)
-        .unwrap();
+    let r = post_new(&server, r#"{"after": true}"#);
     assert_eq!(r.status(), 200, "writes go on once the lock is let go");
 }
 
@@ -728,17 +710,10 @@ fn requests_waiting_for_locked_sessions_hold_up_no_other_session() {
             ("SESSION_LOCK_TIMEOUT", "3"),
         ],
     );
-    let new_session = || {
-        let r = agent()
-            .post(server.url("/api/session"))
-            .header("Content-Type", "application/json")
-            .send(r#"{"x": 1}"#)
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        cookie_value(&set_cookies(&r)[0])
-    };
-    let locked: Vec<String> = (0..40).map(|_| new_session()).collect();
-    let free = new_session();
+    let locked: Vec<String> = (0..40)
+        .map(|_| new_session(&server, r#"{"x": 1}"#))
+        .collect();
+    let free = new_session(&server, r#"{"x": 1}"#);
     // Another process holds their locks (this test's own store).
     let url = format!("sqlite:///{}", db.display());
     let store = filesession::DbStore::open(&url, "filesession_session")

@@ -1254,17 +1254,27 @@ fn redis_histories_are_not_compiled_without_their_feature() {
     );
 }
 
+/// `FILESESSION_REDIS_URL` (default: the Redis `.ci/run` starts) if it answers; else the
+/// test says it skipped (`FILESESSION_REDIS_TEST=require` makes that a failure).
+#[cfg(feature = "redis")]
+fn redis_url_or_skip(test: &str) -> Option<String> {
+    let url = std::env::var("FILESESSION_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
+    match filesession::RedisStore::open(&url) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            common::skip(test, &e.to_string(), "FILESESSION_REDIS_TEST");
+            None
+        }
+    }
+}
+
 /// The Redis at `FILESESSION_REDIS_URL` (default: the one `.ci/run` starts); unreachable,
 /// `SKIPPED` unless `FILESESSION_REDIS_TEST=require`. Sessions have random keys: tests may
 /// share it.
 #[cfg(feature = "redis")]
 fn redis_servers(mode: &str, count: usize) -> Option<Vec<TestServer>> {
-    let url = std::env::var("FILESESSION_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
-    if let Err(e) = filesession::RedisStore::open(&url) {
-        common::skip("redis history", &e.to_string(), "FILESESSION_REDIS_TEST");
-        return None;
-    }
+    let url = redis_url_or_skip("redis history")?;
     let env = [
         ("SESSION_ENGINE", "redis"),
         ("SESSION_REDIS_URL", url.as_str()),
@@ -1311,16 +1321,7 @@ fn request_locking_across_two_processes_on_redis_is_linearizable() {
 /// `cached_db` servers: SQLite in a temp dir, the Redis of the Redis histories as the cache.
 #[cfg(all(feature = "redis", feature = "sqlite"))]
 fn cached_db_servers(db: &tempfile::TempDir, mode: &str, count: usize) -> Option<Vec<TestServer>> {
-    let url = std::env::var("FILESESSION_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
-    if let Err(e) = filesession::RedisStore::open(&url) {
-        common::skip(
-            "cached_db history",
-            &e.to_string(),
-            "FILESESSION_REDIS_TEST",
-        );
-        return None;
-    }
+    let url = redis_url_or_skip("cached_db history")?;
     let database = sqlite_url(db);
     let env = [
         ("SESSION_ENGINE", "cached_db"),

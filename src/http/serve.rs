@@ -410,33 +410,19 @@ async fn respond<S: Service>(
                 let Ok(_permit) = shared.lock_waits.acquire().await else {
                     return Ok(reject(503, "The server is stopping."));
                 };
-                let waited = tokio::task::spawn_blocking(move || {
-                    let ticket = wait(&request);
-                    (request, ticket)
-                })
-                .await;
-                match waited {
-                    Ok((back, ticket)) => {
-                        request = back;
-                        break ticket;
-                    }
-                    Err(_) => return Ok(reject(500, "Internal server error.")),
-                }
+                let Some((back, ticket)) = on_blocking_thread(request, wait).await else {
+                    return Ok(reject(500, "Internal server error."));
+                };
+                request = back;
+                break ticket;
             }
             Prepared::Work(work) => {
-                let worked = tokio::task::spawn_blocking(move || {
-                    let next = work(&request);
-                    (request, next)
-                })
-                .await;
-                match worked {
-                    // What the work decided: ready, an answer, or a wait for a held lock.
-                    Ok((back, next)) => {
-                        request = back;
-                        prepared = next;
-                    }
-                    Err(_) => return Ok(reject(500, "Internal server error.")),
-                }
+                // What the work decided: ready, an answer, or a wait for a held lock.
+                let Some((back, next)) = on_blocking_thread(request, work).await else {
+                    return Ok(reject(500, "Internal server error."));
+                };
+                request = back;
+                prepared = next;
             }
         }
     };
@@ -468,6 +454,20 @@ async fn respond<S: Service>(
     shared.last_request.set(Instant::now());
     shared.service.after_request();
     Ok(to_hyper(response, false))
+}
+
+/// Runs `f` with the request on a blocking thread, and gives the request back with what
+/// `f` returned; `None` if `f` panicked.
+async fn on_blocking_thread<R: Send + 'static>(
+    request: Request,
+    f: impl FnOnce(&Request) -> R + Send + 'static,
+) -> Option<(Request, R)> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&request);
+        (request, out)
+    })
+    .await
+    .ok()
 }
 
 /// Our response as hyper's: hyper answers in the request's HTTP version and frames the

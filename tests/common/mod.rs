@@ -740,3 +740,27 @@ pub fn sessions_written_through(
         (writes, pages)
     })
 }
+
+/// 8 clients on 8 sessions of `server`, whose store is behind `proxy`, for 3 s, then one
+/// client alone: prints the writes (and their ratio), the store requests in flight at most,
+/// and the cookieless page's latency, as `<what>: ...`; asserts that the 8 clients' store
+/// requests overlapped (at least 4 in flight at once).
+pub fn requests_overlap_through(server: &TestServer, proxy: &DelayProxy, what: &str) {
+    let run = Duration::from_secs(3);
+    let (writes, pages) = sessions_written_through(server, 8, run);
+    let most = proxy.most_in_flight();
+    let (alone, _) = sessions_written_through(server, 1, run);
+    eprintln!(
+        "{what}: {writes} writes in 3 s by 8 clients ({:.1}x one client's {alone}); at most \
+         {most} store requests in flight at once; the page (no store) p50 {:?}, max {:?}",
+        writes as f64 / alone.max(1) as f64,
+        pages[pages.len() / 2],
+        pages.last().copied().unwrap_or_default()
+    );
+    assert!(most >= 4, "{what}: {most} store requests in flight at most");
+    assert!(
+        proxy.in_flight() <= 8,
+        "{what}: {} in flight",
+        proxy.in_flight()
+    );
+}

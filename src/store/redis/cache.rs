@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::connection::{LastError, Shared};
+use super::connection::Shared;
 use super::*;
 
 /// How long a write counts as under way at least, if it never says it is done (its process
@@ -120,33 +120,7 @@ impl RedisCache {
         prefix: &str,
         lock_timeout: Duration,
     ) -> Result<RedisCache, StoreError> {
-        let shown = redacted(url);
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend {
-            action: format!("Redis at {shown} (the session cache) is unreachable"),
-            source: Box::new(e),
-        })?;
-        let last_error = LastError::default();
-        let pool = Shared::pool(client, &last_error).map_err(|e| {
-            StoreError::Unavailable(format!("Redis at {shown}: cannot make its pool: {e}"))
-        })?;
-        let shared = Shared {
-            pool,
-            last_error,
-            url: shown.clone(),
-            held: Mutex::new(HashMap::new()),
-            renewer: std::sync::Once::new(),
-        };
-        shared
-            .run("answer PING", |conn| {
-                redis::cmd("PING").query::<String>(conn)
-            })
-            .map_err(|e| match e {
-                StoreError::Backend { source, .. } => StoreError::Backend {
-                    action: format!("Redis at {shown} (the session cache) is unreachable"),
-                    source,
-                },
-                other => other,
-            })?;
+        let shared = Shared::connect_to(url, " (the session cache)")?;
         Ok(RedisCache {
             shared: Arc::new(shared),
             prefix: prefix.to_owned(),

@@ -52,7 +52,7 @@ impl r2d2::ManageConnection for Connector {
 /// Keeps the pool's last connect error, so that a caller who got no connection is told
 /// Redis's own error (refused, a timeout, a wrong password), not only that none came.
 #[derive(Debug, Clone, Default)]
-pub(super) struct LastError(Arc<Mutex<Option<RedisError>>>);
+struct LastError(Arc<Mutex<Option<RedisError>>>);
 
 impl r2d2::HandleError<RedisError> for LastError {
     fn handle_error(&self, error: RedisError) {
@@ -62,9 +62,9 @@ impl r2d2::HandleError<RedisError> for LastError {
 
 /// The pool, shared with the locks (which release themselves on drop).
 pub(super) struct Shared {
-    pub(super) pool: r2d2::Pool<Connector>,
+    pool: r2d2::Pool<Connector>,
     /// The pool's last connect error.
-    pub(super) last_error: LastError,
+    last_error: LastError,
     /// The URL without its password, for messages.
     pub(super) url: String,
     /// The request locks held now, by lock key: their token and lease, renewed by the
@@ -75,8 +75,43 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The pool to the Redis at `url`, checked with `PING`; `what` names it in the errors
+    /// ("Redis at <url, no password> <what> is unreachable").
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] (Redis's own error kept): the URL is invalid or Redis does
+    /// not answer; [`StoreError::Unavailable`]: the pool cannot be made.
+    pub(super) fn connect_to(url: &str, what: &str) -> Result<Shared, StoreError> {
+        let shown = redacted(url);
+        let unreachable = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Backend {
+            action: format!("Redis at {shown}{what} is unreachable"),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(|e| unreachable(Box::new(e)))?;
+        let last_error = LastError::default();
+        let pool = Shared::pool(client, &last_error).map_err(|e| {
+            StoreError::Unavailable(format!("Redis at {shown}: cannot make its pool: {e}"))
+        })?;
+        let shared = Shared {
+            pool,
+            last_error,
+            url: shown.clone(),
+            held: Mutex::new(HashMap::new()),
+            renewer: std::sync::Once::new(),
+        };
+        shared
+            .run("answer PING", |conn| {
+                redis::cmd("PING").query::<String>(conn)
+            })
+            .map_err(|e| match e {
+                StoreError::Backend { source, .. } => unreachable(source),
+                other => other,
+            })?;
+        Ok(shared)
+    }
+
     /// A pool of at most [`MAX_CONNECTIONS`] for `client`, none opened yet.
-    pub(super) fn pool(
+    fn pool(
         client: redis::Client,
         last_error: &LastError,
     ) -> Result<r2d2::Pool<Connector>, String> {

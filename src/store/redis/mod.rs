@@ -96,34 +96,7 @@ impl RedisStore {
     /// [`StoreError::Backend`] (the URL without its password, and Redis' own error) if the
     /// URL is invalid or Redis does not answer.
     pub fn open(url: &str) -> Result<RedisStore, StoreError> {
-        let shown = redacted(url);
-        let unreachable = |e: RedisError| StoreError::Backend {
-            action: format!("Redis at {shown} is unreachable"),
-            source: Box::new(e),
-        };
-        let client = redis::Client::open(url).map_err(unreachable)?;
-        let last_error = connection::LastError::default();
-        let pool = Shared::pool(client, &last_error).map_err(|e| {
-            StoreError::Unavailable(format!("Redis at {shown}: cannot make its pool: {e}"))
-        })?;
-        let shared = Shared {
-            pool,
-            last_error,
-            url: shown.clone(),
-            held: Mutex::new(HashMap::new()),
-            renewer: std::sync::Once::new(),
-        };
-        shared
-            .run("answer PING", |conn| {
-                redis::cmd("PING").query::<String>(conn)
-            })
-            .map_err(|e| match e {
-                StoreError::Backend { source, .. } => StoreError::Backend {
-                    action: format!("Redis at {shown} is unreachable"),
-                    source,
-                },
-                other => other,
-            })?;
+        let shared = Shared::connect_to(url, "")?;
         Ok(RedisStore {
             shared: Arc::new(shared),
             prefix: "filesession:".to_owned(),

@@ -157,9 +157,9 @@ pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::{
-    Acquired, ChangeSet, ClearReport, DbStore, ExpiredDeletion, Lease, LeaseIssuer, Loaded,
-    LockPreflight, Merged, REFRESH_SLACK, Record, SessionLock, SessionStore, StoreError, Sweep,
-    SweepCursor,
+    Acquired, Candidate, ChangeSet, ClearReport, DbStore, ExpiredDeletion, Lease, Loaded,
+    LockConfig, LockIssuer, LockPreflight, Merged, REFRESH_SLACK, Record, SessionLock,
+    SessionStore, StoreError, Sweep, SweepCursor,
 };
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
 pub use store::{CachedDbStore, DEFAULT_CACHE_TTL};

@@ -410,6 +410,259 @@ mod postgres {
         }
         assert!(!server.log().contains("not-printed"), "{}", server.log());
     }
+
+    /// A PostgreSQL cluster of this test's own (`initdb` into a temp dir, on a free loopback
+    /// port), so that it can be crashed without touching the shared one the other tests use.
+    /// As root (CI), every PostgreSQL command runs as the `postgres` user (PostgreSQL refuses
+    /// root). Dropped, it is stopped at once: a failing test leaves no postgres running.
+    struct Cluster {
+        bin: std::path::PathBuf,
+        dir: tempfile::TempDir,
+        port: u16,
+        as_postgres: bool,
+    }
+
+    impl Cluster {
+        /// `initdb`, then start; `Err` (why) when no PostgreSQL is installed.
+        fn start() -> Result<Cluster, String> {
+            let bin = pg_bin()?;
+            let as_postgres = rustix::process::geteuid().is_root();
+            let dir = tempfile::tempdir().expect("temp dir");
+            if as_postgres {
+                let out = Command::new("chown")
+                    .arg("postgres")
+                    .arg(dir.path())
+                    .output()
+                    .expect("run chown");
+                assert!(
+                    out.status.success(),
+                    "chown postgres {}: {}",
+                    dir.path().display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod 0700 the cluster's dir");
+            }
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let cluster = Cluster {
+                bin,
+                dir,
+                port,
+                as_postgres,
+            };
+            let data = cluster.data();
+            cluster.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres"]);
+            cluster.up();
+            Ok(cluster)
+        }
+
+        fn data(&self) -> String {
+            self.dir
+                .path()
+                .to_str()
+                .expect("a UTF-8 temp dir")
+                .to_owned()
+        }
+
+        fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        }
+
+        /// `<PGBIN>/<tool> <args>`, as the `postgres` user when this test runs as root.
+        fn command(&self, tool: &str, args: &[&str]) -> Command {
+            let program = self.bin.join(tool);
+            let mut cmd = if self.as_postgres {
+                let mut cmd = Command::new("runuser");
+                cmd.args(["-u", "postgres", "--"]).arg(program);
+                cmd
+            } else {
+                Command::new(program)
+            };
+            cmd.args(args).stdin(std::process::Stdio::null());
+            cmd
+        }
+
+        /// Runs `tool` to its end; panics with its output and the server's log if it fails.
+        fn run(&self, tool: &str, args: &[&str]) {
+            let out = self
+                .command(tool, args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+            assert!(
+                out.status.success(),
+                "{tool} {args:?} failed ({}):\n{}{}\nserver log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+            );
+        }
+
+        /// Starts the cluster and waits until it accepts connections (after a crash: once
+        /// its recovery from the WAL is done).
+        fn up(&self) {
+            let data = self.data();
+            let options = format!("-p {} -k {data} -c listen_addresses=127.0.0.1", self.port);
+            let log = format!("{data}/log");
+            self.run(
+                "pg_ctl",
+                &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+            );
+        }
+
+        /// PostgreSQL's crash: `-m immediate` (every process quits at once, no checkpoint;
+        /// the next start recovers from the WAL). `fsync` stays on: committed is durable.
+        fn crash(&self) {
+            self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"]);
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let data = self.data();
+            let _ = self
+                .command("pg_ctl", &["-D", &data, "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+
+    /// The newest installed PostgreSQL's `bin` directory
+    /// (`ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1`).
+    fn pg_bin() -> Result<std::path::PathBuf, String> {
+        let root = std::path::Path::new("/usr/lib/postgresql");
+        let entries = std::fs::read_dir(root).map_err(|e| {
+            format!(
+                "no PostgreSQL installed ({}: {e}; apt-get install postgresql)",
+                root.display()
+            )
+        })?;
+        let version = |name: &str| -> Vec<u64> {
+            name.split('.')
+                .map(|part| part.parse().unwrap_or(0))
+                .collect()
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| root.join(name).join("bin/pg_ctl").is_file())
+            .max_by_key(|name| version(name))
+            .map(|name| root.join(name).join("bin"))
+            .ok_or_else(|| {
+                format!(
+                    "no PostgreSQL installed (no {}/*/bin/pg_ctl)",
+                    root.display()
+                )
+            })
+    }
+
+    /// The twin of redis_e2e's `redis_killed_under_writes_loses_no_acknowledged_write`:
+    /// PostgreSQL crashed (`pg_ctl -m immediate stop`, a cluster of this test's own) and
+    /// restarted under writes by 4 clients: every write answered 200 is there afterwards
+    /// (committed before the answer, and recovered from the WAL), the others answered 503
+    /// with no cookie set, and service is back within 5 s of the restart (the pool drops the
+    /// broken connections and makes new ones).
+    #[test]
+    fn postgres_killed_and_restarted_under_writes_loses_no_acknowledged_write() {
+        let cluster = match Cluster::start() {
+            Ok(cluster) => cluster,
+            Err(why) => {
+                common::skip("postgres end-to-end", &why, "FILESESSION_POSTGRES_TEST");
+                return;
+            }
+        };
+        let database_url = cluster.url();
+        let server = TestServer::start(&[
+            ("SESSION_ENGINE", "db"),
+            ("DATABASE_URL", &database_url),
+            ("SESSION_DB_TABLE", "e2e_killed"),
+        ]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let (stop, url, log) = (
+                    stop.clone(),
+                    server.url("/api/session"),
+                    server.stderr.clone(),
+                );
+                std::thread::spawn(move || {
+                    let a = agent();
+                    let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let r = a
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .send(format!(r#"{{"w{c}-{n}": {n}}}"#))
+                            .unwrap();
+                        match r.status().as_u16() {
+                            200 => acked.push(format!("w{c}-{n}")),
+                            503 => {
+                                assert!(set_cookies(&r).is_empty(), "a 503 keeps the cookie");
+                                refused += 1;
+                            }
+                            other => panic!(
+                                "client {c}: status {other}: {}\nserver log:\n{}",
+                                body_of(r),
+                                log.lock().unwrap()
+                            ),
+                        }
+                    }
+                    (a, acked, refused)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400));
+        cluster.crash();
+        std::thread::sleep(Duration::from_millis(400));
+        let back = Instant::now();
+        cluster.up(); // crash recovery, then accepting connections
+        let restarted = back.elapsed();
+        // Service back: the first 200 after PostgreSQL's return.
+        let probe = agent();
+        let first_ok = loop {
+            let r = probe
+                .post(server.url("/api/session"))
+                .header("Content-Type", "application/json")
+                .send(r#"{"probe": 1}"#)
+                .unwrap();
+            if r.status() == 200 {
+                break back.elapsed();
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "no recovery: {} {}\nserver log:\n{}",
+                r.status(),
+                body_of(r),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let (mut acked_all, mut refused_all, mut lost) = (0, 0, Vec::new());
+        for client in clients {
+            let (a, acked, refused) = client.join().unwrap();
+            acked_all += acked.len();
+            refused_all += refused;
+            let r = a.get(server.url("/api/session")).call().unwrap();
+            assert_eq!(r.status(), 200, "reading the session back");
+            let v: Value = serde_json::from_str(&body_of(r)).unwrap();
+            lost.extend(acked.into_iter().filter(|k| v["data"].get(k).is_none()));
+        }
+        eprintln!(
+            "db_e2e/postgres-killed-under-writes: {acked_all} writes answered 200, \
+             {refused_all} 503 while PostgreSQL was down, {} lost; PostgreSQL restarted \
+             (recovered) in {restarted:?}, service back {first_ok:?} after its restart began",
+            lost.len()
+        );
+        assert!(refused_all > 0, "PostgreSQL was down for a while");
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        assert!(first_ok < Duration::from_secs(5), "{first_ok:?}");
+    }
 }
 
 /// A JSON POST to the API without a cookie: a new session, if it writes.

@@ -567,7 +567,10 @@ fn redis_killed_under_writes_loses_no_acknowledged_write() {
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     drop(redis); // SIGKILL
-    std::thread::sleep(Duration::from_millis(400));
+    // Down longer than a request waits for a connection (2 s, then 503): a request that
+    // finds Redis gone between two commands waits in the pool, and would otherwise be
+    // answered 200 once Redis is back, so that no 503 would show the outage.
+    std::thread::sleep(Duration::from_millis(2_500));
     let back = Instant::now();
     let _redis = Redis::start_durable(port, dir.path()).expect("restart redis");
     // Service back: the first 200 after Redis's return.

@@ -20,10 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use super::redis::cache::{Cached, RedisCache};
 use super::{
-    ChangeSet, DbStore, ExpiredDeletion, Loaded, LockPreflight, Record, SessionLock, SessionStore,
-    StoreError, format,
+    ChangeSet, DbStore, ExpiredDeletion, Loaded, LockConfig, LockPreflight, Record, SessionLock,
+    SessionStore, StoreError, format,
 };
-use crate::config::Locking;
 use crate::key::SessionKey;
 
 /// How long an entry stays in the cache at most, unless set: an hour (and never past the
@@ -35,7 +34,7 @@ pub struct CachedDbStore {
     db: DbStore,
     cache: RedisCache,
     ttl: Duration,
-    locking: Locking,
+    lock_config: LockConfig,
     /// Whether a cache failure was logged since the cache last answered (logged once).
     cache_down: AtomicBool,
 }
@@ -55,9 +54,10 @@ impl CachedDbStore {
     /// # Errors
     /// [`StoreError::Backend`]: Redis does not answer (checked with `PING`).
     pub fn open(db: DbStore, redis_url: &str) -> Result<CachedDbStore, StoreError> {
-        let cache = RedisCache::open(redis_url, "filesession:", db.lock_timeout())?;
+        let lock_config = db.lock_config();
+        let cache = RedisCache::open(redis_url, "filesession:", lock_config.timeout)?;
         Ok(CachedDbStore {
-            locking: db.locking(),
+            lock_config,
             db,
             cache,
             ttl: DEFAULT_CACHE_TTL,
@@ -114,7 +114,7 @@ impl CachedDbStore {
 
 impl SessionStore for CachedDbStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
-        if self.locking == Locking::Request {
+        if self.lock_config.per_request() {
             return self.db.load(key);
         }
         let counter = match self.cache.read(key) {

@@ -86,8 +86,8 @@ pub(crate) mod db;
 mod error;
 pub(crate) mod file;
 mod format;
-mod held;
 pub(crate) mod holder;
+mod lock;
 pub(crate) mod memory;
 mod record;
 #[cfg(feature = "redis")]
@@ -98,8 +98,7 @@ mod sweep;
 pub use cached_db::{CachedDbStore, DEFAULT_CACHE_TTL};
 pub use db::DbStore;
 pub use error::StoreError;
-pub use file::{DirCursor, FileCandidate, FileLock};
-pub use held::{Acquired, Lease, LeaseIssuer, Loaded, SessionLock};
+pub use lock::{Acquired, Candidate, Lease, Loaded, LockConfig, LockIssuer, SessionLock};
 pub use record::{ChangeSet, Merged, REFRESH_SLACK, Record};
 pub use sweep::{ClearReport, Sweep, SweepCursor};
 
@@ -218,7 +217,7 @@ pub trait LockPreflight: Send + Sync {
     /// Waits at most `wait` (`Duration::ZERO`: tries once) until the session's lock is free.
     /// In `request` locking mode the lock is returned held ([`Acquired::Locked`]);
     /// otherwise it is let go at once, and a store may hand on something the load can use
-    /// (an open file, [`Acquired::Candidate`]) or nothing. `Ok(None)` too when there is no
+    /// ([`Acquired::Candidate`]: a file store's open file) or nothing. `Ok(None)` too when there is no
     /// such session. What it returns is never read without checking, when
     /// [`load_acquired`](LockPreflight::load_acquired) runs, that it is still current.
     ///
@@ -299,6 +298,7 @@ pub fn open_existing(settings: &Settings) -> Result<Arc<dyn SessionStore>, Store
 }
 
 fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, StoreError> {
+    let lock = LockConfig::from(settings);
     match settings.engine {
         Engine::File => {
             let store = if create {
@@ -308,8 +308,7 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
             };
             Ok(Arc::new(
                 store
-                    .with_locking(settings.locking)
-                    .with_lock_timeout(settings.lock_timeout)
+                    .with_lock_config(lock)
                     .with_fsync(settings.file_fsync)
                     .with_in_place(settings.file_in_place),
             ))
@@ -320,11 +319,7 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
             } else {
                 db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
             };
-            Ok(Arc::new(
-                store
-                    .with_locking(settings.locking)
-                    .with_lock_timeout(settings.lock_timeout),
-            ))
+            Ok(Arc::new(store.with_lock_config(lock)))
         }
         #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
         Engine::CachedDb => {
@@ -333,11 +328,8 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
             } else {
                 db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
             };
-            let db = db
-                .with_locking(settings.locking)
-                .with_lock_timeout(settings.lock_timeout);
             Ok(Arc::new(
-                cached_db::CachedDbStore::open(db, &settings.redis_url)?
+                cached_db::CachedDbStore::open(db.with_lock_config(lock), &settings.redis_url)?
                     .with_cache_ttl(settings.cache_ttl),
             ))
         }
@@ -347,9 +339,7 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
         )),
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(
-            redis::RedisStore::open(&settings.redis_url)?
-                .with_locking(settings.locking)
-                .with_lock_timeout(settings.lock_timeout),
+            redis::RedisStore::open(&settings.redis_url)?.with_lock_config(lock),
         )),
         #[cfg(not(feature = "redis"))]
         Engine::Redis => Err(StoreError::Unavailable(

@@ -1,11 +1,11 @@
 //! Expired-session deletion as its own contract: [`ClearReport`] (what a pass did) and
 //! [`Sweep`] (a pass done in slices, with the store's typed position).
 
+use std::any::Any;
 use std::fmt;
 use std::time::SystemTime;
 
 use super::error::StoreError;
-use super::file::DirCursor;
 
 /// What [`ExpiredDeletion::clear_expired`](crate::ExpiredDeletion::clear_expired) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,9 +29,11 @@ pub enum SweepCursor {
     /// No pass under way.
     #[default]
     Idle,
-    /// [`FileStore`](crate::FileStore): the directory listing, read so far.
-    Directory(DirCursor),
-    /// Any other store: its own position, as text (a `SCAN` cursor, the last key seen).
+    /// A store's own position, of a type of its own (a file store's directory listing, read
+    /// so far), which it takes back by downcasting; a store that finds another's starts
+    /// its own pass.
+    Own(Box<dyn Any + Send>),
+    /// A store's position, as text (a `SCAN` cursor, the last key seen).
     Position(String),
 }
 

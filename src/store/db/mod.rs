@@ -48,12 +48,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::format;
 use super::{
-    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, LeaseIssuer, Loaded, LockPreflight,
-    Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, Loaded, LockConfig, LockIssuer,
+    LockPreflight, Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
 };
 #[cfg(test)]
 use crate::config::DEFAULT_DB_TABLE;
-use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking, redacted};
+use crate::config::{Locking, redacted};
 use crate::expiry::later;
 use crate::key::SessionKey;
 
@@ -134,13 +134,7 @@ pub(crate) trait Database: Send + Sync {
     }
     /// Takes the request lock of `key`, waiting at most `wait`; a lease (SQLite) lasts
     /// `lease` if its holder dies.
-    fn lock(
-        &self,
-        issuer: LeaseIssuer,
-        key: &SessionKey,
-        wait: Duration,
-        lease: Duration,
-    ) -> Result<Lease, StoreError>;
+    fn lock(&self, key: &SessionKey, wait: Duration, lease: Duration) -> Result<Lease, StoreError>;
 }
 
 /// Sessions as rows of a database table: Django's `django.contrib.sessions.backends.db`.
@@ -163,16 +157,15 @@ pub(crate) trait Database: Send + Sync {
 pub struct DbStore {
     db: Box<dyn Database>,
     shown: String,
-    locking: Locking,
-    lock_timeout: Duration,
-    issuer: LeaseIssuer,
+    lock_config: LockConfig,
+    issuer: LockIssuer,
 }
 
 impl std::fmt::Debug for DbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbStore")
             .field("database", &self.shown)
-            .field("locking", &self.locking)
+            .field("lock_config", &self.lock_config)
             .finish_non_exhaustive()
     }
 }
@@ -220,35 +213,38 @@ impl DbStore {
         Ok(DbStore {
             db,
             shown,
-            locking: Locking::Merge,
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            issuer: LeaseIssuer::new(),
+            lock_config: LockConfig::default(),
+            issuer: LockIssuer::new(),
         })
     }
 
-    /// Sets the locking mode (`SESSION_LOCKING`).
+    /// Sets the locking mode and how long a request waits for a session's lock
+    /// (`SESSION_LOCKING`, `SESSION_LOCK_TIMEOUT`); on SQLite the timeout is also how long a
+    /// statement waits while another process writes. Default: [`LockConfig::default`].
+    pub fn with_lock_config(mut self, lock_config: LockConfig) -> Self {
+        self.lock_config = lock_config;
+        self.db.set_wait(lock_config.timeout);
+        self
+    }
+
+    /// Sets the locking mode alone ([`with_lock_config`](DbStore::with_lock_config)).
     pub fn with_locking(mut self, locking: Locking) -> Self {
-        self.locking = locking;
+        self.lock_config.locking = locking;
         self
     }
 
-    /// Sets how long a request waits for a session's lock (`SESSION_LOCK_TIMEOUT`), and on SQLite
-    /// how long a statement waits while another process writes. Default:
-    /// [`DEFAULT_LOCK_TIMEOUT`].
-    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = timeout;
-        self.db.set_wait(timeout);
-        self
+    /// Sets the lock timeout alone ([`with_lock_config`](DbStore::with_lock_config)).
+    pub fn with_lock_timeout(self, timeout: Duration) -> Self {
+        let lock_config = LockConfig {
+            timeout,
+            ..self.lock_config
+        };
+        self.with_lock_config(lock_config)
     }
 
-    /// The locking mode.
-    pub fn locking(&self) -> Locking {
-        self.locking
-    }
-
-    /// How long a request waits for a session's lock.
-    pub fn lock_timeout(&self) -> Duration {
-        self.lock_timeout
+    /// The locking mode and the lock timeout.
+    pub fn lock_config(&self) -> LockConfig {
+        self.lock_config
     }
 
     /// The database, as it may be shown (no password).
@@ -257,7 +253,7 @@ impl DbStore {
     }
 
     fn lease(&self) -> Duration {
-        self.lock_timeout + LOCK_LEASE_EXTRA
+        self.lock_config.timeout + LOCK_LEASE_EXTRA
     }
 
     /// The live record of a row; `None` if it ended or its document is corrupt (logged).
@@ -295,16 +291,14 @@ impl DbStore {
         key: &SessionKey,
         held: Option<SessionLock>,
     ) -> Result<Option<Lease>, StoreError> {
-        if let Some(SessionLock::Lease(lease)) = held
-            && lease.is_for(self.issuer, key)
-        {
+        if let Some(lease) = held.and_then(|lock| lock.take::<Lease>(self.issuer, key).ok()) {
             return Ok(Some(lease));
         }
-        match self.locking {
+        match self.lock_config.locking {
             Locking::Merge => Ok(None),
             Locking::Request => self
                 .db
-                .lock(self.issuer, key, self.lock_timeout, self.lease())
+                .lock(key, self.lock_config.timeout, self.lease())
                 .map(Some),
         }
     }
@@ -320,7 +314,7 @@ impl DbStore {
         };
         Ok(self.live(key, row).map(|record| Loaded {
             record,
-            lock: lease.map(SessionLock::Lease),
+            lock: lease.map(|lease| SessionLock::new(self.issuer, *key, lease)),
         }))
     }
 
@@ -341,14 +335,9 @@ impl DbStore {
 
 impl SessionStore for DbStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
-        let lease = match self.locking {
+        let lease = match self.lock_config.locking {
             Locking::Merge => None,
-            Locking::Request => {
-                Some(
-                    self.db
-                        .lock(self.issuer, key, self.lock_timeout, self.lease())?,
-                )
-            }
+            Locking::Request => Some(self.db.lock(key, self.lock_config.timeout, self.lease())?),
         };
         self.load_with(key, lease)
     }
@@ -437,7 +426,7 @@ impl SessionStore for DbStore {
 
     fn preflight(&self) -> Option<&dyn LockPreflight> {
         // In merge mode each write is one short transaction: nothing to wait for first.
-        (self.locking == Locking::Request).then_some(self as &dyn LockPreflight)
+        (self.lock_config.locking == Locking::Request).then_some(self as &dyn LockPreflight)
     }
 
     fn expired_deletion(&self) -> Option<&dyn ExpiredDeletion> {
@@ -447,14 +436,14 @@ impl SessionStore for DbStore {
 
 impl LockPreflight for DbStore {
     fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
-        if self.locking == Locking::Merge {
+        if self.lock_config.locking == Locking::Merge {
             return Ok(None);
         }
-        let lease = self.db.lock(self.issuer, key, wait, self.lease())?;
+        let lease = self.db.lock(key, wait, self.lease())?;
         Ok(self
             .db
             .exists(key, Some(&lease))?
-            .then(|| Acquired::Locked(SessionLock::Lease(lease))))
+            .then(|| Acquired::Locked(SessionLock::new(self.issuer, *key, lease))))
     }
 
     fn load_acquired(
@@ -463,9 +452,14 @@ impl LockPreflight for DbStore {
         acquired: Acquired,
     ) -> Result<Option<Loaded>, StoreError> {
         match acquired {
-            Acquired::Locked(SessionLock::Lease(lease)) if lease.is_for(self.issuer, key) => {
-                self.load_with(key, Some(lease))
-            }
+            Acquired::Locked(lock) => match lock.take::<Lease>(self.issuer, key) {
+                Ok(lease) => self.load_with(key, Some(lease)),
+                // Not this session's lock: let it go and load afresh.
+                Err(other) => {
+                    drop(other);
+                    self.load(key)
+                }
+            },
             // Not this session's lock: let it go and load afresh.
             other => {
                 drop(other);
@@ -594,7 +588,7 @@ pub(crate) fn wait_or_time_out(
     start: Instant,
     wait: Duration,
 ) -> Result<(), StoreError> {
-    super::held::pause_or_time_out(key, start, wait, LOCK_POLL)
+    LockConfig::pause_or_time_out(key, start, wait, LOCK_POLL)
 }
 
 /// The lock a request held is no longer its own (its lease ran out while the handler ran

@@ -35,7 +35,7 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use super::{Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version};
 use crate::key::SessionKey;
-use crate::store::{Lease, LeaseIssuer, StoreError, locked};
+use crate::store::{Lease, StoreError, locked};
 
 /// How long connecting may take. Short: a server has one handler thread to keep moving.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -491,7 +491,6 @@ impl Database for Postgres {
 
     fn lock(
         &self,
-        issuer: LeaseIssuer,
         key: &SessionKey,
         wait: Duration,
         _lease: Duration,
@@ -551,7 +550,7 @@ impl Database for Postgres {
         let token = pid.to_string();
         locked(&self.pool.leased).insert(token.clone(), client);
         let pool = Arc::clone(&self.pool);
-        Ok(Lease::new(issuer, *key, token, move |key, token| {
+        Ok(Lease::new(*key, token, move |key, token| {
             let Some(client) = locked(&pool.leased).remove(token) else {
                 return;
             };

@@ -27,7 +27,7 @@ use super::{
     wait_or_time_out,
 };
 use crate::key::SessionKey;
-use crate::store::{Lease, LeaseIssuer, StoreError, holder};
+use crate::store::{Lease, StoreError, holder};
 
 /// How long a statement retries while another process holds the database's write lock,
 /// until [`Database::set_wait`] gives the store's lock timeout.
@@ -491,13 +491,7 @@ impl Database for Sqlite {
         true
     }
 
-    fn lock(
-        &self,
-        issuer: LeaseIssuer,
-        key: &SessionKey,
-        wait: Duration,
-        lease: Duration,
-    ) -> Result<Lease, StoreError> {
+    fn lock(&self, key: &SessionKey, wait: Duration, lease: Duration) -> Result<Lease, StoreError> {
         // Who holds it, in the token: a waiter on this machine takes the lock of a holder
         // that died at once (store::holder), instead of waiting out the lease.
         let token = holder::token(&uuid::Uuid::new_v4().to_string());
@@ -551,7 +545,7 @@ impl Database for Sqlite {
                     "DELETE FROM {} WHERE session_key = ?1 AND token = ?2",
                     self.locks
                 );
-                return Ok(Lease::new(issuer, *key, token, move |key, token| {
+                return Ok(Lease::new(*key, token, move |key, token| {
                     let done = inner.run("release a session lock", |c| {
                         c.execute(&release, [key.to_string(), token.to_owned()])
                     });

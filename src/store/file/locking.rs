@@ -80,7 +80,7 @@ impl FileStore {
     /// name again. Called only while `held` is the file at its name (written in place, or
     /// not written). A lock that cannot be let go is closed with its file.
     pub(super) fn release_and_keep(&self, held: FileLock) {
-        if self.locking == Locking::Merge && unlock(&held.entry.file).is_ok() {
+        if self.lock_config.locking == Locking::Merge && unlock(&held.entry.file).is_ok() {
             self.keep_open(held.name, held.entry);
         }
     }
@@ -140,13 +140,17 @@ impl FileStore {
     }
 
     /// The live session under a held lock, which stays held with it.
-    pub(super) fn loaded_locked(&self, held: FileLock) -> Result<Option<Loaded>, StoreError> {
+    pub(super) fn loaded_locked(
+        &self,
+        key: &SessionKey,
+        held: FileLock,
+    ) -> Result<Option<Loaded>, StoreError> {
         let Some(record) = self.live_record(&held.entry, &held.name)? else {
             return Ok(None);
         };
         Ok(Some(Loaded {
             record,
-            lock: Some(SessionLock::File(held)),
+            lock: Some(SessionLock::new(self.issuer, *key, held)),
         }))
     }
 
@@ -196,9 +200,7 @@ impl FileStore {
         held: Option<SessionLock>,
     ) -> Result<Option<FileLock>, StoreError> {
         let name = key.file_name();
-        if let Some(SessionLock::File(held)) = held
-            && held.name == name
-        {
+        if let Some(held) = held.and_then(|lock| lock.take::<FileLock>(self.issuer, key).ok()) {
             match self.is_current(&held.entry, &held.name)? {
                 Some(true) => return Ok(Some(held)),
                 None => return Ok(None),
@@ -206,7 +208,7 @@ impl FileStore {
             }
         }
         let kept = self.take_open(&name);
-        self.lock_current(key, &name, self.lock_timeout, kept)
+        self.lock_current(key, &name, self.lock_config.timeout, kept)
     }
 
     /// Counts a change to the directory's names from now until the guard is dropped.

@@ -107,10 +107,10 @@ use write::InPlace;
 use flock::{lock_exclusive_until, try_lock_shared, unlock};
 
 use super::{
-    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Loaded, LockPreflight, Merged, Record,
-    SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+    Acquired, Candidate, ChangeSet, ClearReport, ExpiredDeletion, Loaded, LockConfig, LockIssuer,
+    LockPreflight, Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
 };
-use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
+use crate::config::Locking;
 use crate::expiry::later;
 use crate::key::SessionKey;
 
@@ -164,8 +164,9 @@ pub struct FileStore {
     dir: PathBuf,
     /// The sessions directory, opened once; every file operation is relative to it.
     dirfd: OwnedFd,
-    locking: Locking,
-    lock_timeout: Duration,
+    lock_config: LockConfig,
+    /// Who made this store's locks and candidates: it takes back only its own.
+    issuer: LockIssuer,
     fsync: bool,
     max_file_size: usize,
     leftover_age: Duration,
@@ -211,8 +212,8 @@ impl Drop for Changing<'_> {
 }
 
 /// A session file of a [`FileStore`] locked exclusively (`flock`), checked to be the file
-/// now at its name: [`SessionLock::File`]. Closing it releases the lock.
-pub struct FileLock {
+/// now at its name, held in a [`SessionLock`]. Closing it releases the lock.
+pub(super) struct FileLock {
     entry: Entry,
     name: String,
 }
@@ -262,9 +263,9 @@ impl std::fmt::Debug for KeptOpen {
 }
 
 /// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
-/// preflight, [`Acquired::Candidate`]: the load reads it only after checking that it is
-/// still the file with its name.
-pub struct FileCandidate {
+/// preflight, handed on in a [`Candidate`]: the load reads it only after checking that it
+/// is still the file with its name.
+pub(super) struct FileCandidate {
     entry: Entry,
     name: String,
     /// [`Changes::begun`] when it was opened, if no change was under way then.
@@ -289,8 +290,8 @@ impl std::fmt::Debug for FileCandidate {
 }
 
 /// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
-/// ([`SweepCursor::Directory`]).
-pub struct DirCursor(Dir);
+/// ([`SweepCursor::Own`]).
+pub(super) struct DirCursor(Dir);
 
 impl std::fmt::Debug for DirCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -384,8 +385,8 @@ impl FileStore {
         let store = FileStore {
             dir: dir.clone(),
             dirfd,
-            locking: Locking::Merge,
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            lock_config: LockConfig::default(),
+            issuer: LockIssuer::new(),
             fsync: false,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             leftover_age: DEFAULT_LEFTOVER_AGE,
@@ -411,16 +412,22 @@ impl FileStore {
         Ok(store)
     }
 
-    /// Sets the locking mode. Default: [`Locking::Merge`].
-    pub fn with_locking(mut self, locking: Locking) -> Self {
-        self.locking = locking;
+    /// Sets the locking mode and how long a request waits for a session's lock
+    /// (`SESSION_LOCKING`, `SESSION_LOCK_TIMEOUT`). Default: [`LockConfig::default`].
+    pub fn with_lock_config(mut self, lock_config: LockConfig) -> Self {
+        self.lock_config = lock_config;
         self
     }
 
-    /// Sets how long a request waits for a session's lock. Default:
-    /// [`DEFAULT_LOCK_TIMEOUT`].
+    /// Sets the locking mode alone ([`with_lock_config`](FileStore::with_lock_config)).
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.lock_config.locking = locking;
+        self
+    }
+
+    /// Sets the lock timeout alone ([`with_lock_config`](FileStore::with_lock_config)).
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = timeout;
+        self.lock_config.timeout = timeout;
         self
     }
 
@@ -465,7 +472,7 @@ impl FileStore {
 
     /// The locking mode.
     pub fn locking(&self) -> Locking {
-        self.locking
+        self.lock_config.locking
     }
 
     /// The path of a session's file: `<dir>/<key>.json`, built from a parsed key only.
@@ -477,9 +484,13 @@ impl FileStore {
 impl LockPreflight for FileStore {
     fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
         let name = key.file_name();
-        if self.locking == Locking::Request {
+        if self.lock_config.locking == Locking::Request {
             return match self.lock_current(key, &name, wait, None) {
-                Ok(Some(held)) => Ok(Some(Acquired::Locked(SessionLock::File(held)))),
+                Ok(Some(held)) => Ok(Some(Acquired::Locked(SessionLock::new(
+                    self.issuer,
+                    *key,
+                    held,
+                )))),
                 Ok(None) | Err(StoreError::NotARegularFile(_)) => Ok(None),
                 Err(e) => Err(e),
             };
@@ -498,11 +509,16 @@ impl LockPreflight for FileStore {
         self.lock_by(key, &entry, &name, start, later(start, wait))?;
         unlock(&entry.file)
             .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
-        Ok(Some(Acquired::Candidate(FileCandidate {
+        let found = FileCandidate {
             entry,
             name,
             quiet_since,
-        })))
+        };
+        Ok(Some(Acquired::Candidate(Candidate::new(
+            self.issuer,
+            *key,
+            found,
+        ))))
     }
 
     fn load_acquired(
@@ -511,7 +527,10 @@ impl LockPreflight for FileStore {
         acquired: Acquired,
     ) -> Result<Option<Loaded>, StoreError> {
         match acquired {
-            Acquired::Candidate(candidate) if candidate.name == key.file_name() => {
+            Acquired::Candidate(candidate) => {
+                let Ok(candidate) = candidate.take::<FileCandidate>(self.issuer, key) else {
+                    return self.load(key); // not this store's, nor this session's
+                };
                 // Checked now, when the handler runs: the copy is current or not used.
                 if self.candidate_is_current(&candidate)? {
                     let loaded = self
@@ -522,18 +541,17 @@ impl LockPreflight for FileStore {
                 }
                 self.load(key)
             }
-            Acquired::Locked(SessionLock::File(held))
-                if held.name == key.file_name()
-                    && matches!(self.is_current(&held.entry, &held.name), Ok(Some(true))) =>
-            {
-                self.loaded_locked(held)
-            }
-            // Another session's, or replaced meanwhile: let it go (a lock held here would
-            // make the load wait for itself), then a fresh load.
-            other => {
-                drop(other);
-                self.load(key)
-            }
+            Acquired::Locked(lock) => match lock.take::<FileLock>(self.issuer, key) {
+                Ok(held) if matches!(self.is_current(&held.entry, &held.name), Ok(Some(true))) => {
+                    self.loaded_locked(key, held)
+                }
+                // Another session's, or replaced meanwhile: let it go (a lock held here would
+                // make the load wait for itself), then a fresh load.
+                other => {
+                    drop(other);
+                    self.load(key)
+                }
+            },
         }
     }
 }
@@ -541,7 +559,7 @@ impl LockPreflight for FileStore {
 impl SessionStore for FileStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
         let name = key.file_name();
-        let found = match self.locking {
+        let found = match self.lock_config.locking {
             Locking::Merge => match self.open_current(&name) {
                 Ok(Opened::File(entry)) => {
                     let loaded = self
@@ -553,8 +571,9 @@ impl SessionStore for FileStore {
                 Ok(Opened::Missing) => return Ok(None),
                 Err(e) => Err(e),
             },
-            Locking::Request => match self.lock_current(key, &name, self.lock_timeout, None) {
-                Ok(Some(held)) => return self.loaded_locked(held),
+            Locking::Request => match self.lock_current(key, &name, self.lock_config.timeout, None)
+            {
+                Ok(Some(held)) => return self.loaded_locked(key, held),
                 Ok(None) => return Ok(None),
                 Err(e) => Err(e),
             },
@@ -732,7 +751,7 @@ impl ExpiredDeletion for FileStore {
 
     fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
         // Within a short budget a locked session is left for the next pass, not waited for.
-        self.sweep_with(sweep, budget, budget.min(self.lock_timeout))
+        self.sweep_with(sweep, budget, budget.min(self.lock_config.timeout))
     }
 
     fn clear_expired_with_progress(
@@ -742,7 +761,7 @@ impl ExpiredDeletion for FileStore {
     ) -> Result<ClearReport, StoreError> {
         // A whole pass waits for a locked session (the lock timeout) rather than leave it.
         super::sweep::whole_pass(
-            |sweep| self.sweep_with(sweep, every, self.lock_timeout),
+            |sweep| self.sweep_with(sweep, every, self.lock_config.timeout),
             progress,
         )
     }

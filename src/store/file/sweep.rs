@@ -118,11 +118,15 @@ impl FileStore {
             self.check_dir()?;
             let entries = Dir::read_from(&self.dirfd)
                 .map_err(|e| StoreError::io("list session directory", &self.dir, e.into()))?;
-            sweep.begin(SweepCursor::Directory(DirCursor(entries)));
+            sweep.begin(SweepCursor::Own(Box::new(DirCursor(entries))));
         }
         let now = sweep.now();
         loop {
-            let SweepCursor::Directory(DirCursor(entries)) = sweep.cursor_mut() else {
+            let SweepCursor::Own(own) = sweep.cursor_mut() else {
+                sweep.finish();
+                return Ok(true);
+            };
+            let Some(DirCursor(entries)) = own.downcast_mut::<DirCursor>() else {
                 // Another store's position: this store starts its own pass next time.
                 sweep.finish();
                 return Ok(true);

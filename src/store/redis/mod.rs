@@ -22,10 +22,10 @@ use redis::{Connection, RedisError, RedisResult};
 use serde_json::Map;
 
 use super::{
-    Acquired, ChangeSet, Lease, LeaseIssuer, Loaded, LockPreflight, Record, SessionLock,
+    Acquired, ChangeSet, Lease, Loaded, LockConfig, LockIssuer, LockPreflight, Record, SessionLock,
     SessionStore, StoreError,
 };
-use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking};
+use crate::config::Locking;
 use crate::key::SessionKey;
 
 pub(crate) mod cache;
@@ -72,9 +72,8 @@ const KEY_ATTEMPTS: usize = 16;
 pub struct RedisStore {
     shared: Arc<Shared>,
     prefix: String,
-    locking: Locking,
-    lock_timeout: Duration,
-    issuer: LeaseIssuer,
+    lock_config: LockConfig,
+    issuer: LockIssuer,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,8 +81,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("url", &self.shared.url)
             .field("prefix", &self.prefix)
-            .field("locking", &self.locking)
-            .field("lock_timeout", &self.lock_timeout)
+            .field("lock_config", &self.lock_config)
             .finish_non_exhaustive()
     }
 }
@@ -100,22 +98,27 @@ impl RedisStore {
         Ok(RedisStore {
             shared: Arc::new(shared),
             prefix: "filesession:".to_owned(),
-            locking: Locking::Merge,
-            lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            issuer: LeaseIssuer::new(),
+            lock_config: LockConfig::default(),
+            issuer: LockIssuer::new(),
         })
     }
 
-    /// Sets the locking mode (`SESSION_LOCKING`).
-    pub fn with_locking(mut self, locking: Locking) -> Self {
-        self.locking = locking;
+    /// Sets the locking mode and the lock timeout (`SESSION_LOCKING`,
+    /// `SESSION_LOCK_TIMEOUT`). Default: [`LockConfig::default`].
+    pub fn with_lock_config(mut self, lock_config: LockConfig) -> Self {
+        self.lock_config = lock_config;
         self
     }
 
-    /// How long to wait for a session's lock in request mode before
-    /// [`StoreError::LockTimeout`].
+    /// Sets the locking mode alone ([`with_lock_config`](RedisStore::with_lock_config)).
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.lock_config.locking = locking;
+        self
+    }
+
+    /// Sets the lock timeout alone ([`with_lock_config`](RedisStore::with_lock_config)).
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
-        self.lock_timeout = timeout;
+        self.lock_config.timeout = timeout;
         self
     }
 
@@ -135,7 +138,7 @@ impl RedisStore {
 
     /// Takes the request lock of `key` within the lock timeout.
     fn lock(&self, key: &SessionKey) -> Result<Lease, StoreError> {
-        self.lock_within(key, self.lock_timeout)
+        self.lock_within(key, self.lock_config.timeout)
     }
 
     /// [`lock`](RedisStore::lock) waiting at most `wait` (zero: one try).
@@ -144,7 +147,7 @@ impl RedisStore {
         // Who holds it, in the token: a waiter on this machine takes the lock of a holder
         // that died at once (store::holder), instead of waiting out the lease.
         let token = holder::token(&uuid::Uuid::new_v4().to_string());
-        let lease = self.lock_timeout + LOCK_LEASE_MARGIN;
+        let lease = self.lock_config.timeout + LOCK_LEASE_MARGIN;
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let start = Instant::now();
         let mut dead = String::new();
@@ -165,12 +168,9 @@ impl RedisStore {
                 }
                 let shared = Arc::clone(&self.shared);
                 connection::renew_while_held(&self.shared, &lock_key, &token, lease);
-                return Ok(Lease::new(
-                    self.issuer,
-                    *key,
-                    token,
-                    move |session, token| release(&shared, &lock_key, session, token),
-                ));
+                return Ok(Lease::new(*key, token, move |session, token| {
+                    release(&shared, &lock_key, session, token)
+                }));
             }
             // Held: by a process of this machine that has died since? Then the next try
             // takes it over, if that holder still has it.
@@ -179,7 +179,7 @@ impl RedisStore {
             })?;
             match holder {
                 Some(old) if old != dead && holder::holder_died(&old) => dead = old,
-                _ => super::held::pause_or_time_out(key, start, wait, LOCK_POLL)?,
+                _ => LockConfig::pause_or_time_out(key, start, wait, LOCK_POLL)?,
             }
         }
     }
@@ -191,12 +191,10 @@ impl RedisStore {
         key: &SessionKey,
         held: Option<SessionLock>,
     ) -> Result<Option<Lease>, StoreError> {
-        if let Some(SessionLock::Lease(lease)) = held
-            && lease.is_for(self.issuer, key)
-        {
+        if let Some(lease) = held.and_then(|lock| lock.take::<Lease>(self.issuer, key).ok()) {
             return Ok(Some(lease));
         }
-        match self.locking {
+        match self.lock_config.locking {
             Locking::Merge => Ok(None),
             Locking::Request => self.lock(key).map(Some),
         }
@@ -311,9 +309,9 @@ impl RedisStore {
 
 impl SessionStore for RedisStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
-        let lock = match self.locking {
+        let lock = match self.lock_config.locking {
             Locking::Merge => None,
-            Locking::Request => Some(SessionLock::Lease(self.lock(key)?)),
+            Locking::Request => Some(SessionLock::new(self.issuer, *key, self.lock(key)?)),
         };
         Ok(self.read(key)?.map(|record| Loaded { record, lock }))
     }
@@ -394,19 +392,19 @@ impl SessionStore for RedisStore {
 
     fn preflight(&self) -> Option<&dyn LockPreflight> {
         // In merge mode every write is one atomic script: nothing to wait for.
-        (self.locking == Locking::Request).then_some(self as &dyn LockPreflight)
+        (self.lock_config.locking == Locking::Request).then_some(self as &dyn LockPreflight)
     }
     // No expired_deletion: Redis removes ended sessions by itself (each hash's TTL).
 }
 
 impl LockPreflight for RedisStore {
     fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
-        if self.locking == Locking::Merge {
+        if self.lock_config.locking == Locking::Merge {
             return Ok(None);
         }
         let lease = self.lock_within(key, wait)?;
         let exists = self.exists(key)?;
-        Ok(exists.then(|| Acquired::Locked(SessionLock::Lease(lease))))
+        Ok(exists.then(|| Acquired::Locked(SessionLock::new(self.issuer, *key, lease))))
     }
 
     fn load_acquired(
@@ -415,10 +413,10 @@ impl LockPreflight for RedisStore {
         acquired: Acquired,
     ) -> Result<Option<Loaded>, StoreError> {
         match acquired {
-            Acquired::Locked(SessionLock::Lease(lease)) if lease.is_for(self.issuer, key) => {
+            Acquired::Locked(lock) if lock.is_for::<Lease>(self.issuer, key) => {
                 Ok(self.read(key)?.map(|record| Loaded {
                     record,
-                    lock: Some(SessionLock::Lease(lease)),
+                    lock: Some(lock),
                 }))
             }
             // Not this session's lease: let it go and load afresh.

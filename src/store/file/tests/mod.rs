@@ -4,6 +4,7 @@ use super::*;
 
 mod in_place;
 mod sweep;
+use crate::config::DEFAULT_LOCK_TIMEOUT;
 use crate::expiry::Expiry;
 use serde_json::json;
 use std::fs;

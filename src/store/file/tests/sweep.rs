@@ -1,6 +1,7 @@
 //! Cleanup's tests: expired sessions, leftovers, corrupt files, slices, locks, mtimes.
 
 use super::*;
+use crate::config::DEFAULT_LOCK_TIMEOUT;
 
 #[test]
 fn expired_sessions_load_as_none_and_are_cleared() {

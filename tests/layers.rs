@@ -76,7 +76,10 @@ fn root_exports(lib: &str) -> BTreeMap<String, String> {
     map
 }
 
-/// The names after `crate::` in `text`: modules, or items re-exported at the root.
+/// The names after `crate::` in `text`: modules, or items re-exported at the root. A grouped
+/// import gives each of its top-level names, over one line or many, whatever is nested in
+/// it: `use crate::{config::Settings, store::{self, Record}, key};` gives `config`, `store`
+/// and `key`.
 fn crate_paths(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = text;
@@ -86,15 +89,70 @@ fn crate_paths(text: &str) -> Vec<String> {
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             continue; // `mycrate::`, not ours
         }
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() {
-            found.push(name);
+        if let Some(group) = rest.strip_prefix('{') {
+            let (names, after) = group_names(group);
+            found.extend(names);
+            rest = after;
+        } else {
+            let name = leading_name(rest);
+            if !name.is_empty() {
+                found.push(name);
+            }
         }
     }
     found
+}
+
+/// The top-level names of a `{...}` group, given the text after its `{`, and the text after
+/// its `}`. A `self` (the crate itself) is no module; `//` comments are skipped.
+fn group_names(text: &str) -> (Vec<String>, &str) {
+    let mut names = Vec::new();
+    let mut add = |element: &str| {
+        // Without its comments, the element's first name: `store` of `store::{self, Record}`.
+        let code: String = element
+            .lines()
+            .map(|line| line.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let name = leading_name(&code);
+        if !name.is_empty() && name != "self" {
+            names.push(name);
+        }
+    };
+    let mut depth = 0usize;
+    let mut element_start = 0;
+    let mut at = 0;
+    while let Some(c) = text[at..].chars().next() {
+        match c {
+            '/' if text[at..].starts_with("//") => {
+                // A comment: its braces and commas are not the group's.
+                at += text[at..].find('\n').unwrap_or(text.len() - at);
+                continue;
+            }
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                add(&text[element_start..at]);
+                return (names, &text[at + 1..]);
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                add(&text[element_start..at]);
+                element_start = at + 1;
+            }
+            _ => {}
+        }
+        at += c.len_utf8();
+    }
+    add(&text[element_start..]);
+    (names, "")
+}
+
+/// The identifier `text` starts with, after any whitespace.
+fn leading_name(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
 }
 
 #[test]
@@ -148,4 +206,75 @@ fn the_check_sees_an_upward_use() {
     assert_eq!(exports.get("Session").map(String::as_str), Some("session"));
     assert_eq!(exports.get("Limits").map(String::as_str), Some("http"));
     assert!(layer_of("server") > layer_of("store"));
+}
+
+#[test]
+fn a_grouped_import_gives_each_of_its_top_level_names() {
+    let names = |text: &str| crate_paths(text);
+    assert_eq!(
+        names("use crate::{config::Settings, store::{self, Record}, key};"),
+        vec!["config", "store", "key"]
+    );
+    // Over many lines, nested, with comments and a trailing comma, then more paths after.
+    let multi_line = "use crate::{
+        // the settings, {not a group}, nor a name
+        config::{Locking, Settings},
+        server::{
+            Server,
+            StopHandle, // stops it
+        },
+        self,
+        Session as S,
+    };
+    use crate::key::SessionKey;
+    fn f() -> crate::store::Record {}";
+    assert_eq!(
+        names(multi_line),
+        vec!["config", "server", "Session", "key", "store"]
+    );
+    // A group's names count as any path's: an upward one is seen.
+    assert!(
+        names("use crate::{key, server::Server};")
+            .iter()
+            .any(|name| layer_of(name) > layer_of("store"))
+    );
+}
+
+/// The longest a source file may be: past it, a file holds more than one job.
+const MAX_LINES: usize = 600;
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).expect("read a source directory") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    assert!(files.len() > 30, "the sources were found: {}", files.len());
+    files.sort();
+    let over: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let lines = fs::read_to_string(path)
+                .expect("read source")
+                .lines()
+                .count();
+            let shown = path.strip_prefix(root).unwrap_or(path).display();
+            (lines > MAX_LINES).then(|| format!("{shown}: {lines} lines"))
+        })
+        .collect();
+    assert!(
+        over.is_empty(),
+        "source files over {MAX_LINES} lines (split each into modules of one job): {over:#?}"
+    );
 }

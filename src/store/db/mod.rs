@@ -48,28 +48,27 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::format;
 use super::{
-    Acquired, ChangeSet, ClearReport, ExpiredDeletion, Lease, Loaded, LockConfig, LockIssuer,
-    LockPreflight, Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+    Acquired, ChangeSet, ExpiredDeletion, Lease, Loaded, LockConfig, LockIssuer, LockPreflight,
+    Merged, Record, SessionLock, SessionStore, StoreError,
 };
 #[cfg(test)]
 use crate::config::DEFAULT_DB_TABLE;
 use crate::config::{Locking, redacted};
-use crate::expiry::later;
 use crate::key::SessionKey;
 
+// The two databases; the table's name and layout version, which both check; the cleanup
+// of expired rows. This file: the Database trait and DbStore over it.
+mod expired_deletion;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-/// The layout of the table this version writes.
-const SCHEMA_VERSION: i64 = 1;
+use schema::check_table_name;
+
 /// The largest `session_data` written or read: 1 MiB, as a session file.
 const MAX_DOCUMENT_SIZE: usize = 1 << 20;
-/// Expired rows deleted per statement.
-const DELETE_BATCH: u32 = 1000;
-/// Expired rows deleted per cleanup slice between requests.
-const SLICE_BATCH: u32 = 200;
 /// How long a request lock outlives the lock timeout (SQLite's lease), in case its holder
 /// dies.
 const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
@@ -469,67 +468,6 @@ impl LockPreflight for DbStore {
     }
 }
 
-impl ExpiredDeletion for DbStore {
-    fn clear_expired(&self) -> Result<ClearReport, StoreError> {
-        let now = SystemTime::now();
-        let mut report = ClearReport::default();
-        loop {
-            let deleted = self.db.delete_expired(now, DELETE_BATCH)?;
-            report.expired += deleted;
-            if deleted < u64::from(DELETE_BATCH) {
-                break;
-            }
-        }
-        report.kept = self.db.count_live(now)?;
-        Ok(report)
-    }
-
-    fn sweep_step(&self, sweep: &mut Sweep, budget: Duration) -> Result<bool, StoreError> {
-        let deadline = later(Instant::now(), budget);
-        if !sweep.in_progress() {
-            sweep.begin(SweepCursor::Position(String::new()));
-        }
-        loop {
-            let deleted = match self.db.delete_expired(sweep.now(), SLICE_BATCH) {
-                Ok(n) => n,
-                Err(e) => {
-                    sweep.finish();
-                    return Err(e);
-                }
-            };
-            sweep.report_mut().expired += deleted;
-            sweep.count_scanned(deleted);
-            if deleted < u64::from(SLICE_BATCH) {
-                let kept = self.db.count_live(sweep.now());
-                sweep.finish();
-                sweep.report_mut().kept = kept?;
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// A table name written into SQL: a plain identifier only.
-fn check_table_name(table: &str) -> Result<(), StoreError> {
-    let mut chars = table.chars();
-    let plain = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && table.len() <= 50;
-    if plain {
-        Ok(())
-    } else {
-        Err(StoreError::Unavailable(format!(
-            "SESSION_DB_TABLE must be a plain SQL name (lowercase letters, digits, _; at \
-             most 50), not {table:?}"
-        )))
-    }
-}
-
 #[cfg(feature = "sqlite")]
 fn sqlite_open(
     path: &str,
@@ -566,22 +504,6 @@ fn postgres_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>
     ))
 }
 
-/// Why a table could not be used: made by someone else (`create`: it exists without our
-/// version row), or missing (without `create`: `clearsessions` makes nothing).
-pub(crate) fn missing_or_foreign(shown: &str, table: &str, create: bool) -> String {
-    if create {
-        format!(
-            "{shown}: table {table} exists and was not made by filesession (Django's \
-             django_session holds signed data); choose another SESSION_DB_TABLE"
-        )
-    } else {
-        format!(
-            "{shown}: no session table {table} made by filesession there; check DATABASE_URL \
-             and SESSION_DB_TABLE (nothing was created)"
-        )
-    }
-}
-
 /// When `lock` waits: a pause of [`LOCK_POLL`], or `LockTimeout` counted from `start`.
 pub(crate) fn wait_or_time_out(
     key: &SessionKey,
@@ -599,23 +521,6 @@ pub(crate) fn lost_lock(key: &SessionKey) -> StoreError {
         key: *key,
         waited: Duration::ZERO,
     }
-}
-
-/// The version check shared by both databases: `found` is what `filesession_schema` holds
-/// for the table.
-pub(crate) fn check_schema(found: i64, table: &str, shown: &str) -> Result<(), StoreError> {
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
-            "{shown}: table {table} has layout version {found}, made by a newer filesession \
-             (this one writes version {SCHEMA_VERSION}); use another SESSION_DB_TABLE"
-        )));
-    }
-    Ok(())
-}
-
-/// `SCHEMA_VERSION`, for the databases' schema statements.
-pub(crate) const fn schema_version() -> i64 {
-    SCHEMA_VERSION
 }
 
 #[cfg(test)]

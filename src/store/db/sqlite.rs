@@ -22,10 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{
-    Change, Database, Row, check_schema, lost_lock, missing_or_foreign, schema_version,
-    wait_or_time_out,
-};
+use super::schema::{check_schema, missing_or_foreign, schema_version};
+use super::{Change, Database, Row, lost_lock, wait_or_time_out};
 use crate::key::SessionKey;
 use crate::store::{Lease, StoreError, holder};
 

@@ -1,11 +1,14 @@
 //! FileStore: one JSON file per session, advisory locks, atomic replacement.
 //!
-//! Split by job: `read` (opening entries safely, decoding, what is "no session"),
-//! `locking` (the lock protocol and the merge-mode candidate), `flock` (the bounded `flock`
-//! wait), `write` (atomic writes, the merge), `sweep` (cleanup in slices); the JSON
-//! document is `store::format`, shared with the database store, and the skip-write policy
-//! is [`ChangeSet::merge_into`];
-//! this file holds the store's state, its builder and the [`SessionStore`] contract.
+//! One type or one job per file: `dir` ([`SessionDir`](dir::SessionDir): the directory by
+//! handle, its entries opened safely; `dir::names`: changing names atomically), `document`
+//! (the document as its file holds it: size limit, room to grow, the read), `memo` (the
+//! file kept open and the last document decoded), `lock` (the lock protocol and the
+//! `merge`-mode candidate), `flock` (the bounded `flock` wait), `read` (loads without a
+//! lock, and what "no session" is), `write` (the merge and the write in place), `sweep`
+//! (cleanup in slices). The JSON document is `store::format`, shared with the database
+//! store, and the skip-write policy is [`ChangeSet::merge_into`]; this file holds the
+//! store's state, its builder and the [`SessionStore`] contract.
 //!
 //! # The directory, by handle
 //!
@@ -76,39 +79,32 @@
 //! entry that is not a regular file. Any other failure (`EMFILE`, `EACCES`, `EIO`, a removed
 //! directory) is an error, so that the middleware answers 5xx and keeps the user's cookie.
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
-use rustix::fs::{
-    AtFlags, CWD, Dir, FileType, Mode, OFlags, RenameFlags, Stat, fchmod, fstat, fsync, linkat,
-    openat, renameat, renameat_with, statat, unlinkat,
-};
-use rustix::io::Errno;
-
+mod dir;
+mod document;
 mod flock;
-mod locking;
+mod lock;
+mod memo;
 mod read;
 mod sweep;
 #[cfg(test)]
 mod tests;
 mod write;
 
-use super::format::{self, DecodeError};
-use read::{ReadError, Reuse};
+use dir::{Opened, SessionDir};
+use document::FileFormat;
+use flock::unlock;
+use lock::{FileCandidate, FileLock, TornLocks};
+use memo::{KeptOpen, LastDecoded};
+use read::CorruptLog;
 use write::InPlace;
-
-use flock::{lock_exclusive_until, try_lock_shared, unlock};
 
 use super::{
     Acquired, Candidate, ChangeSet, ClearReport, ExpiredDeletion, Loaded, LockConfig, LockIssuer,
-    LockPreflight, Merged, Record, SessionLock, SessionStore, StoreError, Sweep, SweepCursor,
+    LockPreflight, Merged, Record, SessionLock, SessionStore, StoreError, Sweep,
 };
 use crate::config::Locking;
 use crate::expiry::later;
@@ -134,9 +130,6 @@ pub(super) const IN_PLACE_MAX: usize = 4096;
 pub(super) const TORN_RETRIES: usize = 3;
 pub(super) const TORN_PAUSE: Duration = Duration::from_micros(50);
 
-/// How many corrupt files are remembered so that each is logged once.
-const CORRUPT_LOG_MEMORY: usize = 10_000;
-
 /// Sessions as JSON files in one directory: `<dir>/<key>.json`.
 ///
 /// ```
@@ -160,25 +153,16 @@ const CORRUPT_LOG_MEMORY: usize = 10_000;
 /// ```
 #[derive(Debug)]
 pub struct FileStore {
-    /// The directory's path as given, for messages only: files are reached through `dirfd`.
-    dir: PathBuf,
     /// The sessions directory, opened once; every file operation is relative to it.
-    dirfd: OwnedFd,
+    dir: SessionDir,
     lock_config: LockConfig,
     /// Who made this store's locks and candidates: it takes back only its own.
     issuer: LockIssuer,
-    fsync: bool,
-    max_file_size: usize,
+    /// The size limit and the room to grow of a session file.
+    format: FileFormat,
     leftover_age: Duration,
-    /// Cleared when the file system refuses `renameat2`; then `rename`/`link` are used.
-    renameat2: AtomicBool,
-    /// Cleared when the file system refuses `O_TMPFILE`; then creates go through temp names.
-    tmpfile: AtomicBool,
-    corrupt_logged: Mutex<HashSet<PathBuf>>,
-    /// Changes to the directory's names begun and finished by this store (renames,
-    /// links, unlinks): a candidate opened with none in progress and none begun since is
-    /// current without asking the file system ([`FileStore::candidate_is_current`]).
-    changes: Changes,
+    /// Entries already logged as not holding a session.
+    corrupt: CorruptLog,
     /// Whether saves may be written in place ([`FileStore::with_in_place`]).
     in_place: bool,
     /// One session file kept open, unlocked: the last `merge`-mode load's, for its save, or
@@ -186,123 +170,13 @@ pub struct FileStore {
     recent: KeptOpen,
     /// Locks on files left torn by a failing disk, held until the process ends
     /// ([`FileStore::hold_torn`]).
-    torn_held: Mutex<Vec<FileLock>>,
-    /// The last document decoded, by its bytes ([`read::Decoded`]).
-    last_decoded: Mutex<Option<read::Decoded>>,
+    torn: TornLocks,
+    /// The last document decoded, by its bytes ([`LastDecoded`]).
+    last_decoded: LastDecoded,
     /// Reads without a lock that found a copy not whole and read again (tests look).
     torn_rereads: AtomicU64,
     /// This process's effective user id, read once: only files of ours are written in place.
     euid: u32,
-}
-
-/// Counts of changes begun and finished ([`FileStore::changing`]).
-#[derive(Debug, Default)]
-struct Changes {
-    begun: AtomicU64,
-    done: AtomicU64,
-}
-
-/// A change to the directory's names under way; counted done when dropped.
-struct Changing<'a>(&'a Changes);
-
-impl Drop for Changing<'_> {
-    fn drop(&mut self) {
-        self.0.done.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// A session file of a [`FileStore`] locked exclusively (`flock`), checked to be the file
-/// now at its name, held in a [`SessionLock`]. Closing it releases the lock.
-pub(super) struct FileLock {
-    entry: Entry,
-    name: String,
-}
-
-/// An open session file and what its `fstat` said when it was opened. A write in place
-/// keeps a file's length; a read still reads to the end, and a locker refreshes the length
-/// once it holds the lock.
-struct Entry {
-    file: File,
-    len: u64,
-    ino: u64,
-    dev: u64,
-    /// Its mode (type and permissions), owner and group when opened: a file kept open is
-    /// used only while they are unchanged, so that an operator's `chmod` or `chown` is seen
-    /// at the next request as for a file opened then ([`FileStore::current_stat`]).
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    /// Opened for reading and writing (a locker's).
-    writable: bool,
-}
-
-// `File`'s Debug shows its path, which holds the whole key: the inode only.
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry")
-            .field("ino", &self.ino)
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One session file kept open, by name, unlocked: the file the last `merge`-mode load read,
-/// for the save that follows, and the file the last save wrote in place or left as it was,
-/// for the session's next request ([`FileStore::keep_open`], [`FileStore::release_and_keep`]).
-#[derive(Default)]
-struct KeptOpen(Mutex<Option<(String, Entry)>>);
-
-// A name is a whole key, a credential: its first characters only.
-impl std::fmt::Debug for KeptOpen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = crate::store::locked(&self.0)
-            .as_ref()
-            .map(|(name, _)| crate::key::shown_name(name));
-        f.debug_tuple("KeptOpen").field(&kept).finish()
-    }
-}
-
-/// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
-/// preflight, handed on in a [`Candidate`]: the load reads it only after checking that it
-/// is still the file with its name.
-pub(super) struct FileCandidate {
-    entry: Entry,
-    name: String,
-    /// [`Changes::begun`] when it was opened, if no change was under way then.
-    quiet_since: Option<u64>,
-}
-
-// A whole key is a credential: these show its first characters only.
-impl std::fmt::Debug for FileLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("FileLock")
-            .field(&crate::key::shown_name(&self.name))
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for FileCandidate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("FileCandidate")
-            .field(&crate::key::shown_name(&self.name))
-            .finish()
-    }
-}
-
-/// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
-/// ([`SweepCursor::Own`]).
-pub(super) struct DirCursor(Dir);
-
-impl std::fmt::Debug for DirCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DirCursor")
-    }
-}
-
-/// What is at a session's name.
-enum Opened {
-    Missing,
-    File(Entry),
 }
 
 impl FileStore {
@@ -330,86 +204,22 @@ impl FileStore {
     }
 
     fn open_as(dir: &Path, create: bool) -> Result<Self, StoreError> {
-        let dir = dir.to_path_buf();
-        let unavailable = |what: &str, e: io::Error| {
-            StoreError::Unavailable(format!("session directory {} {what}: {e}", dir.display()))
-        };
-        if create {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| unavailable("cannot be created", e))?;
-        }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let dirfd = match openat(CWD, &dir, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(e) => {
-                let symlink = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_symlink());
-                return Err(if symlink {
-                    unavailable(
-                        "is a symbolic link, which the store does not follow; \
-                         give the directory's real path",
-                        e.into(),
-                    )
-                } else if e == Errno::NOTDIR {
-                    unavailable("is not a directory", e.into())
-                } else if e == Errno::NOENT {
-                    unavailable("does not exist (nothing was created)", e.into())
-                } else {
-                    unavailable("cannot be opened", e.into())
-                });
-            }
-        };
-        let mode = fstat(&dirfd)
-            .map_err(|e| unavailable("cannot be read", e.into()))?
-            .st_mode;
-        if mode & 0o077 != 0 && !create {
-            // An existing directory, as clearsessions is given it: said, never changed (a
-            // mistyped path may name a shared one, /var/tmp, whose mode others rely on).
-            log::warn!(
-                "session directory {} is readable by others (mode {:o}): session keys are \
-                 credentials; make it 0700",
-                dir.display(),
-                mode & 0o7777
-            );
-        } else if mode & 0o077 != 0 {
-            // Session keys are bearer credentials: keep the listing private.
-            if let Err(e) = fchmod(&dirfd, Mode::from_raw_mode(0o700)) {
-                log::warn!(
-                    "session directory {} is readable by others and cannot be made 0700: {e}",
-                    dir.display()
-                );
-            }
-        }
-        let store = FileStore {
-            dir: dir.clone(),
-            dirfd,
+        Ok(FileStore {
+            dir: SessionDir::open(dir, create)?,
             lock_config: LockConfig::default(),
             issuer: LockIssuer::new(),
-            fsync: false,
-            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            format: FileFormat {
+                max_file_size: DEFAULT_MAX_FILE_SIZE,
+            },
             leftover_age: DEFAULT_LEFTOVER_AGE,
-            renameat2: AtomicBool::new(true),
-            tmpfile: AtomicBool::new(true),
-            corrupt_logged: Mutex::new(HashSet::new()),
-            changes: Changes::default(),
-            torn_rereads: AtomicU64::new(0),
-            last_decoded: Mutex::new(None),
+            corrupt: CorruptLog::default(),
             in_place: true,
             recent: KeptOpen::default(),
-            torn_held: Mutex::new(Vec::new()),
+            torn: TornLocks::default(),
+            last_decoded: LastDecoded::default(),
+            torn_rereads: AtomicU64::new(0),
             euid: rustix::process::geteuid().as_raw(),
-        };
-        if create {
-            // A server finds out now, not at its first session, that it cannot write here.
-            let (probe, _) = store
-                .write_temp(b"probe\n", None)
-                .map_err(|e| unavailable("is not writable", e))?;
-            unlinkat(&store.dirfd, probe.as_str(), AtFlags::empty())
-                .map_err(|e| unavailable("is not writable", e.into()))?;
-        }
-        Ok(store)
+        })
     }
 
     /// Sets the locking mode and how long a request waits for a session's lock
@@ -444,7 +254,7 @@ impl FileStore {
     /// Makes every write durable across power loss: the file data and the directory are
     /// fsynced before a save returns (`SESSION_FILE_FSYNC`). Default: off, as Django and PHP.
     pub fn with_fsync(mut self, fsync: bool) -> Self {
-        self.fsync = fsync;
+        self.dir.fsync = fsync;
         self
     }
 
@@ -453,7 +263,7 @@ impl FileStore {
     /// document (room to grow in place, files up to a page) do not count. Default:
     /// [`DEFAULT_MAX_FILE_SIZE`].
     pub fn with_max_file_size(mut self, bytes: usize) -> Self {
-        self.max_file_size = bytes;
+        self.format.max_file_size = bytes;
         self
     }
 
@@ -467,7 +277,7 @@ impl FileStore {
     /// The sessions directory, as given to [`open`](FileStore::open). The store itself uses
     /// the directory it opened then, wherever it is now.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// The locking mode.
@@ -477,7 +287,7 @@ impl FileStore {
 
     /// The path of a session's file: `<dir>/<key>.json`, built from a parsed key only.
     pub fn path_of(&self, key: &SessionKey) -> PathBuf {
-        self.dir.join(key.file_name())
+        self.dir.path().join(key.file_name())
     }
 }
 
@@ -499,7 +309,7 @@ impl LockPreflight for FileStore {
         // the load only as a candidate: the load uses it if it is still the file with that
         // name when the handler runs (reading it then sees any write in place since), and
         // opens the name afresh otherwise.
-        let quiet_since = self.quiet_now();
+        let quiet_since = self.dir.quiet_now();
         let entry = match self.open_current(&name) {
             Ok(Opened::File(entry)) => entry,
             Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return Ok(None),
@@ -508,7 +318,7 @@ impl LockPreflight for FileStore {
         let start = Instant::now();
         self.lock_by(key, &entry, &name, start, later(start, wait))?;
         unlock(&entry.file)
-            .map_err(|e| StoreError::io("unlock session file", self.shown(&name), e))?;
+            .map_err(|e| StoreError::io("unlock session file", self.dir.shown(&name), e))?;
         let found = FileCandidate {
             entry,
             name,
@@ -536,13 +346,15 @@ impl LockPreflight for FileStore {
                     let loaded = self
                         .live_record_unlocked(key, &candidate.entry, &candidate.name)?
                         .map(|record| Loaded { record, lock: None });
-                    self.keep_open(candidate.name, candidate.entry);
+                    self.recent.keep(candidate.name, candidate.entry);
                     return Ok(loaded);
                 }
                 self.load(key)
             }
             Acquired::Locked(lock) => match lock.take::<FileLock>(self.issuer, key) {
-                Ok(held) if matches!(self.is_current(&held.entry, &held.name), Ok(Some(true))) => {
+                Ok(held)
+                    if matches!(self.dir.is_current(&held.entry, &held.name), Ok(Some(true))) =>
+                {
                     self.loaded_locked(key, held)
                 }
                 // Another session's, or replaced meanwhile: let it go (a lock held here would
@@ -565,7 +377,7 @@ impl SessionStore for FileStore {
                     let loaded = self
                         .live_record_unlocked(key, &entry, &name)?
                         .map(|record| Loaded { record, lock: None });
-                    self.keep_open(name, entry);
+                    self.recent.keep(name, entry);
                     return Ok(loaded);
                 }
                 Ok(Opened::Missing) => return Ok(None),
@@ -589,35 +401,8 @@ impl SessionStore for FileStore {
     }
 
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
-        let bytes = self.encode(None, record)?;
-        if self.tmpfile.load(Ordering::Relaxed) {
-            match self.create_from_tmpfile(&bytes, record.expires_at) {
-                Ok(Some(key)) => return Ok(key),
-                Ok(None) => self.tmpfile.store(false, Ordering::Relaxed),
-                Err(e) => return Err(e),
-            }
-        }
-        let temp = self.write_temp_for(".", &bytes, record.expires_at)?;
-        // A collision of 122 random bits does not happen; the loop is for correctness only.
-        for _ in 0..16 {
-            let key = SessionKey::generate();
-            let name = key.file_name();
-            match self.link_new(&temp, &name) {
-                Ok(true) => {
-                    self.sync_dir()?;
-                    return Ok(key);
-                }
-                Ok(false) => continue,
-                Err(e) => {
-                    let _ = self.unlink(&temp);
-                    return Err(self.fs_error("create session file", &name, e));
-                }
-            }
-        }
-        let _ = self.unlink(&temp);
-        Err(StoreError::Unavailable(
-            "16 fresh random keys were all taken; the random source is broken".into(),
-        ))
+        let bytes = self.format.encode(None, record)?;
+        self.dir.create(&bytes, record.expires_at)
     }
 
     fn save(
@@ -635,7 +420,8 @@ impl SessionStore for FileStore {
                 // Not written: the file still holds what was read, which the next load
                 // finds remembered.
                 if let Some(stored) = stored {
-                    self.remember(stored.bytes, record.clone(), stored.checked);
+                    self.last_decoded
+                        .remember(stored.bytes, record.clone(), stored.checked);
                 }
                 self.release_and_keep(held);
                 return Ok(record);
@@ -645,18 +431,19 @@ impl SessionStore for FileStore {
         let old = stored
             .filter(|stored| stored.checked)
             .map(|stored| stored.bytes);
-        let bytes = self.encode(Some(key), &record)?;
+        let bytes = self.format.encode(Some(key), &record)?;
         let written = match self.write_in_place(&held, &bytes, old.as_deref(), record.expires_at) {
             InPlace::Written(page) => {
                 // Still the file at the name: kept open for the session's next request.
-                self.remember(page, record.clone(), true);
+                self.last_decoded.remember(page, record.clone(), true);
                 self.release_and_keep(held);
                 return Ok(record);
             }
             outcome => {
                 let replaced = self
+                    .dir
                     .write_temp_for(&held.name, &bytes, record.expires_at)
-                    .and_then(|temp| self.replace(&temp, &held.name));
+                    .and_then(|temp| self.dir.replace(&temp, &held.name));
                 if let Err(e) = replaced {
                     if matches!(outcome, InPlace::Torn) {
                         self.hold_torn(held);
@@ -668,7 +455,7 @@ impl SessionStore for FileStore {
         };
         // The file now holds exactly these bytes: the next read of them needs no parse.
         // (`held` is the copy swapped out: closed.)
-        self.remember(written, record.clone(), true);
+        self.last_decoded.remember(written, record.clone(), true);
         Ok(record)
     }
 
@@ -685,10 +472,11 @@ impl SessionStore for FileStore {
         let new_key = self.create(&record)?;
         // The new session exists before the old one goes: a crash in between leaves both,
         // never neither.
-        self.unlink(&held.name)
-            .map_err(|e| self.fs_error("remove session file", &held.name, e))?;
+        self.dir
+            .unlink(&held.name)
+            .map_err(|e| self.dir.error("remove session file", &held.name, e))?;
         self.forget(&held.name);
-        self.sync_dir()?;
+        self.dir.sync()?;
         Ok((new_key, record))
     }
 
@@ -696,27 +484,18 @@ impl SessionStore for FileStore {
         let Some(held) = self.lock_for_write(key, lock)? else {
             return Ok(());
         };
-        match self.unlink(&held.name) {
+        match self.dir.unlink(&held.name) {
             Ok(()) => {
                 self.forget(&held.name);
-                self.sync_dir()
+                self.dir.sync()
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.check_dir(),
-            Err(e) => Err(self.fs_error("remove session file", &held.name, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.dir.check(),
+            Err(e) => Err(self.dir.error("remove session file", &held.name, e)),
         }
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        let name = key.file_name();
-        match statat(&self.dirfd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
-            Err(Errno::NOENT) => self.check_dir().map(|()| false),
-            Err(e) => Err(StoreError::io(
-                "inspect session file",
-                self.shown(&name),
-                e.into(),
-            )),
-        }
+        self.dir.is_file(&key.file_name())
     }
 
     fn preflight(&self) -> Option<&dyn LockPreflight> {
@@ -734,13 +513,13 @@ impl SessionStore for FileStore {
 
     /// Only in fsync mode, where a save waits for the disk.
     fn saves_wait(&self) -> bool {
-        self.fsync
+        self.dir.fsync
     }
 
     /// Closes the session file kept open between requests (the next request opens it by
     /// name again): a file open for writing makes `mount -o remount,ro` fail as busy.
     fn release_idle(&self) {
-        drop(self.kept_open().take());
+        self.recent.close();
     }
 }
 

@@ -1,7 +1,16 @@
 //! Cleanup: a pass over the directory in slices, removing expired sessions (known from the
 //! file's mtime without reading it), corrupt files and old leftovers of crashed writes.
 
-use super::*;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::fs::{Dir, FileType};
+
+use super::FileStore;
+use super::dir::Opened;
+use super::document::ReadError;
+use crate::expiry::later;
+use crate::key::SessionKey;
+use crate::store::{ClearReport, StoreError, Sweep, SweepCursor};
 
 pub(super) enum Cleared {
     Kept,
@@ -29,8 +38,7 @@ impl FileStore {
         report: &mut ClearReport,
     ) {
         let is_file = match file_type {
-            FileType::Unknown => statat(&self.dirfd, name, AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile),
+            FileType::Unknown => self.dir.is_file(name).unwrap_or(false),
             other => other == FileType::RegularFile,
         };
         if let Some(key) = name.strip_suffix(".json").and_then(SessionKey::parse) {
@@ -40,7 +48,7 @@ impl FileStore {
             }
             // The store stamps each file's mtime with its expiry: a file whose mtime is still
             // ahead is live, known without opening it (a million files in seconds).
-            if self.mtime_of(name).is_some_and(|mtime| mtime > now) {
+            if self.dir.mtime_of(name).is_some_and(|mtime| mtime > now) {
                 report.kept += 1;
                 return;
             }
@@ -55,10 +63,10 @@ impl FileStore {
                 }
             }
         } else if is_temp_name(name) && is_file {
-            let old = self.mtime_of(name).is_some_and(|mtime| {
+            let old = self.dir.mtime_of(name).is_some_and(|mtime| {
                 now.duration_since(mtime).unwrap_or_default() >= self.leftover_age
             });
-            if old && self.unlink(name).is_ok() {
+            if old && self.dir.unlink(name).is_ok() {
                 report.leftovers += 1;
             } else {
                 report.skipped += 1;
@@ -77,7 +85,7 @@ impl FileStore {
         wait: Duration,
     ) -> Result<Cleared, StoreError> {
         let name = key.file_name();
-        let entry = match self.open_entry(&name)? {
+        let entry = match self.dir.open_entry(&name)? {
             Opened::Missing => return Ok(Cleared::Gone),
             Opened::File(entry) => entry,
         };
@@ -96,11 +104,22 @@ impl FileStore {
             Err(ReadError::Store(e)) => return Err(e),
             Err(ReadError::TooLarge | ReadError::Corrupt(_)) => Cleared::Corrupt,
         };
-        self.unlink(&name)
-            .map_err(|e| self.fs_error("remove session file", &name, e))?;
+        self.dir
+            .unlink(&name)
+            .map_err(|e| self.dir.error("remove session file", &name, e))?;
         // Neither its file kept open nor its document remembered outlives it.
         self.forget(&name);
         Ok(verdict)
+    }
+}
+
+/// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
+/// ([`SweepCursor::Own`]).
+pub(super) struct DirCursor(Dir);
+
+impl std::fmt::Debug for DirCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirCursor")
     }
 }
 
@@ -115,9 +134,7 @@ impl FileStore {
     ) -> Result<bool, StoreError> {
         let deadline = later(Instant::now(), budget);
         if !sweep.in_progress() {
-            self.check_dir()?;
-            let entries = Dir::read_from(&self.dirfd)
-                .map_err(|e| StoreError::io("list session directory", &self.dir, e.into()))?;
+            let entries = self.dir.list()?;
             sweep.begin(SweepCursor::Own(Box::new(DirCursor(entries))));
         }
         let now = sweep.now();
@@ -140,7 +157,7 @@ impl FileStore {
                     sweep.finish();
                     return Err(StoreError::io(
                         "list session directory",
-                        &self.dir,
+                        self.dir.path(),
                         e.into(),
                     ));
                 }

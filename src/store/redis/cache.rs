@@ -23,7 +23,13 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::connection::Shared;
-use super::*;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::fields::epoch_ms;
+use crate::key::SessionKey;
+use crate::store::StoreError;
 
 /// How long a write counts as under way at least, if it never says it is done (its process
 /// died, or Redis went away between its two steps); longer with a longer lock timeout (a

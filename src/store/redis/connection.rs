@@ -3,7 +3,17 @@
 //! on a thread that may wait (a server calls the store only off its one thread), each on a
 //! connection of its own, so that requests of different sessions overlap their round trips.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{Connection, RedisError, RedisResult};
+
+use super::scripts::{RENEW, UNLOCK};
+use super::{CONNECT_TIMEOUT, IO_TIMEOUT};
+use crate::config::redacted;
+use crate::key::SessionKey;
+use crate::store::StoreError;
 
 /// The most connections one store opens.
 pub(super) const MAX_CONNECTIONS: u32 = 16;

@@ -14,11 +14,10 @@
 //! A concurrent `set_expiry` landing between the two may leave the key with the TTL of the
 //! old rule until the next save; the rule stored is always the newest one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::{Connection, RedisError, RedisResult};
+use redis::Connection;
 use serde_json::Map;
 
 use super::{
@@ -33,7 +32,6 @@ mod connection;
 mod fields;
 mod scripts;
 
-use crate::config::redacted;
 use crate::store::holder;
 use connection::{Shared, release};
 use fields::{EXPIRY_FIELD, decode, epoch_ms, expiry_json, field_of};
@@ -432,6 +430,7 @@ impl LockPreflight for RedisStore {
 mod tests {
     use super::fields::name_of;
     use super::*;
+    use crate::config::redacted;
 
     #[test]
     fn session_keys_never_collide_with_metadata() {

@@ -3,12 +3,18 @@
 use super::*;
 
 mod in_place;
+mod kept;
 mod sweep;
 use crate::config::DEFAULT_LOCK_TIMEOUT;
 use crate::expiry::Expiry;
+use crate::store::format;
 use serde_json::json;
 use std::fs;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 fn store() -> (tempfile::TempDir, FileStore) {
     let dir = tempfile::tempdir().unwrap();

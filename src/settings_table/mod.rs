@@ -10,6 +10,12 @@ use std::time::Duration;
 use crate::config::Locking;
 use crate::config::{Engine, SameSite, SettingError, Settings};
 
+// How a value's text is read (yes/no, seconds, lists, the proxy header); this file: the
+// table, and settings to and from text by it.
+mod parse;
+
+use parse::{boolean, list, proxy_ssl_header, seconds};
+
 /// One setting, as [`SETTINGS`] lists it.
 pub struct Setting {
     /// The Django name, which is also the environment variable (`SESSION_COOKIE_AGE`).
@@ -41,28 +47,6 @@ impl Setting {
     pub fn show(&self, settings: &Settings) -> Option<String> {
         (self.show)(settings)
     }
-}
-
-/// `true`/`false`, and as Django's and clap's boolish values `1`/`0`, `yes`/`no`, `on`/`off`.
-fn boolean(text: &str) -> Result<bool, String> {
-    match text.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" | "y" | "t" => Ok(true),
-        "false" | "0" | "no" | "off" | "n" | "f" => Ok(false),
-        _ => Err("use true or false".into()),
-    }
-}
-
-fn seconds(text: &str) -> Result<u64, String> {
-    text.parse()
-        .map_err(|_| "use a whole number of seconds".into())
-}
-
-fn list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 macro_rules! setting {
@@ -421,33 +405,6 @@ pub static SETTINGS: &[Setting] = &[
     },
 ];
 
-/// `SECURE_PROXY_SSL_HEADER`'s text: `HEADER,value`, the header as Django's `META` name
-/// (`HTTP_X_FORWARDED_PROTO`) or as sent (`X-Forwarded-Proto`); empty for none.
-fn proxy_ssl_header(text: &str) -> Result<Option<(String, String)>, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let Some((name, value)) = text.split_once(',') else {
-        return Err(format!(
-            "{text:?} is not HEADER,value (as HTTP_X_FORWARDED_PROTO,https)"
-        ));
-    };
-    let (name, value) = (name.trim(), value.trim());
-    let name = match name.strip_prefix("HTTP_") {
-        Some(meta) => meta.replace('_', "-"),
-        None => name.to_owned(),
-    };
-    let token =
-        |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !token(&name) || value.is_empty() || value.contains(',') {
-        return Err(format!(
-            "{text:?} is not HEADER,value (as HTTP_X_FORWARDED_PROTO,https)"
-        ));
-    }
-    Ok(Some((name, value.to_owned())))
-}
-
 impl Settings {
     /// Settings from text values by Django name (from flags, the environment or a file);
     /// a name `value` gives nothing for keeps its default. Validated.
@@ -551,27 +508,6 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_ssl_header_is_read_as_django_s_meta_name_or_as_sent() {
-        let read = |t: &str| proxy_ssl_header(t);
-        let xfp = Some(("X-Forwarded-Proto".to_owned(), "https".to_owned()));
-        assert_eq!(read("X-Forwarded-Proto,https"), Ok(xfp));
-        assert_eq!(
-            read("HTTP_X_FORWARDED_PROTO, https"),
-            Ok(Some(("X-FORWARDED-PROTO".into(), "https".into())))
-        );
-        assert_eq!(read(""), Ok(None));
-        for bad in [
-            "X-Forwarded-Proto",
-            "X Forwarded,https",
-            ",https",
-            "H,",
-            "H,a,b",
-        ] {
-            assert!(read(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn a_bad_value_names_its_setting() {
         let e = Settings::from_values(|n| (n == "SESSION_COOKIE_SECURE").then(|| "maybe".into()))
             .expect_err("refused");
@@ -585,7 +521,7 @@ mod tests {
     /// its name and its default.
     #[test]
     fn the_readme_table_lists_every_setting() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let rows: Vec<Vec<&str>> = readme
             .lines()
             .filter(|l| l.starts_with("| `--"))

@@ -1,8 +1,63 @@
 //! The lock protocol: a session's `flock`, taken with a bounded wait on the file now at its
-//! name (checked by inode after locking), and the candidate a `merge`-mode preflight hands
-//! to the load.
+//! name (checked by inode after locking) and held in a [`FileLock`]; the [`FileCandidate`] a
+//! `merge`-mode preflight hands to the load; the files kept open between requests; the
+//! locks kept on files a failing disk left torn ([`TornLocks`]).
 
-use super::*;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::FileStore;
+use super::dir::{Entry, Opened};
+use super::flock::{lock_exclusive_until, unlock};
+use crate::config::Locking;
+use crate::expiry::later;
+use crate::key::SessionKey;
+use crate::store::{Loaded, SessionLock, StoreError, locked};
+
+/// A session file of a [`FileStore`] locked exclusively (`flock`), checked to be the file
+/// now at its name, held in a [`SessionLock`]. Closing it releases the lock.
+pub(super) struct FileLock {
+    pub(super) entry: Entry,
+    pub(super) name: String,
+}
+
+/// A session file of a [`FileStore`] opened (and found unlocked) by a `merge`-mode
+/// preflight, handed on in a [`Candidate`](crate::store::Candidate): the load reads it
+/// only after checking that it is still the file with its name.
+pub(super) struct FileCandidate {
+    pub(super) entry: Entry,
+    pub(super) name: String,
+    /// When it was opened, if no change of a name was under way then
+    /// ([`SessionDir::quiet_now`](super::dir::SessionDir::quiet_now)).
+    pub(super) quiet_since: Option<u64>,
+}
+
+// A whole key is a credential: these show its first characters only.
+impl std::fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FileLock")
+            .field(&crate::key::shown_name(&self.name))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FileCandidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FileCandidate")
+            .field(&crate::key::shown_name(&self.name))
+            .finish()
+    }
+}
+
+/// Locks on files left torn by a failing disk, held until the process ends
+/// ([`FileStore::hold_torn`]).
+#[derive(Debug, Default)]
+pub(super) struct TornLocks(Mutex<Vec<FileLock>>);
+
+impl TornLocks {
+    /// The most files left torn whose locks are kept.
+    const MAX: usize = 1024;
+}
 
 impl FileStore {
     /// Takes `entry`'s lock by `deadline`; else `LockTimeout`, counting the wait from `start`.
@@ -15,7 +70,7 @@ impl FileStore {
         deadline: Instant,
     ) -> Result<(), StoreError> {
         let locked = lock_exclusive_until(&entry.file, deadline)
-            .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
+            .map_err(|e| StoreError::io("lock session file", self.dir.shown(name), e))?;
         if locked {
             Ok(())
         } else {
@@ -26,54 +81,6 @@ impl FileStore {
         }
     }
 
-    /// Whether a save may write over the locked file `entry` in place, from its `fstat` taken
-    /// just before the write: writes in place are on and fsync mode off (only a rename
-    /// survives power loss); the file was opened for writing; it is ours, mode 0600, a
-    /// regular file with one link (a hard link elsewhere, as `cp -al` backups make, would be
-    /// written through); at most a page ([`IN_PLACE_MAX`]) and within the size limit (an
-    /// older build counts the padding); and every byte of it has its
-    /// block (`st_blocks`), so that writing over it allocates nothing on a file system that
-    /// overwrites in place. (Its document must also carry a check, which the save knows
-    /// from its read.)
-    pub(super) fn may_write_in_place(&self, entry: &Entry, st: &Stat) -> bool {
-        let len = u64::try_from(st.st_size).unwrap_or(u64::MAX);
-        let allocated = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
-        self.in_place
-            && !self.fsync
-            && entry.writable
-            && st.st_uid == self.euid
-            && st.st_mode & 0o7777 == 0o600
-            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-            && st.st_nlink == 1
-            && len == entry.len
-            && len <= IN_PLACE_MAX as u64
-            && len <= self.max_file_size as u64
-            && allocated >= len
-    }
-
-    /// Keeps a session file open (one at a time, unlocked): the file a `merge`-mode load read,
-    /// for the save that usually follows in the same request, which then locks it without
-    /// opening its name again ([`lock_current`](FileStore::lock_current) checks, once it
-    /// holds the lock, that it is still the file at the name, as it does for a file it
-    /// opens); or the file a save left ([`release_and_keep`](FileStore::release_and_keep)),
-    /// for the session's next request ([`open_current`](FileStore::open_current)).
-    pub(super) fn keep_open(&self, name: String, entry: Entry) {
-        *self.kept_open() = Some((name, entry));
-    }
-
-    /// The file [`keep_open`](FileStore::keep_open) kept for `name`, if any (taken: a file is
-    /// used by one locker).
-    fn take_open(&self, name: &str) -> Option<Entry> {
-        let mut kept = self.kept_open();
-        match kept.take() {
-            Some((kept_name, entry)) if kept_name == name => Some(entry),
-            other => {
-                *kept = other;
-                None
-            }
-        }
-    }
-
     /// Lets go of a `merge`-mode save's lock and keeps its file open (unlocked) for the next
     /// request on the session, whose preflight or load checks by `stat` that it is still the
     /// file at the name ([`open_current`](FileStore::open_current)) instead of opening the
@@ -81,7 +88,7 @@ impl FileStore {
     /// not written). A lock that cannot be let go is closed with its file.
     pub(super) fn release_and_keep(&self, held: FileLock) {
         if self.lock_config.locking == Locking::Merge && unlock(&held.entry.file).is_ok() {
-            self.keep_open(held.name, held.entry);
+            self.recent.keep(held.name, held.entry);
         }
     }
 
@@ -90,41 +97,33 @@ impl FileStore {
     /// [`lock_current`](FileStore::lock_current) makes of every file it locks), with its
     /// length now; else the name opened afresh.
     pub(super) fn open_current(&self, name: &str) -> Result<Opened, StoreError> {
-        if let Some(mut entry) = self.take_open(name)
-            && let Ok(Some(Some(now))) = self.current_stat(&entry, name)
+        if let Some(mut entry) = self.recent.take(name)
+            && let Ok(Some(Some(now))) = self.dir.current_stat(&entry, name)
         {
             entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
             return Ok(Opened::File(entry));
         }
         // Replaced, gone or not inspectable: the open says which, as for any name.
-        self.open_entry_for_writing(name)
-    }
-
-    pub(super) fn kept_open(&self) -> std::sync::MutexGuard<'_, Option<(String, Entry)>> {
-        crate::store::locked(&self.recent.0)
+        self.dir.open_entry_for_writing(name)
     }
 
     /// Lets go of what this store keeps of a session it is deleting or moving to a new key:
     /// the file kept open, the document remembered.
     pub(super) fn forget(&self, name: &str) {
-        drop(self.take_open(name));
-        self.forget_decoded();
+        drop(self.recent.take(name));
+        self.last_decoded.forget();
     }
-
-    /// The most files left torn whose locks [`hold_torn`](FileStore::hold_torn) keeps.
-    const TORN_HELD_MAX: usize = 1024;
 
     /// Keeps the lock on a file a failing disk left half written (a write in place stopped,
     /// the old bytes could not be put back, nor a new file put in its place), for as long as
     /// this process lives: a reader that finds the file not whole finds its lock held and
     /// answers [`StoreError::LockTimeout`] (503, the cookie kept), and so does a writer,
     /// rather than reading it as no session while the disk may recover. After a restart the
-    /// file reads as corrupt: no session, logged. At most
-    /// [`TORN_HELD_MAX`](Self::TORN_HELD_MAX) are kept.
+    /// file reads as corrupt: no session, logged. At most [`TornLocks::MAX`] are kept.
     pub(super) fn hold_torn(&self, held: FileLock) {
         let shown = crate::key::shown_name(&held.name);
-        let mut torn = crate::store::locked(&self.torn_held);
-        if torn.len() < Self::TORN_HELD_MAX {
+        let mut torn = locked(&self.torn.0);
+        if torn.len() < TornLocks::MAX {
             log::error!(
                 "{shown}: left half written by a failing disk; kept locked (its requests \
                  answer 503) until the server restarts, when it reads as corrupt"
@@ -134,7 +133,7 @@ impl FileStore {
             log::error!(
                 "{shown}: left half written by a failing disk; {} such files already kept \
                  locked, so this one is not: it reads as corrupt",
-                Self::TORN_HELD_MAX
+                TornLocks::MAX
             );
         }
     }
@@ -169,7 +168,7 @@ impl FileStore {
         loop {
             let entry = match kept.take() {
                 Some(entry) => entry,
-                None => match self.open_entry_for_writing(name)? {
+                None => match self.dir.open_entry_for_writing(name)? {
                     Opened::Missing => return Ok(None),
                     Opened::File(entry) => entry,
                 },
@@ -179,7 +178,7 @@ impl FileStore {
                 entry,
                 name: name.to_owned(),
             };
-            match self.current_stat(&held.entry, &held.name)? {
+            match self.dir.current_stat(&held.entry, &held.name)? {
                 // Its length now: it may have been written in place while we waited.
                 Some(Some(now)) => {
                     held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
@@ -201,27 +200,14 @@ impl FileStore {
     ) -> Result<Option<FileLock>, StoreError> {
         let name = key.file_name();
         if let Some(held) = held.and_then(|lock| lock.take::<FileLock>(self.issuer, key).ok()) {
-            match self.is_current(&held.entry, &held.name)? {
+            match self.dir.is_current(&held.entry, &held.name)? {
                 Some(true) => return Ok(Some(held)),
                 None => return Ok(None),
                 Some(false) => {} // replaced behind our back: lock afresh
             }
         }
-        let kept = self.take_open(&name);
+        let kept = self.recent.take(&name);
         self.lock_current(key, &name, self.lock_config.timeout, kept)
-    }
-
-    /// Counts a change to the directory's names from now until the guard is dropped.
-    pub(super) fn changing(&self) -> Changing<'_> {
-        self.changes.begun.fetch_add(1, Ordering::SeqCst);
-        Changing(&self.changes)
-    }
-
-    /// `Some(begun)` if no change is under way now: what a candidate opened now records.
-    pub(super) fn quiet_now(&self) -> Option<u64> {
-        let done = self.changes.done.load(Ordering::SeqCst);
-        let begun = self.changes.begun.load(Ordering::SeqCst);
-        (begun == done).then_some(begun)
     }
 
     /// Whether a candidate is still the file with its session's name. Only a change of the
@@ -236,10 +222,10 @@ impl FileStore {
     ) -> Result<bool, StoreError> {
         if candidate
             .quiet_since
-            .is_some_and(|begun| self.changes.begun.load(Ordering::SeqCst) == begun)
+            .is_some_and(|begun| !self.dir.changed_since(begun))
         {
             return Ok(true);
         }
-        Ok(self.is_current(&candidate.entry, &candidate.name)? == Some(true))
+        Ok(self.dir.is_current(&candidate.entry, &candidate.name)? == Some(true))
     }
 }

@@ -7,9 +7,8 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::error::StoreError;
 use super::record::Record;
 use crate::config::{DEFAULT_LOCK_TIMEOUT, Locking, Settings};
 use crate::key::SessionKey;
@@ -300,16 +299,17 @@ impl LockConfig {
 
     /// Between two tries at a lock kept elsewhere: `LockTimeout` (counted from `start`) once
     /// `wait` has passed, else a pause of `poll` (no later than the end of `wait`). Shared by
-    /// the stores that keep their locks elsewhere (Redis, the databases).
+    /// the stores that poll for a lock kept in a table or a key (SQLite, Redis).
+    #[cfg(any(feature = "sqlite", feature = "redis"))]
     pub(crate) fn pause_or_time_out(
         key: &SessionKey,
-        start: Instant,
+        start: std::time::Instant,
         wait: Duration,
         poll: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), super::StoreError> {
         let waited = start.elapsed();
         if waited >= wait {
-            return Err(StoreError::LockTimeout { key: *key, waited });
+            return Err(super::StoreError::LockTimeout { key: *key, waited });
         }
         std::thread::sleep(poll.min(wait - waited));
         Ok(())

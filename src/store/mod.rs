@@ -86,6 +86,8 @@ pub(crate) mod db;
 mod error;
 pub(crate) mod file;
 mod format;
+// Lease tokens that name their holder: the SQLite and Redis request locks.
+#[cfg(any(feature = "sqlite", feature = "redis"))]
 pub(crate) mod holder;
 mod lock;
 pub(crate) mod memory;

@@ -44,7 +44,7 @@
 // Built without either database, DbStore only says which feature a URL needs.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::format;
 use super::{
@@ -72,8 +72,6 @@ const MAX_DOCUMENT_SIZE: usize = 1 << 20;
 /// How long a request lock outlives the lock timeout (SQLite's lease), in case its holder
 /// dies.
 const LOCK_LEASE_EXTRA: Duration = Duration::from_secs(30);
-/// Pause between attempts to take a request lock.
-const LOCK_POLL: Duration = Duration::from_millis(2);
 /// Attempts at a fresh key before giving up (a collision of 122 random bits never happens).
 const KEY_ATTEMPTS: usize = 16;
 
@@ -502,15 +500,6 @@ fn postgres_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>
     Err(StoreError::Unavailable(
         "a postgres:// DATABASE_URL needs filesession built with the postgres feature".into(),
     ))
-}
-
-/// When `lock` waits: a pause of [`LOCK_POLL`], or `LockTimeout` counted from `start`.
-pub(crate) fn wait_or_time_out(
-    key: &SessionKey,
-    start: Instant,
-    wait: Duration,
-) -> Result<(), StoreError> {
-    LockConfig::pause_or_time_out(key, start, wait, LOCK_POLL)
 }
 
 /// The lock a request held is no longer its own (its lease ran out while the handler ran

@@ -27,6 +27,8 @@ use super::{
 use crate::config::Locking;
 use crate::key::SessionKey;
 
+// The cache of `cached_db`, which needs a database too.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod cache;
 mod connection;
 mod fields;

@@ -1,6 +1,9 @@
-//! SQLite through rusqlite's bundled SQLite: one connection per store in WAL mode.
+//! SQLite through rusqlite's bundled SQLite, in WAL mode: per store one writer connection
+//! (every write, lock and cleanup) and [`READERS`] reader connections (loads and lookups),
+//! so that reads of any session go on while this process writes, as WAL lets readers go on
+//! while another process writes.
 //!
-//! Nothing waits while holding the connection: SQLite's own busy wait is off, and a
+//! Nothing waits while holding a connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the
 //! connection is let go, until the lock timeout (`SESSION_LOCK_TIMEOUT`, the store's:
 //! [`DEFAULT_BUSY_TIMEOUT`] until it is set). A server calls the store only off its one
@@ -20,94 +23,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+mod connections;
 
 use super::schema::{check_schema, missing_or_foreign, schema_version};
-use super::{Change, Database, Row, lost_lock, wait_or_time_out};
+use super::{Change, Database, Row, lost_lock};
 use crate::key::SessionKey;
-use crate::store::{Lease, StoreError, holder};
-
-/// How long a statement retries while another process holds the database's write lock,
-/// until [`Database::set_wait`] gives the store's lock timeout.
-const DEFAULT_BUSY_TIMEOUT: Duration = crate::config::DEFAULT_LOCK_TIMEOUT;
-/// Pause between two tries of a busy statement (the connection is free meanwhile).
-const BUSY_PAUSE: Duration = Duration::from_millis(1);
-
-/// The connection and what messages say of it; shared with the leases (which release
-/// themselves on drop).
-struct Inner {
-    conn: Mutex<Connection>,
-    path: PathBuf,
-    shown: String,
-    /// The device and inode of the file opened: the path must still name it.
-    file: (u64, u64),
-    /// How long a busy statement is retried, in milliseconds (the lock timeout).
-    busy_timeout_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Inner {
-    /// Runs `f` on the connection; while the database is busy (another process writes),
-    /// tries again with the connection let go, until the busy timeout (the lock timeout).
-    fn run<T>(
-        &self,
-        what: &'static str,
-        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        let start = Instant::now();
-        let busy_timeout = Duration::from_millis(
-            self.busy_timeout_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        loop {
-            let result = {
-                let mut conn = crate::store::locked(&self.conn);
-                f(&mut conn)
-            };
-            match result {
-                Err(e) if is_busy(&e) && start.elapsed() < busy_timeout => {
-                    std::thread::sleep(BUSY_PAUSE);
-                }
-                other => {
-                    // Committed into a file no longer at the path is not kept: not an answer.
-                    self.still_at_its_path()?;
-                    return other.map_err(|e| error(&self.shown, &self.path, what, e));
-                }
-            }
-        }
-    }
-
-    /// `Err(DatabaseGone)` unless the path still names the file opened. A `stat`, never an
-    /// open (closing a descriptor of the database would drop SQLite's locks).
-    fn still_at_its_path(&self) -> Result<(), StoreError> {
-        match file_id(&self.path) {
-            Ok(id) if id == self.file => Ok(()),
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(StoreError::io("inspect the database", &self.path, e))
-            }
-            _ => Err(StoreError::DatabaseGone(self.path.clone())),
-        }
-    }
-}
-
-/// The device and inode of the file at `path`.
-fn file_id(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.dev(), meta.ino()))
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
-}
+use crate::store::{Lease, LockConfig, StoreError, holder};
+use connections::{DEFAULT_BUSY_TIMEOUT, Inner, READERS, error, file_id};
 
 pub(super) struct Sqlite {
     inner: Arc<Inner>,
     table: String,
     locks: String,
 }
+
+/// Pause between attempts to take a request lock held by another request.
+const LOCK_POLL: Duration = Duration::from_millis(2);
 
 /// Whole seconds since 1970 at or before `t` (before 1970: 0): "now", as the cleanup's
 /// `expire_date <= now` compares it.
@@ -141,22 +74,6 @@ fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// A full disk is `Io` with `StorageFull` (507); a database still busy after the busy
-/// timeout, or any other failure, names the database and keeps SQLite's error (503).
-fn error(shown: &str, path: &Path, what: &'static str, e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => StoreError::io(
-            what,
-            path,
-            io::Error::new(io::ErrorKind::StorageFull, e.to_string()),
-        ),
-        _ => StoreError::Backend {
-            action: format!("{shown}: cannot {what}"),
-            source: Box::new(e),
-        },
-    }
 }
 
 /// Makes the database file readable by its owner only (0600), before SQLite opens it, if
@@ -225,8 +142,10 @@ impl Sqlite {
             source: Box::new(e),
         })?;
         let file = file_id(&path).map_err(|e| StoreError::io("inspect the database", &path, e))?;
-        let inner = Inner {
+        let mut inner = Inner {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
             shown,
             file,
@@ -318,6 +237,18 @@ impl Sqlite {
             )));
         };
         check_schema(found, table, &inner.shown)?;
+        // Opened once the file is in WAL mode (set by the writer above), before any
+        // request: the path is the file just checked.
+        inner.readers = (0..READERS)
+            .map(|_| {
+                let reader = Connection::open(&inner.path)?;
+                reader.busy_timeout(Duration::ZERO)?;
+                reader.execute_batch("PRAGMA query_only=1")?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<rusqlite::Result<_>>()
+            .map_err(|e| error(&inner.shown, &inner.path, "open a reader connection", e))?;
+        inner.still_at_its_path()?;
         Ok(Sqlite {
             inner: Arc::new(inner),
             table: table.to_owned(),
@@ -339,8 +270,8 @@ impl Database for Sqlite {
             self.table
         );
         let key = key.to_string();
-        self.inner.run("load a session", |c| {
-            c.query_row(&sql, [&key], row_of).optional()
+        self.inner.read("load a session", |c| {
+            c.prepare_cached(&sql)?.query_row([&key], row_of).optional()
         })
     }
 
@@ -453,8 +384,10 @@ impl Database for Sqlite {
     fn exists(&self, key: &SessionKey, _: Option<&Lease>) -> Result<bool, StoreError> {
         let sql = format!("SELECT 1 FROM {} WHERE session_key = ?1", self.table);
         let key = key.to_string();
-        let found: Option<i64> = self.inner.run("look a session up", |c| {
-            c.query_row(&sql, [&key], |r| r.get(0)).optional()
+        let found: Option<i64> = self.inner.read("look a session up", |c| {
+            c.prepare_cached(&sql)?
+                .query_row([&key], |r| r.get(0))
+                .optional()
         })?;
         Ok(found.is_some())
     }
@@ -479,7 +412,7 @@ impl Database for Sqlite {
 
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {} WHERE expire_date > ?1", self.table);
-        let n: i64 = self.inner.run("count sessions", |c| {
+        let n: i64 = self.inner.read("count sessions", |c| {
             c.query_row(&sql, [seconds(now)], |r| r.get(0))
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -552,7 +485,90 @@ impl Database for Sqlite {
                     }
                 }));
             }
-            wait_or_time_out(key, start, wait)?;
+            LockConfig::pause_or_time_out(key, start, wait, LOCK_POLL)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn opened(dir: &tempfile::TempDir) -> Sqlite {
+        let path = format!("/{}", dir.path().join("db.sqlite3").display());
+        Sqlite::open(&path, "filesession_session", "SQLite (test)", true).unwrap()
+    }
+
+    #[test]
+    fn reads_go_on_while_the_writer_connection_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(opened(&dir));
+        let key = SessionKey::generate();
+        let row = Row {
+            document: r#"{"a": 1}"#.into(),
+            expires_at: SystemTime::now() + Duration::from_secs(60),
+        };
+        assert!(db.insert(&key, &row).unwrap());
+        // The writer held, as by a write of this process waiting on the disk: a load and a
+        // lookup are answered while it is still held.
+        let writer = crate::store::locked(&db.inner.conn);
+        let (tx, rx) = mpsc::channel();
+        let reader = Arc::clone(&db);
+        std::thread::spawn(move || {
+            let read = reader.read(&key, None).map(|r| r.map(|r| r.document));
+            let found = reader.exists(&key, None);
+            let _ = tx.send((read, found));
+        });
+        // A guard against a hang, not a speed goal: before readers this never came.
+        let (read, found) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("read while the writer is held");
+        assert_eq!(read.unwrap().as_deref(), Some(r#"{"a": 1}"#));
+        assert!(found.unwrap());
+        drop(writer);
+    }
+
+    #[test]
+    fn readers_see_every_write_committed_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = opened(&dir);
+        let key = SessionKey::generate();
+        assert_eq!(db.inner.readers.len(), READERS);
+        for n in 0..3 {
+            let row = Row {
+                document: format!(r#"{{"n": {n}}}"#),
+                expires_at: SystemTime::now() + Duration::from_secs(60),
+            };
+            if n == 0 {
+                assert!(db.insert(&key, &row).unwrap());
+            } else {
+                let write = Row {
+                    document: row.document.clone(),
+                    expires_at: row.expires_at,
+                };
+                let mut write = Some(write);
+                db.update(&key, None, &mut |_| {
+                    Ok(write.take().map_or(Change::Keep, Change::Write))
+                })
+                .unwrap();
+            }
+            // Every reader sees the write just made on the writer.
+            let sql = "SELECT session_data FROM filesession_session WHERE session_key = ?1";
+            for (i, reader) in db.inner.readers.iter().enumerate() {
+                let read: String = db
+                    .inner
+                    .run_on(
+                        || crate::store::locked(reader),
+                        "read",
+                        |c| c.query_row(sql, [key.to_string()], |r| r.get(0)),
+                    )
+                    .unwrap();
+                assert_eq!(read, row.document, "write {n}, reader {i}");
+            }
+        }
+        db.delete(&key, None).unwrap();
+        assert!(!db.exists(&key, None).unwrap());
+        assert_eq!(db.read(&key, None).unwrap().map(|r| r.document), None);
     }
 }

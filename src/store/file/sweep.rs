@@ -10,7 +10,7 @@ use super::dir::Opened;
 use super::document::ReadError;
 use crate::expiry::later;
 use crate::key::SessionKey;
-use crate::store::{ClearReport, StoreError, Sweep, SweepCursor};
+use crate::store::{ClearReport, LockIssuer, StoreError, Sweep, SweepCursor};
 
 pub(super) enum Cleared {
     Kept,
@@ -38,7 +38,7 @@ impl FileStore {
         report: &mut ClearReport,
     ) {
         let is_file = match file_type {
-            FileType::Unknown => self.dir.is_file(name).unwrap_or(false),
+            FileType::Unknown => self.dir.holds_a_file(name),
             other => other == FileType::RegularFile,
         };
         if let Some(key) = name.strip_suffix(".json").and_then(SessionKey::parse) {
@@ -114,8 +114,12 @@ impl FileStore {
 }
 
 /// A [`FileStore`]'s place in a cleanup pass: the directory listing, read so far
-/// ([`SweepCursor::Own`]).
-pub(super) struct DirCursor(Dir);
+/// ([`SweepCursor::Own`]), and the store whose directory it lists (another store given it
+/// starts a pass of its own).
+pub(super) struct DirCursor {
+    issuer: LockIssuer,
+    entries: Dir,
+}
 
 impl std::fmt::Debug for DirCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,7 +139,10 @@ impl FileStore {
         let deadline = later(Instant::now(), budget);
         if !sweep.in_progress() {
             let entries = self.dir.list()?;
-            sweep.begin(SweepCursor::Own(Box::new(DirCursor(entries))));
+            sweep.begin(SweepCursor::Own(Box::new(DirCursor {
+                issuer: self.issuer,
+                entries,
+            })));
         }
         let now = sweep.now();
         loop {
@@ -143,11 +150,16 @@ impl FileStore {
                 sweep.finish();
                 return Ok(true);
             };
-            let Some(DirCursor(entries)) = own.downcast_mut::<DirCursor>() else {
-                // Another store's position: this store starts its own pass next time.
+            let Some(DirCursor { issuer, entries }) = own.downcast_mut::<DirCursor>() else {
+                // Another kind of store's position: this store starts its own pass next time.
                 sweep.finish();
                 return Ok(true);
             };
+            if *issuer != self.issuer {
+                // Another file store's listing: its names are not this directory's.
+                sweep.finish();
+                return Ok(true);
+            }
             match entries.next() {
                 None => {
                     sweep.finish();

@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode};
 use crate::store::StoreError;
 
 /// How long a statement retries while another process holds the database's write lock,
-/// until [`Database::set_wait`] gives the store's lock timeout.
+/// until `Database::set_wait` gives the store's lock timeout.
 pub(super) const DEFAULT_BUSY_TIMEOUT: Duration = crate::config::DEFAULT_LOCK_TIMEOUT;
 /// Pause between two tries of a busy statement (the connection is free meanwhile).
 const BUSY_PAUSE: Duration = Duration::from_millis(1);
@@ -22,7 +22,7 @@ const BUSY_PAUSE: Duration = Duration::from_millis(1);
 /// writer's statements.
 pub(super) const READERS: usize = 4;
 
-/// The connection and what messages say of it; shared with the leases (which release
+/// The connections and what messages say of them; shared with the leases (which release
 /// themselves on drop).
 pub(super) struct Inner {
     /// The writer: every statement that writes, and the statements of the schema.

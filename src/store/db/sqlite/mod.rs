@@ -10,10 +10,11 @@
 //! thread ([`SessionStore::loads_wait`](crate::SessionStore::loads_wait)), so such a wait
 //! holds up no other request.
 //!
-//! The database file is opened once. A file removed or replaced at its path while the store
-//! runs (`rm db.sqlite3`, a restore moved into place) would take every later write into a
-//! file no one will open again: after each statement the path is compared with the file
-//! opened (device and inode, as the file store checks its directory), and a mismatch is
+//! The database file is opened only while the store opens (the writer, then the readers,
+//! which never create it). A file removed or replaced at its path while the store runs
+//! (`rm db.sqlite3`, a restore moved into place) would take every later write into a file
+//! no one will open again: after each statement the path is compared with the file opened
+//! (device and inode, as the file store checks its directory), and a mismatch is
 //! [`StoreError::DatabaseGone`] (500) before anything is acknowledged. The path is never
 //! opened again in the process: closing any descriptor of the file drops SQLite's POSIX
 //! locks.
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 mod connections;
 
@@ -241,7 +242,11 @@ impl Sqlite {
         // request: the path is the file just checked.
         inner.readers = (0..READERS)
             .map(|_| {
-                let reader = Connection::open(&inner.path)?;
+                // Never created here: a file removed meanwhile is an error, not a new one.
+                let reader = Connection::open_with_flags(
+                    &inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
                 reader.busy_timeout(Duration::ZERO)?;
                 reader.execute_batch("PRAGMA query_only=1")?;
                 Ok(Mutex::new(reader))

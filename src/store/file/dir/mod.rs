@@ -335,6 +335,13 @@ impl SessionDir {
         }
     }
 
+    /// Whether `name` is a regular file now (not following a symlink); an entry that cannot
+    /// be inspected (gone meanwhile) is not. For cleanup's listing, which asks of each entry.
+    pub(super) fn holds_a_file(&self, name: &str) -> bool {
+        statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+    }
+
     /// The modification time of an entry, not following a symlink.
     pub(super) fn mtime_of(&self, name: &str) -> Option<SystemTime> {
         let st = statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;

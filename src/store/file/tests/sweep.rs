@@ -77,6 +77,23 @@ fn a_sweep_in_small_steps_does_what_clear_expired_does() {
 }
 
 #[test]
+fn a_sweep_begun_on_one_store_is_not_continued_by_another() {
+    let (_a_dir, a) = store();
+    let (_b_dir, b) = store();
+    for _ in 0..10 {
+        a.create(&changes(&[("a", json!(1))]).to_new_record(SystemTime::now()))
+            .unwrap();
+    }
+    let mut sweep = Sweep::new();
+    assert!(!a.sweep_step(&mut sweep, Duration::ZERO).unwrap());
+    assert_eq!(sweep.scanned(), 1, "one of a's 10 entries");
+    // b is given a's position: it ends that pass without reading on in a's listing.
+    assert!(b.sweep_step(&mut sweep, Duration::from_secs(10)).unwrap());
+    assert_eq!(sweep.scanned(), 1, "none of a's entries read by b");
+    assert!(!sweep.in_progress());
+}
+
+#[test]
 fn a_sweep_leaves_a_locked_expired_session_for_later_instead_of_waiting() {
     let (_tmp, store) = store();
     let mut expire_now = changes(&[("a", json!(1))]);

@@ -63,6 +63,7 @@
 //! | stores | [`FileStore`] (the default), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
+//! | tower and axum | `tower::SessionLayer`, `tower::SessionHandle` (the axum extractor): features `tower`, `axum` |
 //!
 //! The `filesession` binary (`runserver`, `clearsessions`) and its demo app live in
 //! `src/bin/filesession/`, built with the default feature `cli`; with
@@ -119,7 +120,8 @@
 //   session             Session: Django's request.session
 //   guard, router,      ALLOWED_HOSTS and the origin check; method + path to a function;
 //   middleware          SessionMiddleware: Django's cookie rules
-//   pipeline, cleanup   App: prepare (route, cookie, lock) then run; cleanup in slices
+//   pipeline, cleanup,  App: prepare (route, cookie, lock) then run; cleanup in slices;
+//   tower               SessionLayer: the same around any tower service (feature tower)
 //   server              Server: the one thread, sockets, stop
 //   supervisor          runserver --workers N
 mod cleanup;
@@ -137,6 +139,8 @@ mod settings_table;
 pub mod store;
 #[cfg(feature = "signals")]
 mod supervisor;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use config::{
     DEFAULT_ALLOWED_HOSTS, DEFAULT_COOKIE_AGE, DEFAULT_DATABASE_URL, DEFAULT_DB_TABLE,

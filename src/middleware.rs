@@ -79,7 +79,22 @@ impl SessionMiddleware {
 
     /// What the request's session cookie names (`SESSION_COOKIE_NAME`).
     pub fn cookie_key(&self, request: &Request) -> CookieKey {
-        let value = request.cookie(&self.settings.cookie_name);
+        self.cookie_key_in(request.headers_named("cookie"))
+    }
+
+    /// [`cookie_key`](SessionMiddleware::cookie_key) from the values of a request's `Cookie`
+    /// headers, for a server of another kind (the tower layer reads `http::HeaderMap`).
+    pub fn cookie_key_in<'a>(
+        &self,
+        cookie_headers: impl IntoIterator<Item = &'a str>,
+    ) -> CookieKey {
+        let value = cookie_headers
+            .into_iter()
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == self.settings.cookie_name)
+            .map(|c| c.value_trimmed().to_owned())
+            .last();
         CookieKey {
             key: value.as_deref().and_then(SessionKey::parse),
             present: value.is_some(),
@@ -353,7 +368,7 @@ fn is_out_of_space(e: &io::Error) -> bool {
 /// A body rendered once the session is saved, kept in the response's extensions by
 /// [`Response::json_after_save`].
 #[derive(Clone, Copy)]
-struct AfterSave(RenderAfterSave);
+pub(crate) struct AfterSave(pub(crate) RenderAfterSave);
 
 /// A renderer for [`Response::json_after_save`]: writes the JSON body for the saved session
 /// into the buffer given (empty at the call).

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["session", "session_tests"],
     &["guard", "router", "middleware"],
-    &["pipeline", "cleanup"],
+    &["pipeline", "cleanup", "tower"],
     &["server"],
     &["supervisor"],
 ];

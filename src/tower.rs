@@ -1,0 +1,568 @@
+//! Sessions in any tower stack (feature `tower`), and in axum handlers (feature `axum`):
+//! [`SessionLayer`] wraps a service of `http::Request`s, and each request's handler finds a
+//! [`SessionHandle`] in the request's extensions (with `axum`: as an extractor).
+//!
+//! The layer does what [`App`](crate::App) does around a handler, with the same code:
+//! the cookie read as [`SessionMiddleware::cookie_key_in`] reads it, the session loaded
+//! before the handler (on a blocking thread when the store may wait, or when the lock is
+//! held: never a wait on a runtime worker), and after the handler
+//! [`SessionMiddleware::finish`] applies Django's `process_response` (save, `Set-Cookie`,
+//! the deletion cookie, `Vary: Cookie`, 400 for a session deleted meanwhile, 5xx on a store
+//! failure) to the handler's `http::Response`. So a tower stack gets what `runserver` gives:
+//! merge saves (two requests that change different keys of one session both keep their
+//! change), `request` locking (the lock held from before the handler until its response is
+//! saved), no resurrection, fresh reads.
+//!
+//! ```no_run
+//! # #[cfg(feature = "axum")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{Router, routing::get};
+//! use filesession::Settings;
+//! use filesession::tower::{SessionHandle, SessionLayer};
+//!
+//! async fn visits(session: SessionHandle) -> String {
+//!     let n = session.get_as::<u64>("visits").await.ok().flatten().unwrap_or(0) + 1;
+//!     let _ = session.insert("visits", n).await;
+//!     format!("visit number {n}")
+//! }
+//!
+//! let layer = SessionLayer::from_settings(Settings::from_values(|name| std::env::var(name).ok())?)?;
+//! let app = Router::new().route("/", get(visits)).layer(layer);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use http::header::{COOKIE, SET_COOKIE, VARY};
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::config::Settings;
+use crate::expiry::{Expiry, later};
+use crate::key::SessionKey;
+use crate::middleware::{AfterSave, RenderAfterSave, SessionMiddleware, store_failure};
+use crate::session::Session;
+use crate::store::{self, Acquired, SessionStore, StoreError};
+
+/// A tower [`Layer`](tower_layer::Layer): sessions for the service it wraps.
+#[derive(Clone)]
+pub struct SessionLayer {
+    middleware: SessionMiddleware,
+}
+
+impl SessionLayer {
+    /// A layer applying `middleware`'s store and settings.
+    pub fn new(middleware: SessionMiddleware) -> Self {
+        SessionLayer { middleware }
+    }
+
+    /// A layer over the store `settings` name (`SESSION_ENGINE`; [`store::open`]), with
+    /// Django's cookie settings.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be opened (a directory that cannot be created, a
+    /// database that does not answer).
+    pub fn from_settings(settings: Settings) -> Result<Self, StoreError> {
+        let store = store::open(&settings)?;
+        Ok(SessionLayer::new(SessionMiddleware::new(store, settings)))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> SessionService<S> {
+        SessionService {
+            inner,
+            middleware: self.middleware.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] makes: loads the request's session, runs the inner service
+/// with a [`SessionHandle`] in the request's extensions, then saves the session and sets
+/// the cookie on its response.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    middleware: SessionMiddleware,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for SessionService<S>
+where
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: From<Vec<u8>> + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The service polled ready is the one that runs this request (tower's rule).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let middleware = self.middleware.clone();
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            let cookie = middleware.cookie_key_in(
+                request
+                    .headers()
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+            let session = match load(&middleware, cookie.key, &path).await {
+                Ok(session) => session,
+                Err(answer) => return Ok(into_http(answer)),
+            };
+            let handle = SessionHandle(Arc::new(Mutex::new(Some(session))));
+            request.extensions_mut().insert(handle.clone());
+            let ran = AssertUnwindSafe(inner.call(request)).catch_unwind().await;
+            // From here on the handler's clones are detached: their changes are refused.
+            let session = handle.detach();
+            match (ran, session) {
+                (Ok(Ok(response)), Some(session)) => {
+                    Ok(finish(middleware, session, cookie.present, path, response).await)
+                }
+                (Ok(Ok(_)), None) => {
+                    // Only this layer takes the session out of its handle.
+                    Ok(into_http(crate::http::Response::error(
+                        &path,
+                        500,
+                        "The request's session went missing.",
+                    )))
+                }
+                (Ok(Err(e)), session) => {
+                    release(&middleware, session).await;
+                    Err(e)
+                }
+                (Err(_panic), session) => {
+                    log::error!("handler for {path} panicked; answered 500, nothing saved");
+                    release(&middleware, session).await;
+                    Ok(into_http(crate::http::Response::error(
+                        &path,
+                        500,
+                        "Internal server error.",
+                    )))
+                }
+            }
+        })
+    }
+}
+
+/// The session of `key`, read before the handler as [`App::prepare`](crate::App::prepare)
+/// reads it: the lock tried once without waiting, and the session read here when neither
+/// the store's loads nor its lock make it wait; otherwise both on a blocking thread, the
+/// lock waited for until `SESSION_LOCK_TIMEOUT`. `Err`: the answer to a store failure.
+async fn load(
+    middleware: &SessionMiddleware,
+    key: Option<SessionKey>,
+    path: &str,
+) -> Result<Session, crate::http::Response> {
+    let Some(key) = key else {
+        return Ok(middleware.session(None, None));
+    };
+    let deadline = later(Instant::now(), middleware.settings().lock_timeout);
+    if !middleware.store().loads_wait() {
+        let acquired = match try_lock(middleware.store().as_ref(), &key, Duration::ZERO) {
+            Ok(acquired) => Some(acquired),
+            Err(StoreError::LockTimeout { .. }) => None,
+            Err(e) => return Err(store_failure(path, &e)),
+        };
+        if let Some(acquired) = acquired {
+            let session = middleware.session(Some(key), acquired);
+            session.preload();
+            return Ok(session);
+        }
+    }
+    let middleware = middleware.clone();
+    let path = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let acquired = try_lock(middleware.store().as_ref(), &key, wait)
+            .map_err(|e| store_failure(&path, &e))?;
+        let session = middleware.session(Some(key), acquired);
+        session.preload();
+        Ok(session)
+    })
+    .await;
+    match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            log::error!("loading a session failed: {e}");
+            Err(crate::http::Response::error(
+                "",
+                500,
+                "Internal server error.",
+            ))
+        }
+    }
+}
+
+/// The store's lock preflight for `key`, waiting at most `wait` (none: nothing to wait for).
+fn try_lock(
+    store: &dyn SessionStore,
+    key: &SessionKey,
+    wait: Duration,
+) -> Result<Option<Acquired>, StoreError> {
+    match store.preflight() {
+        Some(preflight) => preflight.acquire(key, wait),
+        None => Ok(None),
+    }
+}
+
+/// Lets go of a session that is not saved (a handler that failed or panicked), and of its
+/// lock: on a blocking thread when that may wait (a lease released in a store).
+async fn release(middleware: &SessionMiddleware, session: Option<Session>) {
+    let Some(session) = session else { return };
+    if middleware.store().saves_wait() && session.holds_lock() {
+        let _ = tokio::task::spawn_blocking(move || drop(session)).await;
+    }
+}
+
+/// Marks the answer [`finish`] hands to the middleware: still there afterwards, the
+/// middleware kept the handler's answer (and only added headers).
+#[derive(Clone, Copy)]
+struct HandlersAnswer;
+
+/// Django's `process_response` on the handler's `http::Response`, by
+/// [`SessionMiddleware::finish`] itself: it is given the status and the `Vary` header (all
+/// it reads of an answer), and either keeps that answer, whose `Set-Cookie` and `Vary` are
+/// then set on the handler's, or replaces it (400, 5xx), which is then the answer. On a
+/// blocking thread when the store's saves may wait.
+async fn finish<B: From<Vec<u8>> + Send + 'static>(
+    middleware: SessionMiddleware,
+    session: Session,
+    had_cookie: bool,
+    path: String,
+    response: http::Response<B>,
+) -> http::Response<B> {
+    let (mut parts, body) = response.into_parts();
+    let mut shell = crate::http::Response::new(parts.status.as_u16());
+    let vary: Vec<&str> = parts
+        .headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !vary.is_empty() {
+        shell.add_header("Vary", &vary.join(", "));
+    }
+    shell.extensions_mut().insert(HandlersAnswer);
+    let renders = parts.extensions.remove::<AfterSave>();
+    if let Some(render) = renders {
+        shell.extensions_mut().insert(render);
+    }
+    let decided = if middleware.store().saves_wait() {
+        let finishing = path.clone();
+        tokio::task::spawn_blocking(move || {
+            middleware.finish(session, had_cookie, &finishing, shell)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            log::error!("saving the session of {path} failed: {e}");
+            crate::http::Response::error(&path, 500, "Internal server error.")
+        })
+    } else {
+        middleware.finish(session, had_cookie, &path, shell)
+    };
+    if decided.extensions().get::<HandlersAnswer>().is_none() {
+        return into_http(decided);
+    }
+    let body = match renders {
+        // Rendered from the saved session.
+        Some(_) => B::from(decided.body().to_vec()),
+        None => body,
+    };
+    for (name, value) in decided.headers() {
+        let Ok(value) = HeaderValue::from_str(value) else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("vary") {
+            parts.headers.insert(VARY, value);
+        } else if name.eq_ignore_ascii_case("set-cookie") {
+            parts.headers.append(SET_COOKIE, value);
+        }
+    }
+    http::Response::from_parts(parts, body)
+}
+
+/// A JSON answer whose body is rendered once the session is saved, so that it shows the
+/// saved session (a new key after [`cycle_key`](SessionHandle::cycle_key), the new expiry):
+/// [`Response::json_after_save`](crate::Response::json_after_save) for a tower service.
+/// The status decides the save as usual.
+pub fn json_after_save<B: Default>(
+    status: http::StatusCode,
+    render: RenderAfterSave,
+) -> http::Response<B> {
+    let mut response = http::Response::new(B::default());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response.extensions_mut().insert(AfterSave(render));
+    response
+}
+
+/// One of this crate's answers (an error the middleware decided) as an `http::Response`.
+fn into_http<B: From<Vec<u8>>>(answer: crate::http::Response) -> http::Response<B> {
+    let mut response = http::Response::new(B::from(answer.body().to_vec()));
+    *response.status_mut() = http::StatusCode::from_u16(answer.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in answer.headers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// Why a [`SessionHandle`] refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The request's response was already made: the session was saved (or not) then, and a
+    /// change now would be lost, so it is refused.
+    Detached,
+    /// A value did not have the type asked for ([`SessionHandle::get_as`]), or could not be
+    /// stored as JSON ([`SessionHandle::insert_as`]).
+    Json(serde_json::Error),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Detached => f.write_str(
+                "the session handle outlived its request: its response was already made",
+            ),
+            SessionError::Json(e) => write!(f, "session value: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SessionError::Json(e) => Some(e),
+            SessionError::Detached => None,
+        }
+    }
+}
+
+/// The request's session, for a handler behind [`SessionLayer`]: `Clone + Send + Sync`, each
+/// clone the same session. The session was read before the handler ran, so no accessor
+/// waits for the store; what is changed is saved after the handler, by the layer (merged
+/// into the newest copy in `merge` locking, under the lock held since before the handler in
+/// `request` locking). The accessors are those of [`Session`] (Django's `SessionBase`),
+/// async; [`with_session`](SessionHandle::with_session) reaches the rest.
+///
+/// A clone kept after the response is detached: its accessors answer
+/// [`SessionError::Detached`], never a change silently lost.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<Mutex<Option<Session>>>);
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attached = crate::store::locked(&self.0).is_some();
+        f.debug_struct("SessionHandle")
+            .field("attached", &attached)
+            .finish()
+    }
+}
+
+impl SessionHandle {
+    /// Runs `f` on the session (the whole sync API).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`] after the response was made.
+    pub fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Result<R, SessionError> {
+        match crate::store::locked(&self.0).as_mut() {
+            Some(session) => Ok(f(session)),
+            None => Err(SessionError::Detached),
+        }
+    }
+
+    /// The session, taken out: the layer's, once the handler has answered.
+    fn detach(&self) -> Option<Session> {
+        crate::store::locked(&self.0).take()
+    }
+
+    /// The value of `key`, if set (Django's `session[key]`/`get`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn get(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        self.with_session(|s| s.get(key).cloned())
+    }
+
+    /// The value of `key` as a `T`, if set.
+    ///
+    /// # Errors
+    /// [`SessionError::Json`] when it is not a `T`; [`SessionError::Detached`].
+    pub async fn get_as<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        self.with_session(|s| s.get_as(key))?
+            .map_err(SessionError::Json)
+    }
+
+    /// Whether `key` is set (Django's `key in session`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn contains(&self, key: &str) -> Result<bool, SessionError> {
+        self.with_session(|s| s.contains(key))
+    }
+
+    /// Sets `key` (Django's `session[key] = value`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn insert(
+        &self,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+    ) -> Result<(), SessionError> {
+        self.with_session(|s| s.insert(key, value))
+    }
+
+    /// Sets `key` to `value` as JSON.
+    ///
+    /// # Errors
+    /// [`SessionError::Json`] when `value` has no JSON form; [`SessionError::Detached`].
+    pub async fn insert_as<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        self.with_session(|s| s.insert_as(key, value))?
+            .map_err(SessionError::Json)
+    }
+
+    /// Removes `key`; whether it was set (Django's `del session[key]`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn remove(&self, key: &str) -> Result<bool, SessionError> {
+        self.with_session(|s| s.remove(key))
+    }
+
+    /// Removes `key` and returns its value (Django's `pop`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn pop(&self, key: &str) -> Result<Option<Value>, SessionError> {
+        self.with_session(|s| s.pop(key))
+    }
+
+    /// A copy of every key and value.
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn data(&self) -> Result<Map<String, Value>, SessionError> {
+        self.with_session(|s| s.data().clone())
+    }
+
+    /// How many keys are set.
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn len(&self) -> Result<usize, SessionError> {
+        self.with_session(|s| s.len())
+    }
+
+    /// Whether no key is set.
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn is_empty(&self) -> Result<bool, SessionError> {
+        self.with_session(|s| s.is_empty())
+    }
+
+    /// Removes every key, keeping the session (Django's `clear`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn clear(&self) -> Result<(), SessionError> {
+        self.with_session(Session::clear)
+    }
+
+    /// Logs out (Django's `flush`): the stored session is deleted when the response is
+    /// made, and the cookie with it.
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn flush(&self) -> Result<(), SessionError> {
+        self.with_session(Session::flush)
+    }
+
+    /// A new key for the session when the response is made, its data kept (Django's
+    /// `cycle_key`, against session fixation).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn cycle_key(&self) -> Result<(), SessionError> {
+        self.with_session(Session::cycle_key)
+    }
+
+    /// Sets when the session ends (Django's `set_expiry`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn set_expiry(&self, expiry: Expiry) -> Result<(), SessionError> {
+        self.with_session(|s| s.set_expiry(expiry))
+    }
+
+    /// Seconds until the session ends (Django's `get_expiry_age`).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn expiry_age(&self) -> Result<i64, SessionError> {
+        self.with_session(|s| s.expiry_age())
+    }
+
+    /// The session's key, if it has one (none before its first save, nor after a flush).
+    ///
+    /// # Errors
+    /// [`SessionError::Detached`].
+    pub async fn session_key(&self) -> Result<Option<SessionKey>, SessionError> {
+        self.with_session(|s| s.session_key().copied())
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SessionHandle {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<SessionHandle>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no session: the route is not behind filesession::tower::SessionLayer",
+        ))
+    }
+}

@@ -1,0 +1,542 @@
+//! The tower layer under axum, over real sockets (ureq): SessionMiddleware's cookie rules,
+//! the lost-update probe in both locking modes, fresh reads after a logout, a store that
+//! fails, a locked session that holds up no other, a handler that panics, a handle kept
+//! after its response.
+
+mod common;
+
+/// Without `--features axum` this suite is not compiled: say so where a plain `cargo test`
+/// shows it (`.ci/run` runs it with the feature).
+#[cfg(not(feature = "axum"))]
+#[test]
+fn the_axum_suite_is_not_compiled_without_its_feature() {
+    common::skip(
+        "tower layer under axum",
+        "not compiled (cargo test --features axum --test axum_layer)",
+        "FILESESSION_AXUM_TEST",
+    );
+}
+
+#[cfg(feature = "axum")]
+mod through_the_layer {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex as StdMutex};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use filesession::tower::{SessionError, SessionHandle, SessionLayer, json_after_save};
+    use filesession::{Session, Settings};
+    use tokio::sync::{Notify, oneshot};
+
+    use crate::common::{agent, cookie_value, set_cookies};
+
+    /// What a test's routes share: the handle a handler kept past its response, and the gate
+    /// `/hold` waits at.
+    #[derive(Clone, Default)]
+    struct Shared {
+        kept: Arc<StdMutex<Option<SessionHandle>>>,
+        gate: Arc<Notify>,
+        holding: Arc<Notify>,
+    }
+
+    fn describe(session: &Session, body: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(
+            body,
+            &serde_json::json!({
+                "session_key": session.session_key().map(|k| k.to_string()),
+                "data": session.data(),
+            }),
+        )
+    }
+
+    async fn setsession(session: SessionHandle) -> &'static str {
+        session.insert("sname", "abc").await.unwrap();
+        session.insert("semail", "abc@gmail.com").await.unwrap();
+        "session is set"
+    }
+
+    async fn getsession(session: SessionHandle) -> Response {
+        match (
+            session.get("sname").await.unwrap(),
+            session.get("semail").await.unwrap(),
+        ) {
+            (Some(n), Some(e)) => {
+                format!("{} {}", n.as_str().unwrap(), e.as_str().unwrap()).into_response()
+            }
+            _ => (StatusCode::NOT_FOUND, "No session data yet").into_response(),
+        }
+    }
+
+    async fn api_get(session: SessionHandle) -> Response {
+        session.len().await.unwrap();
+        json_after_save(StatusCode::OK, describe)
+    }
+
+    async fn incr(session: SessionHandle, Path(name): Path<String>) -> Response {
+        let n = session.get_as::<i64>(&name).await.unwrap().unwrap_or(0);
+        session.insert(name.as_str(), n + 1).await.unwrap();
+        json_after_save(StatusCode::OK, describe)
+    }
+
+    async fn flush(session: SessionHandle) -> Response {
+        session.flush().await.unwrap();
+        json_after_save(StatusCode::OK, describe)
+    }
+
+    async fn cycle(session: SessionHandle) -> Response {
+        session.cycle_key().await.unwrap();
+        json_after_save(StatusCode::OK, describe)
+    }
+
+    async fn panics(session: SessionHandle) -> &'static str {
+        session.insert("never", 1).await.unwrap();
+        panic!("a handler that panics");
+    }
+
+    /// Sets a key, then keeps its handle for after the response.
+    async fn keep(State(shared): State<Shared>, session: SessionHandle) -> &'static str {
+        session.insert("kept", 1).await.unwrap();
+        *shared.kept.lock().unwrap() = Some(session);
+        "kept"
+    }
+
+    /// Touches the session (taking its lock in `request` mode), then waits for the gate.
+    async fn hold(State(shared): State<Shared>, session: SessionHandle) -> &'static str {
+        session.insert("held", 1).await.unwrap();
+        shared.holding.notify_one();
+        shared.gate.notified().await;
+        "released"
+    }
+
+    /// The test app on 127.0.0.1:<free port>, served on one runtime thread; its sessions in
+    /// `dir`.
+    fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (SocketAddr, Shared) {
+        let files = dir.join("sessions").display().to_string();
+        let settings = Settings::from_values(|name| {
+            env.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+                .or_else(|| (name == "SESSION_FILE_PATH").then(|| files.clone()))
+        })
+        .unwrap();
+        let layer = SessionLayer::from_settings(settings).unwrap();
+        let shared = Shared::default();
+        let app = Router::new()
+            .route("/setsession/", get(setsession))
+            .route("/getsession/", get(getsession))
+            .route("/api/session", get(api_get))
+            .route("/api/session/incr/{name}", post(incr))
+            .route("/api/session/flush", post(flush))
+            .route("/api/session/cycle", post(cycle))
+            .route("/panic", post(panics))
+            .route("/keep", post(keep))
+            .route("/hold", post(hold))
+            .with_state(shared.clone())
+            .layer(layer);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        (rx.recv().unwrap(), shared)
+    }
+
+    fn url(addr: SocketAddr, path: &str) -> String {
+        format!("http://{addr}{path}")
+    }
+
+    fn json(r: ureq::http::Response<ureq::Body>) -> serde_json::Value {
+        let mut r = r;
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// A new session's cookie, as `runserver` sets it.
+    fn new_session(addr: SocketAddr) -> String {
+        let r = agent().get(url(addr, "/setsession/")).call().unwrap();
+        assert_eq!(r.status(), 200);
+        let cookies = set_cookies(&r);
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        format!("sessionid={}", cookie_value(&cookies[0]))
+    }
+
+    #[test]
+    fn the_cookie_rules_are_sessionmiddlewares() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        // A new session: the cookie with Django's attributes, Vary: Cookie, a file on disk.
+        let r = agent().get(url(addr, "/setsession/")).call().unwrap();
+        assert_eq!(r.status(), 200);
+        let set = set_cookies(&r);
+        assert_eq!(set.len(), 1);
+        for part in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=1209600"] {
+            assert!(set[0].contains(part), "{part} in {}", set[0]);
+        }
+        assert_eq!(r.headers().get("vary").unwrap(), "Cookie");
+        let key = cookie_value(&set[0]);
+        let file = dir.path().join("sessions").join(format!("{key}.json"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(r#""sname": "abc""#), "{text}");
+        let cookie = format!("sessionid={key}");
+        // Read back; a read sets no cookie.
+        let mut r = agent()
+            .get(url(addr, "/getsession/"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(set_cookies(&r).is_empty());
+        assert_eq!(r.body_mut().read_to_string().unwrap(), "abc abc@gmail.com");
+        // A read without a session creates none.
+        let before = std::fs::read_dir(dir.path().join("sessions"))
+            .unwrap()
+            .count();
+        let r = agent().get(url(addr, "/getsession/")).call().unwrap();
+        assert_eq!(r.status(), 404);
+        assert!(set_cookies(&r).is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("sessions"))
+                .unwrap()
+                .count(),
+            before
+        );
+        // A malformed cookie and an unknown key are never adopted: a write gets a fresh key.
+        for bad in [
+            "sessionid=../../etc/passwd".to_owned(),
+            format!("sessionid={}", uuid_like()),
+        ] {
+            let r = agent()
+                .post(url(addr, "/api/session/incr/n"))
+                .header("Cookie", &bad)
+                .send_empty()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let set = set_cookies(&r);
+            assert_eq!(set.len(), 1, "{set:?}");
+            let fresh = cookie_value(&set[0]);
+            assert_ne!(format!("sessionid={fresh}"), bad);
+            assert_eq!(json(r)["data"]["n"], 1);
+        }
+        // A malformed cookie on a read is deleted.
+        let r = agent()
+            .get(url(addr, "/api/session"))
+            .header("Cookie", "sessionid=not-a-key")
+            .call()
+            .unwrap();
+        let set = set_cookies(&r);
+        assert_eq!(set.len(), 1);
+        assert!(
+            set[0].starts_with("sessionid=;") && set[0].contains("Max-Age=0"),
+            "{set:?}"
+        );
+        // cycle_key: a new key, the same data, the old file gone; the answer shows the new key.
+        let r = agent()
+            .post(url(addr, "/api/session/cycle"))
+            .header("Cookie", &cookie)
+            .send_empty()
+            .unwrap();
+        let new_key = cookie_value(&set_cookies(&r)[0]);
+        assert_ne!(new_key, key);
+        let body = json(r);
+        assert_eq!(body["session_key"], new_key.as_str());
+        assert_eq!(body["data"]["sname"], "abc");
+        assert!(!file.exists());
+        // flush: the cookie deleted, the file gone.
+        let new_cookie = format!("sessionid={new_key}");
+        let r = agent()
+            .post(url(addr, "/api/session/flush"))
+            .header("Cookie", &new_cookie)
+            .send_empty()
+            .unwrap();
+        let set = set_cookies(&r);
+        assert!(set[0].starts_with("sessionid=;"), "{set:?}");
+        assert!(
+            !dir.path()
+                .join("sessions")
+                .join(format!("{new_key}.json"))
+                .exists()
+        );
+    }
+
+    /// A canonical key that names no session.
+    fn uuid_like() -> String {
+        "0b0b0b0b-1c1c-4d4d-8e8e-2f2f2f2f2f2f".to_owned()
+    }
+
+    /// 8 clients share one session, each incrementing its own key 200 times at once.
+    fn lost_update_probe(addr: SocketAddr) -> u64 {
+        let cookie = new_session(addr);
+        let threads: Vec<_> = (0..8)
+            .map(|c| {
+                let (cookie, url) = (
+                    cookie.clone(),
+                    url(addr, &format!("/api/session/incr/k{c}")),
+                );
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    for _ in 0..200 {
+                        let r = agent
+                            .post(&url)
+                            .header("Cookie", &cookie)
+                            .send_empty()
+                            .unwrap();
+                        assert_eq!(r.status(), 200);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = agent()
+            .get(url(addr, "/api/session"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        let data = json(r)["data"].clone();
+        (0..8)
+            .map(|c| data[format!("k{c}")].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn no_update_is_lost_in_merge_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        assert_eq!(lost_update_probe(addr), 1600);
+    }
+
+    #[test]
+    fn no_update_is_lost_in_request_mode_and_one_shared_counter_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[("SESSION_LOCKING", "request")]);
+        assert_eq!(lost_update_probe(addr), 1600);
+        let cookie = new_session(addr);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cookie, url) = (cookie.clone(), url(addr, "/api/session/incr/n"));
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    for _ in 0..50 {
+                        let r = agent
+                            .post(&url)
+                            .header("Cookie", &cookie)
+                            .send_empty()
+                            .unwrap();
+                        assert_eq!(r.status(), 200);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = agent()
+            .get(url(addr, "/api/session"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(json(r)["data"]["n"], 400);
+    }
+
+    #[test]
+    fn a_request_after_a_logout_never_sees_the_old_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        for _ in 0..20 {
+            let cookie = new_session(addr);
+            let r = agent()
+                .post(url(addr, "/api/session/flush"))
+                .header("Cookie", &cookie)
+                .send_empty()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            // Begun after the logout's answer: no data, whatever the old cookie says.
+            let r = agent()
+                .get(url(addr, "/getsession/"))
+                .header("Cookie", &cookie)
+                .call()
+                .unwrap();
+            assert_eq!(r.status(), 404);
+        }
+    }
+
+    #[test]
+    fn a_store_that_fails_answers_5xx_and_keeps_the_cookie() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        let cookie = new_session(addr);
+        std::fs::remove_dir_all(dir.path().join("sessions")).unwrap();
+        let r = agent()
+            .post(url(addr, "/api/session/incr/n"))
+            .header("Cookie", &cookie)
+            .send_empty()
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(set_cookies(&r).is_empty(), "the cookie is kept");
+        let body = json(r);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("directory was removed"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_request_waiting_for_a_locked_session_holds_up_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, shared) = serve(
+            dir.path(),
+            &[
+                ("SESSION_LOCKING", "request"),
+                ("SESSION_LOCK_TIMEOUT", "20"),
+            ],
+        );
+        let locked = new_session(addr);
+        let other = new_session(addr);
+        // One request holds the session's lock, waiting at the gate (on the runtime thread).
+        let holder = {
+            let (url, cookie) = (url(addr, "/hold"), locked.clone());
+            std::thread::spawn(move || {
+                agent()
+                    .post(&url)
+                    .header("Cookie", &cookie)
+                    .send_empty()
+                    .unwrap()
+                    .status()
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), shared.holding.notified())
+                .await
+                .expect("the holder took the lock")
+        });
+        // A second request of that session waits for its lock (off the runtime thread)...
+        let (done_tx, mut done_rx) = oneshot::channel();
+        let waiter = {
+            let (url, cookie) = (url(addr, "/api/session/incr/n"), locked.clone());
+            std::thread::spawn(move || {
+                let status = agent()
+                    .post(&url)
+                    .header("Cookie", &cookie)
+                    .send_empty()
+                    .unwrap()
+                    .status();
+                let _ = done_tx.send(());
+                status
+            })
+        };
+        // ...while another session is read and written, and the cookieless page answered.
+        for _ in 0..5 {
+            let r = agent()
+                .post(url(addr, "/api/session/incr/m"))
+                .header("Cookie", &other)
+                .send_empty()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                agent()
+                    .get(url(addr, "/getsession/"))
+                    .call()
+                    .unwrap()
+                    .status(),
+                404
+            );
+        }
+        assert!(
+            done_rx.try_recv().is_err(),
+            "the waiter still waits: the lock is held"
+        );
+        shared.gate.notify_one();
+        assert_eq!(holder.join().unwrap(), 200);
+        assert_eq!(waiter.join().unwrap(), 200);
+    }
+
+    #[test]
+    fn a_handler_that_panics_answers_500_saves_nothing_and_lets_the_lock_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(
+            dir.path(),
+            &[
+                ("SESSION_LOCKING", "request"),
+                ("SESSION_LOCK_TIMEOUT", "20"),
+            ],
+        );
+        let cookie = new_session(addr);
+        let r = agent()
+            .post(url(addr, "/panic"))
+            .header("Cookie", &cookie)
+            .send_empty()
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(set_cookies(&r).is_empty());
+        // The lock was let go: the next request of the session is answered, not held 20 s
+        // (the agent gives up after 10 s).
+        let r = agent()
+            .get(url(addr, "/api/session"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(json(r)["data"].get("never").is_none(), "nothing saved");
+    }
+
+    #[test]
+    fn a_handle_kept_after_its_response_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, shared) = serve(dir.path(), &[]);
+        let r = agent().post(url(addr, "/keep")).send_empty().unwrap();
+        assert_eq!(r.status(), 200);
+        let key = cookie_value(&set_cookies(&r)[0]);
+        let kept = shared.kept.lock().unwrap().take().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let refused = runtime.block_on(kept.insert("late", 1));
+        assert!(
+            matches!(refused, Err(SessionError::Detached)),
+            "{refused:?}"
+        );
+        let r = agent()
+            .get(url(addr, "/api/session"))
+            .header("Cookie", &format!("sessionid={key}"))
+            .call()
+            .unwrap();
+        let data = json(r)["data"].clone();
+        assert_eq!(data["kept"], 1);
+        assert!(data.get("late").is_none());
+    }
+
+    #[test]
+    fn no_update_is_lost_on_sqlite_whose_loads_and_saves_wait_off_the_runtime() {
+        for locking in ["merge", "request"] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+            let (addr, _) = serve(
+                dir.path(),
+                &[
+                    ("SESSION_ENGINE", "db"),
+                    ("DATABASE_URL", db.as_str()),
+                    ("SESSION_LOCKING", locking),
+                ],
+            );
+            assert_eq!(lost_update_probe(addr), 1600, "{locking}");
+        }
+    }
+}

@@ -1,6 +1,6 @@
 """Draws a bench/run result table as an SVG chart: grouped bars per workload, one bar per
-server (filesession's stores, the hyper-hello ceiling, PHP, Django), requests per second on a
-log scale, 8 connections.
+server (filesession's stores, the hyper-hello ceiling, axum + tower-sessions, PHP, Django),
+requests per second on a log scale, 8 connections.
 
     bench/.venv/bin/python bench/chart.py bench/results/stores.md   # writes stores.svg beside it
 
@@ -25,7 +25,10 @@ SHORT = [
     ("filesession, SESSION_FILE_FSYNC", "filesession, fsync"),
     ("filesession, 2 workers", "filesession, 2 workers"),
     ("filesession before", "filesession before"),
+    ("filesession's tower layer", "filesession layer (axum)"),
     ("filesession", "filesession (files)"),
+    ("axum 0.8 + tower-sessions 0.15, MemoryStore", "tower-sessions, MemoryStore"),
+    ("axum 0.8 + tower-sessions 0.15, tower-sessions-file-store", "tower-sessions, file store"),
     ("Django 5.2 db backend", "Django db (SQLite)"),
     ("Django 5.2 file backend, gunicorn", "Django files, gunicorn"),
     ("Django 5.2 file backend, runserver", "Django files, runserver"),
@@ -39,6 +42,9 @@ COLORS = {
     "filesession, fsync": "#3182bd",
     "filesession, 2 workers": "#08519c",
     "filesession before": "#c6dbef",
+    "filesession layer (axum)": "#17becf",
+    "tower-sessions, MemoryStore": "#ff7f0e",
+    "tower-sessions, file store": "#fdae6b",
     "Django db (SQLite)": "#2ca02c",
     "Django files, gunicorn": "#74c476",
     "Django files, runserver": "#a1d99b",

@@ -104,6 +104,17 @@ mod through_the_layer {
         "kept"
     }
 
+    /// `set_expiry`: 0 = at browser close, N = N seconds.
+    async fn expiry(session: SessionHandle, Path(seconds): Path<u64>) -> &'static str {
+        let expiry = match seconds {
+            0 => filesession::Expiry::BrowserClose,
+            n => filesession::Expiry::Seconds(n),
+        };
+        session.insert("e", 1).await.unwrap();
+        session.set_expiry(expiry).await.unwrap();
+        "set"
+    }
+
     /// Touches the session (taking its lock in `request` mode), then waits for the gate.
     async fn hold(State(shared): State<Shared>, session: SessionHandle) -> &'static str {
         session.insert("held", 1).await.unwrap();
@@ -115,6 +126,15 @@ mod through_the_layer {
     /// The test app on 127.0.0.1:<free port>, served on one runtime thread; its sessions in
     /// `dir`.
     fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> (SocketAddr, Shared) {
+        serve_on(dir, env, 1)
+    }
+
+    /// [`serve`] on a runtime of `workers` threads (1: tokio's current-thread runtime).
+    fn serve_on(
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        workers: usize,
+    ) -> (SocketAddr, Shared) {
         let files = dir.join("sessions").display().to_string();
         let settings = Settings::from_values(|name| {
             env.iter()
@@ -135,14 +155,22 @@ mod through_the_layer {
             .route("/panic", post(panics))
             .route("/keep", post(keep))
             .route("/hold", post(hold))
+            .route("/expiry/{seconds}", post(expiry))
             .with_state(shared.clone())
             .layer(layer);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = match workers {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                n => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(n);
+                    builder
+                }
+            }
+            .enable_all()
+            .build()
+            .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
@@ -268,6 +296,29 @@ mod through_the_layer {
         );
     }
 
+    #[test]
+    fn the_cookie_follows_the_sessions_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        let cookie_after = |path: &str| {
+            let r = agent().post(url(addr, path)).send_empty().unwrap();
+            assert_eq!(r.status(), 200);
+            set_cookies(&r).remove(0)
+        };
+        // N seconds: Max-Age=N and an Expires date.
+        let set = cookie_after("/expiry/60");
+        assert!(
+            set.contains("Max-Age=60") && set.contains("Expires="),
+            "{set}"
+        );
+        // At browser close: neither, a session cookie.
+        let set = cookie_after("/expiry/0");
+        assert!(
+            !set.contains("Max-Age") && !set.contains("Expires"),
+            "{set}"
+        );
+    }
+
     /// A canonical key that names no session.
     fn uuid_like() -> String {
         "0b0b0b0b-1c1c-4d4d-8e8e-2f2f2f2f2f2f".to_owned()
@@ -314,6 +365,16 @@ mod through_the_layer {
         let dir = tempfile::tempdir().unwrap();
         let (addr, _) = serve(dir.path(), &[]);
         assert_eq!(lost_update_probe(addr), 1600);
+    }
+
+    #[test]
+    fn no_update_is_lost_on_a_runtime_of_several_threads() {
+        // Handlers of one session run at once on 4 workers: merge saves keep every change.
+        for locking in ["merge", "request"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (addr, _) = serve_on(dir.path(), &[("SESSION_LOCKING", locking)], 4);
+            assert_eq!(lost_update_probe(addr), 1600, "{locking}");
+        }
     }
 
     #[test]

@@ -66,8 +66,8 @@
 //! | tower and axum | `tower::SessionLayer`, `tower::SessionHandle` (the axum extractor): features `tower`, `axum` |
 //!
 //! The `filesession` binary (`runserver`, `clearsessions`) and its demo app live in
-//! `src/bin/filesession/`, built with the default feature `cli`; with
-//! `default-features = false` this library has no CLI, HTML or signal dependencies.
+//! `src/bin/filesession/`, built by the server package (`server/Cargo.toml`): this library,
+//! with its default features, has no CLI, HTML, allocator, signal or SQLite dependencies.
 //!
 //! ## The concurrency contract
 //!

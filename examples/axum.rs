@@ -1,7 +1,11 @@
 //! The demo's session routes on axum, behind filesession's tower layer: the seed's
 //! `/setsession/` and `/getsession/`, and the JSON API (`GET`/`POST /api/session`,
 //! `POST /api/session/incr/{name}`, `POST /api/session/flush`, `POST /api/session/cycle`,
-//! `DELETE /api/session/{name}`), answering as `runserver` does.
+//! `DELETE /api/session/{name}`), with `runserver`'s answers and cookies for these routes.
+//! The rest of `runserver` is not here: `ALLOWED_HOSTS` and the origin check (Django's
+//! other middlewares: put your stack's own in front), the page, cleanup of expired
+//! sessions (`filesession clearsessions` from cron, or `SESSION_GC_INTERVAL` in
+//! `runserver`), its header and connection limits.
 //!
 //! ```sh
 //! cargo run --example axum --features axum -- 127.0.0.1:8000
@@ -186,7 +190,7 @@ async fn api_incr(session: SessionHandle, Path(name): Path<String>) -> Response 
     }
 }
 
-fn app(layer: SessionLayer) -> Router {
+fn app(layer: SessionLayer, max_body: usize) -> Router {
     Router::new()
         .route("/setsession/", get(setsession))
         .route("/getsession/", get(getsession))
@@ -195,6 +199,8 @@ fn app(layer: SessionLayer) -> Router {
         .route("/api/session/cycle", post(api_cycle))
         .route("/api/session/incr/{name}", post(api_incr))
         .route("/api/session/{name}", axum::routing::delete(api_delete))
+        // DATA_UPLOAD_MAX_MEMORY_SIZE, as runserver reads it (64 KiB by default).
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(layer)
 }
 
@@ -203,6 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8000".to_owned());
     let settings = Settings::from_values(|name| std::env::var(name).ok())?;
+    let max_body = settings.max_body;
     let layer = SessionLayer::from_settings(settings)?;
     // One runtime thread, as runserver's: the layer waits for stores on blocking threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -211,7 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&address).await?;
         println!("Listening on http://{}/", listener.local_addr()?);
-        axum::serve(listener, app(layer)).await?;
+        axum::serve(listener, app(layer, max_body)).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }

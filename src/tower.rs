@@ -11,7 +11,8 @@
 //! failure) to the handler's `http::Response`. So a tower stack gets what `runserver` gives:
 //! merge saves (two requests that change different keys of one session both keep their
 //! change), `request` locking (the lock held from before the handler until its response is
-//! saved), no resurrection, fresh reads.
+//! saved), no resurrection, fresh reads. Each request runs in a task of its own: a client
+//! that goes away mid-handler still gets its save.
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -46,6 +47,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::expiry::{Expiry, later};
@@ -58,12 +60,17 @@ use crate::store::{self, Acquired, SessionStore, StoreError};
 #[derive(Clone)]
 pub struct SessionLayer {
     middleware: SessionMiddleware,
+    /// Turns at waiting for a lock on a blocking thread, shared by every service made.
+    lock_waits: Arc<Semaphore>,
 }
 
 impl SessionLayer {
     /// A layer applying `middleware`'s store and settings.
     pub fn new(middleware: SessionMiddleware) -> Self {
-        SessionLayer { middleware }
+        SessionLayer {
+            middleware,
+            lock_waits: Arc::new(Semaphore::new(crate::http::MAX_LOCK_WAITS)),
+        }
     }
 
     /// A layer over the store `settings` name (`SESSION_ENGINE`; [`store::open`]), with
@@ -85,6 +92,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
         SessionService {
             inner,
             middleware: self.middleware.clone(),
+            lock_waits: Arc::clone(&self.lock_waits),
         }
     }
 }
@@ -96,6 +104,7 @@ impl<S> tower_layer::Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     middleware: SessionMiddleware,
+    lock_waits: Arc<Semaphore>,
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for SessionService<S>
@@ -122,16 +131,22 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let middleware = self.middleware.clone();
-        Box::pin(async move {
+        let lock_waits = Arc::clone(&self.lock_waits);
+        // A task of its own: a client that goes away drops the future the server awaits,
+        // not this one, so the handler still ends and its session is still saved (and a
+        // lock or lease it holds let go off the runtime's workers, as on every path here).
+        let request_task = tokio::spawn(async move {
             let path = request.uri().path().to_owned();
             let cookie = middleware.cookie_key_in(
                 request
                     .headers()
                     .get_all(COOKIE)
                     .iter()
-                    .filter_map(|v| v.to_str().ok()),
+                    // As runserver reads them: any UTF-8 (`to_str` refuses all but ASCII,
+                    // and a cookie of another name with an accent would hide the session's).
+                    .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()),
             );
-            let session = match load(&middleware, cookie.key, &path).await {
+            let session = match load(&middleware, &lock_waits, cookie.key, &path).await {
                 Ok(session) => session,
                 Err(answer) => return Ok(into_http(answer)),
             };
@@ -166,57 +181,92 @@ where
                     )))
                 }
             }
+        });
+        Box::pin(async move {
+            request_task.await.unwrap_or_else(|e| {
+                // Only a runtime shutting down cancels the task; a panic was caught inside.
+                log::error!("a request's session task ended early: {e}");
+                Ok(into_http(crate::http::Response::error(
+                    "",
+                    500,
+                    "Internal server error.",
+                )))
+            })
         })
     }
 }
 
 /// The session of `key`, read before the handler as [`App::prepare`](crate::App::prepare)
-/// reads it: the lock tried once without waiting, and the session read here when neither
-/// the store's loads nor its lock make it wait; otherwise both on a blocking thread, the
-/// lock waited for until `SESSION_LOCK_TIMEOUT`. `Err`: the answer to a store failure.
+/// reads it: first with the lock tried once, without waiting (here when the store's loads
+/// never wait, as the file store's; else on a blocking thread); only a lock held by another
+/// request or process makes it wait, on a blocking thread, at most
+/// [`MAX_LOCK_WAITS`](crate::http::MAX_LOCK_WAITS) such waits at once (the others wait for
+/// a turn here, holding no thread), all by `SESSION_LOCK_TIMEOUT` from now. `Err`: the
+/// answer to a store failure (503 for a lock still held at the deadline).
 async fn load(
     middleware: &SessionMiddleware,
+    lock_waits: &Arc<Semaphore>,
     key: Option<SessionKey>,
     path: &str,
 ) -> Result<Session, crate::http::Response> {
     let Some(key) = key else {
         return Ok(middleware.session(None, None));
     };
-    let deadline = later(Instant::now(), middleware.settings().lock_timeout);
-    if !middleware.store().loads_wait() {
-        let acquired = match try_lock(middleware.store().as_ref(), &key, Duration::ZERO) {
-            Ok(acquired) => Some(acquired),
-            Err(StoreError::LockTimeout { .. }) => None,
-            Err(e) => return Err(store_failure(path, &e)),
+    let start = Instant::now();
+    let deadline = later(start, middleware.settings().lock_timeout);
+    let first = if middleware.store().loads_wait() {
+        let middleware = middleware.clone();
+        off_thread(path, move || load_now(&middleware, key, Duration::ZERO)).await?
+    } else {
+        load_now(middleware, key, Duration::ZERO)
+    };
+    match first {
+        Ok(session) => return Ok(session),
+        Err(StoreError::LockTimeout { .. }) => {}
+        Err(e) => return Err(store_failure(path, &e)),
+    }
+    let turn = tokio::time::timeout_at(deadline.into(), Arc::clone(lock_waits).acquire_owned());
+    let Ok(Ok(permit)) = turn.await else {
+        let timeout = StoreError::LockTimeout {
+            key,
+            waited: start.elapsed(),
         };
-        if let Some(acquired) = acquired {
-            let session = middleware.session(Some(key), acquired);
-            session.preload();
-            return Ok(session);
-        }
-    }
+        return Err(store_failure(path, &timeout));
+    };
     let middleware = middleware.clone();
-    let path = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let acquired = try_lock(middleware.store().as_ref(), &key, wait)
-            .map_err(|e| store_failure(&path, &e))?;
-        let session = middleware.session(Some(key), acquired);
-        session.preload();
-        Ok(session)
+    let waited = off_thread(path, move || {
+        let _turn = permit;
+        load_now(
+            &middleware,
+            key,
+            deadline.saturating_duration_since(Instant::now()),
+        )
     })
-    .await;
-    match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            log::error!("loading a session failed: {e}");
-            Err(crate::http::Response::error(
-                "",
-                500,
-                "Internal server error.",
-            ))
-        }
-    }
+    .await?;
+    waited.map_err(|e| store_failure(path, &e))
+}
+
+/// The session of `key` read now, its lock waited for at most `wait`.
+fn load_now(
+    middleware: &SessionMiddleware,
+    key: SessionKey,
+    wait: Duration,
+) -> Result<Session, StoreError> {
+    let acquired = try_lock(middleware.store().as_ref(), &key, wait)?;
+    let session = middleware.session(Some(key), acquired);
+    session.preload();
+    Ok(session)
+}
+
+/// Runs `f` on one of tokio's blocking threads. `Err`: a 500, if it panicked.
+async fn off_thread<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, crate::http::Response> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        log::error!("{path}: reading the session failed: {e}");
+        crate::http::Response::error(path, 500, "Internal server error.")
+    })
 }
 
 /// The store's lock preflight for `key`, waiting at most `wait` (none: nothing to wait for).

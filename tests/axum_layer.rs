@@ -104,6 +104,14 @@ mod through_the_layer {
         "kept"
     }
 
+    /// Sets a key, then waits for the gate before answering.
+    async fn slow_set(State(shared): State<Shared>, session: SessionHandle) -> &'static str {
+        session.insert("slow", 1).await.unwrap();
+        shared.holding.notify_one();
+        shared.gate.notified().await;
+        "set"
+    }
+
     /// `set_expiry`: 0 = at browser close, N = N seconds.
     async fn expiry(session: SessionHandle, Path(seconds): Path<u64>) -> &'static str {
         let expiry = match seconds {
@@ -135,6 +143,16 @@ mod through_the_layer {
         env: &[(&str, &str)],
         workers: usize,
     ) -> (SocketAddr, Shared) {
+        serve_named(dir, env, workers, "axum-layer")
+    }
+
+    /// [`serve_on`], the runtime's threads (its blocking ones too) named `name`.
+    fn serve_named(
+        dir: &std::path::Path,
+        env: &[(&str, &str)],
+        workers: usize,
+        name: &'static str,
+    ) -> (SocketAddr, Shared) {
         let files = dir.join("sessions").display().to_string();
         let settings = Settings::from_values(|name| {
             env.iter()
@@ -155,6 +173,7 @@ mod through_the_layer {
             .route("/panic", post(panics))
             .route("/keep", post(keep))
             .route("/hold", post(hold))
+            .route("/slow-set", post(slow_set))
             .route("/expiry/{seconds}", post(expiry))
             .with_state(shared.clone())
             .layer(layer);
@@ -169,6 +188,7 @@ mod through_the_layer {
                 }
             }
             .enable_all()
+            .thread_name(name)
             .build()
             .unwrap();
             runtime.block_on(async move {
@@ -556,6 +576,162 @@ mod through_the_layer {
             .unwrap();
         assert_eq!(r.status(), 200);
         assert!(json(r)["data"].get("never").is_none(), "nothing saved");
+    }
+
+    #[test]
+    fn a_client_that_goes_away_still_gets_its_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, shared) = serve(dir.path(), &[("SESSION_LOCKING", "request")]);
+        let cookie = new_session(addr);
+        // The client gives up while the handler waits at the gate, and closes its socket.
+        let impatient: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(300)))
+            .build()
+            .into();
+        let (url_, cookie_) = (url(addr, "/slow-set"), cookie.clone());
+        let gave_up = std::thread::spawn(move || {
+            impatient
+                .post(&url_)
+                .header("Cookie", &cookie_)
+                .send_empty()
+                .is_err()
+        });
+        assert!(
+            gave_up.join().unwrap(),
+            "the client gave up before the answer"
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), shared.holding.notified())
+                .await
+                .expect("the handler ran")
+        });
+        shared.gate.notify_one();
+        // Its save happened (a guard of 10 s against a hang, not a speed goal), and its lock
+        // was let go: the session answers.
+        let started = std::time::Instant::now();
+        loop {
+            let r = agent()
+                .get(url(addr, "/api/session"))
+                .header("Cookie", &cookie)
+                .call()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            if json(r)["data"]["slow"] == 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the save of a request whose client went away never happened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_cookie_of_another_name_with_an_accent_does_not_hide_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        let cookie = new_session(addr);
+        // Browsers send every cookie in one header; another site script's UTF-8 value
+        // among them must not make the request sessionless (and its cookie replaced).
+        let header = format!("pref=José; {cookie}");
+        let r = agent()
+            .get(url(addr, "/getsession/"))
+            .header("Cookie", header.as_str())
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = agent()
+            .post(url(addr, "/api/session/incr/n"))
+            .header("Cookie", header.as_str())
+            .send_empty()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let set = set_cookies(&r);
+        assert_eq!(
+            format!("sessionid={}", cookie_value(&set[0])),
+            cookie,
+            "the same session"
+        );
+    }
+
+    /// Threads of this process named `name` now (`/proc/self/task/*/comm`).
+    fn threads(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .count()
+    }
+
+    #[test]
+    fn requests_waiting_for_a_lock_take_at_most_max_lock_waits_threads() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, shared) = serve_named(
+            dir.path(),
+            &[
+                ("SESSION_LOCKING", "request"),
+                ("SESSION_LOCK_TIMEOUT", "20"),
+            ],
+            1,
+            "lock-waits",
+        );
+        let cookie = new_session(addr);
+        let holder = {
+            let (url, cookie) = (url(addr, "/hold"), cookie.clone());
+            std::thread::spawn(move || {
+                agent()
+                    .post(&url)
+                    .header("Cookie", &cookie)
+                    .send_empty()
+                    .unwrap()
+                    .status()
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), shared.holding.notified())
+                .await
+                .expect("the holder took the lock")
+        });
+        let before = threads("lock-waits");
+        // 60 requests of the locked session from this one thread, answers unread yet.
+        let request = format!(
+            "POST /api/session/incr/n HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let mut waiting: Vec<std::net::TcpStream> = (0..60)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(request.as_bytes()).unwrap();
+                s
+            })
+            .collect();
+        // Time for every one to reach its wait (a count is asserted, not a time).
+        std::thread::sleep(Duration::from_millis(800));
+        let grown = threads("lock-waits").saturating_sub(before);
+        assert!(
+            grown <= filesession::http::MAX_LOCK_WAITS + 2,
+            "{grown} more threads for 60 waiters"
+        );
+        shared.gate.notify_one();
+        assert_eq!(holder.join().unwrap(), 200);
+        for s in &mut waiting {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
     }
 
     #[test]

@@ -760,6 +760,76 @@ mod through_the_layer {
         assert!(data.get("late").is_none());
     }
 
+    /// Whether the store these settings name opens (`SKIPPED`, or a failure with
+    /// `switch=require`, when not).
+    fn store_answers(env: &[(&str, &str)], test: &str, switch: &str) -> bool {
+        let settings = Settings::from_values(|name| {
+            env.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        match filesession::store::open(&settings) {
+            Ok(_) => true,
+            Err(e) => {
+                crate::common::skip(test, &e.to_string(), switch);
+                false
+            }
+        }
+    }
+
+    /// Redis (`--features redis`, the server at `FILESESSION_REDIS_URL`, default
+    /// `redis://127.0.0.1:6390/0`): loads, saves and locks over the network, off the runtime.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn no_update_is_lost_on_redis() {
+        let url = std::env::var("FILESESSION_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6390/0".to_owned());
+        for locking in ["merge", "request"] {
+            let env = [
+                ("SESSION_ENGINE", "redis"),
+                ("SESSION_REDIS_URL", url.as_str()),
+                ("SESSION_LOCKING", locking),
+            ];
+            if !store_answers(&env, "axum layer on redis", "FILESESSION_REDIS_TEST") {
+                return;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (addr, _) = serve(dir.path(), &env);
+            assert_eq!(lost_update_probe(addr), 1600, "{locking}");
+        }
+    }
+
+    /// PostgreSQL (`--features postgres`, the server at `FILESESSION_POSTGRES_URL`), in a
+    /// table of this test's own, dropped after.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn no_update_is_lost_on_postgresql() {
+        let url = std::env::var("FILESESSION_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5439/postgres".to_owned());
+        let table = format!("axum_{}", std::process::id());
+        for locking in ["merge", "request"] {
+            let env = [
+                ("SESSION_ENGINE", "db"),
+                ("DATABASE_URL", url.as_str()),
+                ("SESSION_DB_TABLE", table.as_str()),
+                ("SESSION_LOCKING", locking),
+            ];
+            if !store_answers(&env, "axum layer on postgres", "FILESESSION_POSTGRES_TEST") {
+                return;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let (addr, _) = serve(dir.path(), &env);
+            assert_eq!(lost_update_probe(addr), 1600, "{locking}");
+        }
+        if let Ok(mut pg) = crate::common::Pg::connect(&url) {
+            let _ = pg.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_lock; \
+                 DELETE FROM filesession_schema WHERE table_name = '{table}'"
+            ));
+        }
+    }
+
     #[test]
     fn no_update_is_lost_on_sqlite_whose_loads_and_saves_wait_off_the_runtime() {
         for locking in ["merge", "request"] {

@@ -104,6 +104,11 @@ mod through_the_layer {
         "kept"
     }
 
+    /// A handler that never touches its session.
+    async fn plain() -> &'static str {
+        "plain"
+    }
+
     /// Sets a key, then waits for the gate before answering.
     async fn slow_set(State(shared): State<Shared>, session: SessionHandle) -> &'static str {
         session.insert("slow", 1).await.unwrap();
@@ -174,6 +179,7 @@ mod through_the_layer {
             .route("/keep", post(keep))
             .route("/hold", post(hold))
             .route("/slow-set", post(slow_set))
+            .route("/plain", get(plain))
             .route("/expiry/{seconds}", post(expiry))
             .with_state(shared.clone())
             .layer(layer);
@@ -314,6 +320,30 @@ mod through_the_layer {
                 .join(format!("{new_key}.json"))
                 .exists()
         );
+    }
+
+    #[test]
+    fn a_session_read_before_the_handler_counts_as_accessed_only_if_the_handler_touched_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _) = serve(dir.path(), &[]);
+        let cookie = new_session(addr);
+        // Read before the handler (the eager load), never touched by it: as Django's lazy
+        // session, no `Vary: Cookie` and no cookie set.
+        let r = agent()
+            .get(url(addr, "/plain"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("vary").is_none(), "{:?}", r.headers());
+        assert!(set_cookies(&r).is_empty());
+        // Touched: `Vary: Cookie`.
+        let r = agent()
+            .get(url(addr, "/getsession/"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        assert_eq!(r.headers().get("vary").unwrap(), "Cookie");
     }
 
     #[test]
@@ -762,6 +792,7 @@ mod through_the_layer {
 
     /// Whether the store these settings name opens (`SKIPPED`, or a failure with
     /// `switch=require`, when not).
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     fn store_answers(env: &[(&str, &str)], test: &str, switch: &str) -> bool {
         let settings = Settings::from_values(|name| {
             env.iter()

@@ -64,6 +64,7 @@
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
 //! | tower and axum | `tower::SessionLayer`, `tower::SessionHandle` (the axum extractor): features `tower`, `axum` |
+//! | next to Django | [`signing`]: Django's signed values (`session_data`, session files, signed cookies), its keys and fallback keys |
 //!
 //! The `filesession` binary (`runserver`, `clearsessions`) and its demo app live in
 //! `src/bin/filesession/`, built by the server package (`server/Cargo.toml`): this library,
@@ -113,7 +114,8 @@
 // The modules in layers, bottom up; a module uses only modules of the layers below it
 // (tests/layers.rs checks):
 //
-//   key, expiry, http   SessionKey; Expiry and RFC 3339 times; hyper under one thread
+//   key, expiry, http,  SessionKey; Expiry and RFC 3339 times; hyper under one thread;
+//   signing             Django's signed values (django.core.signing)
 //   config              Settings (Django's names and defaults), settings_table (the one
 //                       table every setting is read, shown and documented from)
 //   store               SessionStore, LockPreflight, ExpiredDeletion; File/Memory/Redis
@@ -136,6 +138,7 @@ mod router;
 mod server;
 mod session;
 mod settings_table;
+pub mod signing;
 pub mod store;
 #[cfg(feature = "signals")]
 mod supervisor;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Bottom up, as in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["key", "expiry", "http"],
+    &["key", "expiry", "http", "signing"],
     &["config", "settings_table"],
     &["store"],
     &["session", "session_tests"],

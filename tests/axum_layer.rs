@@ -374,18 +374,20 @@ mod through_the_layer {
         "0b0b0b0b-1c1c-4d4d-8e8e-2f2f2f2f2f2f".to_owned()
     }
 
-    /// 8 clients share one session, each incrementing its own key 200 times at once.
-    fn lost_update_probe(addr: SocketAddr) -> u64 {
-        let cookie = new_session(addr);
+    /// 8 clients at once on the session of `cookie`, client `c` posting `each` times to
+    /// `path(c)`, every answer 200.
+    fn increments_at_once(
+        addr: SocketAddr,
+        cookie: &str,
+        each: usize,
+        path: impl Fn(usize) -> String,
+    ) {
         let threads: Vec<_> = (0..8)
             .map(|c| {
-                let (cookie, url) = (
-                    cookie.clone(),
-                    url(addr, &format!("/api/session/incr/k{c}")),
-                );
+                let (cookie, url) = (cookie.to_owned(), url(addr, &path(c)));
                 std::thread::spawn(move || {
                     let agent = agent();
-                    for _ in 0..200 {
+                    for _ in 0..each {
                         let r = agent
                             .post(&url)
                             .header("Cookie", &cookie)
@@ -399,6 +401,12 @@ mod through_the_layer {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    /// 8 clients share one session, each incrementing its own key 200 times at once.
+    fn lost_update_probe(addr: SocketAddr) -> u64 {
+        let cookie = new_session(addr);
+        increments_at_once(addr, &cookie, 200, |c| format!("/api/session/incr/k{c}"));
         let r = agent()
             .get(url(addr, "/api/session"))
             .header("Cookie", &cookie)
@@ -433,25 +441,7 @@ mod through_the_layer {
         let (addr, _) = serve(dir.path(), &[("SESSION_LOCKING", "request")]);
         assert_eq!(lost_update_probe(addr), 1600);
         let cookie = new_session(addr);
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (cookie, url) = (cookie.clone(), url(addr, "/api/session/incr/n"));
-                std::thread::spawn(move || {
-                    let agent = agent();
-                    for _ in 0..50 {
-                        let r = agent
-                            .post(&url)
-                            .header("Cookie", &cookie)
-                            .send_empty()
-                            .unwrap();
-                        assert_eq!(r.status(), 200);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        increments_at_once(addr, &cookie, 50, |_| "/api/session/incr/n".to_owned());
         let r = agent()
             .get(url(addr, "/api/session"))
             .header("Cookie", &cookie)

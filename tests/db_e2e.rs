@@ -580,41 +580,7 @@ mod postgres {
             ("DATABASE_URL", &database_url),
             ("SESSION_DB_TABLE", "e2e_killed"),
         ]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
-            .map(|c| {
-                let (stop, url, log) = (
-                    stop.clone(),
-                    server.url("/api/session"),
-                    server.stderr.clone(),
-                );
-                std::thread::spawn(move || {
-                    let a = agent();
-                    let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
-                    while !stop.load(Ordering::SeqCst) {
-                        n += 1;
-                        let r = a
-                            .post(&url)
-                            .header("Content-Type", "application/json")
-                            .send(format!(r#"{{"w{c}-{n}": {n}}}"#))
-                            .unwrap();
-                        match r.status().as_u16() {
-                            200 => acked.push(format!("w{c}-{n}")),
-                            503 => {
-                                assert!(set_cookies(&r).is_empty(), "a 503 keeps the cookie");
-                                refused += 1;
-                            }
-                            other => panic!(
-                                "client {c}: status {other}: {}\nserver log:\n{}",
-                                body_of(r),
-                                log.lock().unwrap()
-                            ),
-                        }
-                    }
-                    (a, acked, refused)
-                })
-            })
-            .collect();
+        let writers = common::OutageWriters::start(&server);
         std::thread::sleep(Duration::from_millis(400));
         cluster.crash();
         std::thread::sleep(Duration::from_millis(400));
@@ -622,37 +588,13 @@ mod postgres {
         cluster.up(); // crash recovery, then accepting connections
         let restarted = back.elapsed();
         // Service back: the first 200 after PostgreSQL's return.
-        let probe = agent();
-        let first_ok = loop {
-            let r = probe
-                .post(server.url("/api/session"))
-                .header("Content-Type", "application/json")
-                .send(r#"{"probe": 1}"#)
-                .unwrap();
-            if r.status() == 200 {
-                break back.elapsed();
-            }
-            assert!(
-                back.elapsed() < Duration::from_secs(10),
-                "no recovery: {} {}\nserver log:\n{}",
-                r.status(),
-                body_of(r),
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let first_ok = common::OutageWriters::first_ok_after(&server, back);
         std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::SeqCst);
-        let (mut acked_all, mut refused_all, mut lost) = (0, 0, Vec::new());
-        for client in clients {
-            let (a, acked, refused) = client.join().unwrap();
-            acked_all += acked.len();
-            refused_all += refused;
-            let r = a.get(server.url("/api/session")).call().unwrap();
-            assert_eq!(r.status(), 200, "reading the session back");
-            let v: Value = serde_json::from_str(&body_of(r)).unwrap();
-            lost.extend(acked.into_iter().filter(|k| v["data"].get(k).is_none()));
-        }
+        let common::OutageWrites {
+            acked: acked_all,
+            refused: refused_all,
+            lost,
+        } = writers.finish(&server);
         eprintln!(
             "db_e2e/postgres-killed-under-writes: {acked_all} writes answered 200, \
              {refused_all} 503 while PostgreSQL was down, {} lost; PostgreSQL restarted \

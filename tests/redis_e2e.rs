@@ -538,33 +538,7 @@ fn redis_killed_under_writes_loses_no_acknowledged_write() {
         panic!("redis-server with appendonly could not start");
     };
     let server = server_on(&redis);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|c| {
-            let (stop, url) = (stop.clone(), server.url("/api/session"));
-            std::thread::spawn(move || {
-                let a = agent();
-                let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    n += 1;
-                    let r = a
-                        .post(&url)
-                        .header("Content-Type", "application/json")
-                        .send(format!(r#"{{"w{c}-{n}": {n}}}"#))
-                        .unwrap();
-                    match r.status().as_u16() {
-                        200 => acked.push(format!("w{c}-{n}")),
-                        503 => {
-                            assert!(set_cookies(&r).is_empty(), "a 503 keeps the cookie");
-                            refused += 1;
-                        }
-                        other => panic!("client {c}: status {other}"),
-                    }
-                }
-                (a, acked, refused)
-            })
-        })
-        .collect();
+    let writers = common::OutageWriters::start(&server);
     std::thread::sleep(Duration::from_millis(400));
     drop(redis); // SIGKILL
     // Down longer than a request waits for a connection (2 s, then 503): a request that
@@ -574,31 +548,13 @@ fn redis_killed_under_writes_loses_no_acknowledged_write() {
     let back = Instant::now();
     let _redis = Redis::start_durable(port, dir.path()).expect("restart redis");
     // Service back: the first 200 after Redis's return.
-    let probe = agent();
-    let first_ok = loop {
-        let r = probe
-            .post(server.url("/api/session"))
-            .header("Content-Type", "application/json")
-            .send(r#"{"probe": 1}"#)
-            .unwrap();
-        if r.status() == 200 {
-            break back.elapsed();
-        }
-        assert!(back.elapsed() < Duration::from_secs(10), "no recovery");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let first_ok = common::OutageWriters::first_ok_after(&server, back);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut acked_all, mut refused_all, mut lost) = (0, 0, Vec::new());
-    for client in clients {
-        let (a, acked, refused) = client.join().unwrap();
-        acked_all += acked.len();
-        refused_all += refused;
-        let mut r = a.get(server.url("/api/session")).call().unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        lost.extend(acked.into_iter().filter(|k| v["data"].get(k).is_none()));
-    }
+    let common::OutageWrites {
+        acked: acked_all,
+        refused: refused_all,
+        lost,
+    } = writers.finish(&server);
     eprintln!(
         "redis_e2e/killed-under-writes: {acked_all} writes answered 200, {refused_all} 503 while \
          Redis was down, {} lost; service back {first_ok:?} after Redis's return",

@@ -764,3 +764,109 @@ pub fn requests_overlap_through(server: &TestServer, proxy: &DelayProxy, what: &
         proxy.in_flight()
     );
 }
+
+/// Writers under an outage of the store: 4 clients, each with a session of its own (its
+/// agent's cookie), writing a new key per request until stopped, each answer 200 or 503
+/// (a 503 sets no cookie; anything else fails the test with the server's log).
+pub struct OutageWriters {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(ureq::Agent, Vec<String>, usize)>>,
+}
+
+/// What [`OutageWriters::finish`] counted.
+pub struct OutageWrites {
+    /// Writes answered 200.
+    pub acked: usize,
+    /// Writes answered 503.
+    pub refused: usize,
+    /// Keys answered 200 that the session does not hold afterwards.
+    pub lost: Vec<String>,
+}
+
+impl OutageWriters {
+    pub fn start(server: &TestServer) -> OutageWriters {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|c| {
+                let (stop, url, log) = (
+                    stop.clone(),
+                    server.url("/api/session"),
+                    server.stderr.clone(),
+                );
+                std::thread::spawn(move || {
+                    let a = agent();
+                    let (mut acked, mut refused, mut n) = (Vec::new(), 0, 0);
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let mut r = a
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .send(format!(r#"{{"w{c}-{n}": {n}}}"#))
+                            .unwrap();
+                        match r.status().as_u16() {
+                            200 => acked.push(format!("w{c}-{n}")),
+                            503 => {
+                                assert!(set_cookies(&r).is_empty(), "a 503 keeps the cookie");
+                                refused += 1;
+                            }
+                            other => panic!(
+                                "client {c}: status {other}: {}\nserver log:\n{}",
+                                r.body_mut().read_to_string().unwrap_or_default(),
+                                log.lock().unwrap()
+                            ),
+                        }
+                    }
+                    (a, acked, refused)
+                })
+            })
+            .collect();
+        OutageWriters { stop, clients }
+    }
+
+    /// How long after `back` (the store's return) a write was first answered 200; fails
+    /// the test after 10 s.
+    pub fn first_ok_after(server: &TestServer, back: std::time::Instant) -> Duration {
+        let probe = agent();
+        loop {
+            let r = probe
+                .post(server.url("/api/session"))
+                .header("Content-Type", "application/json")
+                .send(r#"{"probe": 1}"#)
+                .unwrap();
+            if r.status() == 200 {
+                return back.elapsed();
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "no recovery: {}\nserver log:\n{}",
+                r.status(),
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the writers and reads each one's session back.
+    pub fn finish(self, server: &TestServer) -> OutageWrites {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut writes = OutageWrites {
+            acked: 0,
+            refused: 0,
+            lost: Vec::new(),
+        };
+        for client in self.clients {
+            let (a, acked, refused) = client.join().unwrap();
+            writes.acked += acked.len();
+            writes.refused += refused;
+            let mut r = a.get(server.url("/api/session")).call().unwrap();
+            assert_eq!(r.status(), 200, "reading the session back");
+            let v: serde_json::Value =
+                serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+            writes
+                .lost
+                .extend(acked.into_iter().filter(|k| v["data"].get(k).is_none()));
+        }
+        writes
+    }
+}

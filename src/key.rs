@@ -1,18 +1,23 @@
-//! The session key: a random UUID v4, and the only way to a session file name.
+//! The session key: a random UUID v4 (filesession's format) or a Django key (32 of
+//! `[a-z0-9]`, `SESSION_FORMAT=django`), and the only way to a session file name.
 
 use std::fmt;
 use std::str::FromStr;
 
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// A session key: a random UUID version 4 in canonical form,
-/// e.g. `67e55044-10b1-426f-9247-bb680e5fe0c8`.
+/// e.g. `67e55044-10b1-426f-9247-bb680e5fe0c8`, or, in Django's format, Django's key:
+/// 8 to 40 characters of `[a-z0-9]` (Django makes 32), e.g.
+/// `q2u7ep5ma0s2oa5tq1krtb3z86yg0h5n`.
 ///
-/// A `SessionKey` exists only in two ways: [`SessionKey::generate`] (16 bytes from the
-/// operating system's CSPRNG through `getrandom`) or [`SessionKey::parse`], which accepts the
-/// canonical lowercase hyphenated form of a version-4 UUID and nothing else. File names are
-/// built from a parsed key only ([`SessionKey::file_name`]), so a cookie value can never
-/// reach the file system: path traversal is impossible by construction, not checked for.
+/// A `SessionKey` exists only in these ways: [`SessionKey::generate`] /
+/// [`SessionKey::generate_django`] (from the operating system's CSPRNG through
+/// `getrandom`), or [`SessionKey::parse`] / [`SessionKey::parse_django`], which accept the
+/// canonical form and nothing else. File names are built from a parsed key only
+/// ([`SessionKey::file_name`]), so a cookie value can never reach the file system: path
+/// traversal is impossible by construction, not checked for.
 ///
 /// ```
 /// use filesession::SessionKey;
@@ -24,24 +29,80 @@ use uuid::Uuid;
 /// // Everything but the canonical form means "no session".
 /// assert!(SessionKey::parse("../../etc/passwd").is_none());
 /// assert!(SessionKey::parse(&key.to_string().to_uppercase()).is_none());
+///
+/// // Django's keys, for SESSION_FORMAT=django.
+/// let django = SessionKey::generate_django();
+/// assert_eq!(django.to_string().len(), 32);
+/// assert_eq!(SessionKey::parse_django(&django.to_string()), Some(django));
+/// assert!(SessionKey::parse_django("sessionid/../x1234567").is_none());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(Uuid);
+pub struct SessionKey(Repr);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Repr {
+    Uuid(Uuid),
+    /// `len` bytes of `[a-z0-9]`, the rest zero.
+    Django {
+        len: u8,
+        text: [u8; DJANGO_KEY_MAX_LEN],
+    },
+}
 
 /// The length of a key's text form: 32 hex digits and 4 hyphens.
 pub const SESSION_KEY_LEN: usize = 36;
 
+/// The length of the keys Django makes (`get_random_string(32, ascii_lowercase + digits)`,
+/// `django/contrib/sessions/backends/base.py`).
+pub const DJANGO_KEY_LEN: usize = 32;
+/// The shortest Django key a load accepts: Django's `_validate_session_key` wants 8.
+pub const DJANGO_KEY_MIN_LEN: usize = 8;
+/// The longest Django key a load accepts: `django_session.session_key` is `varchar(40)`.
+pub const DJANGO_KEY_MAX_LEN: usize = 40;
+
+/// Django's key alphabet, `string.ascii_lowercase + string.digits`.
+const DJANGO_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
 impl SessionKey {
     /// A new random key from the operating system's CSPRNG.
     pub fn generate() -> Self {
-        SessionKey(Uuid::new_v4())
+        SessionKey(Repr::Uuid(Uuid::new_v4()))
+    }
+
+    /// A new random Django key: 32 characters drawn uniformly from `[a-z0-9]` (about 165
+    /// bits), from the operating system's CSPRNG, as Django's `get_new_session_key`.
+    pub fn generate_django() -> Self {
+        let mut text = [0u8; DJANGO_KEY_MAX_LEN];
+        let mut filled = 0;
+        while filled < DJANGO_KEY_LEN {
+            // Two v4 UUIDs: 32 bytes, 244 of the bits random; only the random bytes are used.
+            let mut pool = [0u8; 32];
+            pool[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+            pool[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+            // Bytes 6 and 8 of a v4 UUID carry its version and variant: skipped.
+            for (i, &b) in pool.iter().enumerate() {
+                if matches!(i % 16, 6 | 8) || filled == DJANGO_KEY_LEN {
+                    continue;
+                }
+                // 252 = 7 * 36: rejection keeps the draw uniform.
+                if b < 252 {
+                    text[filled] = DJANGO_ALPHABET[usize::from(b % 36)];
+                    filled += 1;
+                }
+            }
+        }
+        SessionKey(Repr::Django {
+            len: DJANGO_KEY_LEN as u8,
+            text,
+        })
     }
 
     /// Parses the canonical text form of a version-4 UUID: 36 characters, lowercase hex,
     /// hyphens at positions 8, 13, 18 and 23, version nibble 4, RFC 4122 variant.
     ///
     /// Returns `None` for anything else: braced, URN, uppercase, hyphenless, empty, overlong
-    /// or non-ASCII text, other UUID versions, and the nil UUID. `None` means "no session".
+    /// or non-ASCII text, other UUID versions, the nil UUID, and Django's keys. `None` means
+    /// "no session".
     pub fn parse(text: &str) -> Option<Self> {
         let bytes = text.as_bytes();
         if bytes.len() != SESSION_KEY_LEN {
@@ -59,17 +120,72 @@ impl SessionKey {
         let uuid = Uuid::from_str(text).ok()?;
         (uuid.get_version() == Some(uuid::Version::Random)
             && uuid.get_variant() == uuid::Variant::RFC4122)
-            .then_some(SessionKey(uuid))
+            .then_some(SessionKey(Repr::Uuid(uuid)))
     }
 
-    /// The key's 16 bytes (122 of them random).
-    pub(crate) fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
+    /// Parses a Django key: 8 to 40 characters of `[a-z0-9]`, what Django 5.2's file backend
+    /// loads (its `VALID_KEY_CHARS`; `_validate_session_key` wants 8 or more) and
+    /// `django_session.session_key` holds. Django's db backend would also look up a key of
+    /// other characters, which no Django makes: refused here, so that no key can name
+    /// another file.
+    pub fn parse_django(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if !(DJANGO_KEY_MIN_LEN..=DJANGO_KEY_MAX_LEN).contains(&bytes.len())
+            || !bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return None;
+        }
+        let mut key = [0u8; DJANGO_KEY_MAX_LEN];
+        key[..bytes.len()].copy_from_slice(bytes);
+        Some(SessionKey(Repr::Django {
+            len: bytes.len() as u8,
+            text: key,
+        }))
     }
 
-    /// The name of this session's file: `<key>.json`.
+    /// Whether this is a Django key ([`SessionKey::generate_django`],
+    /// [`SessionKey::parse_django`]).
+    pub fn is_django(&self) -> bool {
+        matches!(self.0, Repr::Django { .. })
+    }
+
+    /// 16 bytes that stand for the key, the same in every process: a UUID's own bytes
+    /// (122 of them random), the first 16 bytes of a Django key's SHA-256.
+    pub(crate) fn as_bytes(&self) -> [u8; 16] {
+        match &self.0 {
+            Repr::Uuid(uuid) => *uuid.as_bytes(),
+            Repr::Django { .. } => {
+                let digest = Sha256::digest(self.text().as_bytes());
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&digest[..16]);
+                out
+            }
+        }
+    }
+
+    /// The key's text.
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match &self.0 {
+            Repr::Uuid(uuid) => uuid.hyphenated().to_string().into(),
+            Repr::Django { len, text } => {
+                // Only [a-z0-9] is ever stored: ASCII.
+                String::from_utf8_lossy(&text[..usize::from(*len)])
+            }
+        }
+    }
+
+    /// The name of this session's file in filesession's format: `<key>.json`.
     pub fn file_name(&self) -> String {
-        format!("{}.json", self.0.hyphenated())
+        format!("{}.json", self.text())
+    }
+
+    /// The name of this session's file in Django's layout: `<prefix><key>`, the prefix
+    /// being `SESSION_COOKIE_NAME` (Django's `SessionStore._get_storage_path` and
+    /// `_key_to_file`).
+    pub fn django_file_name(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.text())
     }
 }
 
@@ -82,7 +198,7 @@ impl SessionKey {
     /// The key as logs and error messages show it: its first [`SHOWN_KEY_CHARS`] characters
     /// and `…` (`67e55044…`).
     pub fn short(&self) -> String {
-        let text = self.0.hyphenated().to_string();
+        let text = self.text();
         format!("{}…", &text[..SHOWN_KEY_CHARS])
     }
 }
@@ -98,7 +214,7 @@ pub(crate) fn shown_name(name: &str) -> String {
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0.hyphenated(), f)
+        f.write_str(&self.text())
     }
 }
 
@@ -172,5 +288,65 @@ mod tests {
         for text in &hostile {
             assert_eq!(SessionKey::parse(text), None, "{text:?} must be rejected");
         }
+    }
+
+    #[test]
+    fn django_keys_are_32_of_lowercase_and_digits_and_distinct() {
+        let keys: Vec<SessionKey> = (0..200).map(|_| SessionKey::generate_django()).collect();
+        for key in &keys {
+            let text = key.to_string();
+            assert_eq!(text.len(), DJANGO_KEY_LEN);
+            assert!(text.bytes().all(|b| DJANGO_ALPHABET.contains(&b)), "{text}");
+            assert_eq!(SessionKey::parse_django(&text), Some(*key));
+            assert!(key.is_django());
+            assert_eq!(SessionKey::parse(&text), None, "a Django key is not a UUID");
+        }
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+        // Every character of the alphabet turns up (a uniform draw over 6400 characters).
+        let seen: std::collections::HashSet<u8> = keys
+            .iter()
+            .flat_map(|k| k.to_string().into_bytes())
+            .collect();
+        assert_eq!(seen.len(), 36);
+    }
+
+    #[test]
+    fn a_django_key_loads_what_django_loads_and_nothing_that_names_another_file() {
+        for good in [
+            "abcdefgh",
+            "q2u7ep5ma0s2oa5tq1krtb3z86yg0h5n",
+            &"a".repeat(40),
+        ] {
+            let key = SessionKey::parse_django(good).expect("Django would load it");
+            assert_eq!(key.to_string(), good);
+            assert_eq!(
+                key.django_file_name("sessionid"),
+                format!("sessionid{good}")
+            );
+        }
+        let hostile = [
+            "",
+            "abcdefg",
+            &"a".repeat(41),
+            "../../etc/passwd",
+            "abcdefgh/",
+            "ABCDEFGH",
+            "abcdefgh\0",
+            "abcd efgh",
+            "abcdéfgh",
+            GOOD,
+        ];
+        for text in hostile {
+            assert_eq!(
+                SessionKey::parse_django(text),
+                None,
+                "{text:?} must be rejected"
+            );
+        }
+        let key = SessionKey::parse_django("q2u7ep5ma0s2oa5tq1krtb3z86yg0h5n").expect("valid");
+        assert_eq!(key.short(), "q2u7ep5m…");
+        assert_eq!(format!("{key:?}"), "SessionKey(q2u7ep5m…)");
+        assert_ne!(key.as_bytes(), SessionKey::generate_django().as_bytes());
     }
 }

@@ -147,12 +147,15 @@ pub mod tower;
 
 pub use config::{
     DEFAULT_ALLOWED_HOSTS, DEFAULT_COOKIE_AGE, DEFAULT_DATABASE_URL, DEFAULT_DB_TABLE,
-    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, Engine, Locking, SameSite,
-    SessionConfig, SettingError, Settings, redacted,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REDIS_URL, DJANGO_DB_TABLE, Engine, Locking,
+    SameSite, SessionConfig, SessionFormat, SettingError, Settings, redacted,
 };
 pub use expiry::{Expiry, format_rfc3339, parse_rfc3339};
 pub use http::{Limits, Method, Request, Response};
-pub use key::{SESSION_KEY_LEN, SHOWN_KEY_CHARS, SessionKey};
+pub use key::{
+    DJANGO_KEY_LEN, DJANGO_KEY_MAX_LEN, DJANGO_KEY_MIN_LEN, SESSION_KEY_LEN, SHOWN_KEY_CHARS,
+    SessionKey,
+};
 pub use middleware::{CookieKey, RenderAfterSave, SESSION_INTERRUPTED, SessionMiddleware};
 pub use pipeline::{App, Ticket};
 pub use router::{Handler, Routed, Router};

@@ -96,7 +96,7 @@ impl SessionMiddleware {
             .map(|c| c.value_trimmed().to_owned())
             .last();
         CookieKey {
-            key: value.as_deref().and_then(SessionKey::parse),
+            key: value.as_deref().and_then(|v| self.store.parse_key(v)),
             present: value.is_some(),
         }
     }

@@ -113,7 +113,7 @@ impl App {
         }
         let key = self.middleware.cookie_key(request).key?;
         Some(Turn {
-            key: u128::from_be_bytes(*key.as_bytes()),
+            key: u128::from_be_bytes(key.as_bytes()),
             wait: self.middleware.settings().lock_timeout,
         })
     }

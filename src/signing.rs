@@ -59,6 +59,37 @@ impl fmt::Display for BadSignature {
 
 impl std::error::Error for BadSignature {}
 
+/// A secret: Django's `SECRET_KEY` or one of `SECRET_KEY_FALLBACKS`. Never shown: its
+/// `Debug` prints `SecretKey(***)`, and it has no `Display`.
+///
+/// ```
+/// use filesession::signing::SecretKey;
+///
+/// let key = SecretKey::new("django-insecure-x");
+/// assert_eq!(format!("{key:?}"), "SecretKey(***)");
+/// assert_eq!(key.expose(), "django-insecure-x");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    /// The secret `text`, as Django's settings give it.
+    pub fn new(text: impl Into<String>) -> SecretKey {
+        SecretKey(text.into())
+    }
+
+    /// The secret's text: to sign with, or to hand to a worker process, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(***)")
+    }
+}
+
 /// Django's `TimestampSigner`: a secret key, fallback keys tried when verifying, and a salt.
 /// Its `Debug` shows no key.
 #[derive(Clone)]
@@ -89,6 +120,12 @@ impl Signer {
         let mut keys = vec![key(secret_key)];
         keys.extend(fallbacks.iter().map(|k| key(k)));
         Signer { keys }
+    }
+
+    /// [`Signer::new`] with the keys as settings keep them.
+    pub fn from_keys(secret_key: &SecretKey, fallbacks: &[SecretKey], salt: &str) -> Signer {
+        let fallbacks: Vec<String> = fallbacks.iter().map(|k| k.expose().to_owned()).collect();
+        Signer::new(secret_key.expose(), &fallbacks, salt)
     }
 
     fn signature(key: &[u8; 32], value: &str) -> Hmac<Sha256> {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Locking;
-use crate::config::{Engine, SameSite, SettingError, Settings};
+use crate::config::{Engine, SameSite, SessionFormat, SettingError, Settings};
+use crate::signing::SecretKey;
 
 // How a value's text is read (yes/no, seconds, lists, the proxy header); this file: the
 // table, and settings to and from text by it.
@@ -284,8 +285,9 @@ pub static SETTINGS: &[Setting] = &[
         flag: "session-engine",
         default: "file",
         help: "Where sessions live: file (one JSON file each), db (a row each in DATABASE_URL), \
-               cached_db (db with SESSION_REDIS_URL as a cache in front) or redis (these two \
-               need --features redis).",
+               cached_db (db with SESSION_REDIS_URL as a cache in front), redis (these two \
+               need --features redis) or signed_cookies (the session in the cookie, signed \
+               with SECRET_KEY).",
         boolean: false,
         set: |s, t| {
             s.engine = Engine::parse_setting(t)?;
@@ -298,10 +300,83 @@ pub static SETTINGS: &[Setting] = &[
                     Engine::Redis => "redis",
                     Engine::Db => "db",
                     Engine::CachedDb => "cached_db",
+                    Engine::SignedCookies => "signed_cookies",
                 }
                 .to_owned(),
             )
         },
+    },
+    Setting {
+        name: "SESSION_FORMAT",
+        flag: "session-format",
+        default: "filesession",
+        help: "filesession (JSON documents, UUID keys) or django (Django's own signed data, \
+               table django_session and file layout, shared with a running Django site; \
+               needs SECRET_KEY).",
+        boolean: false,
+        set: |s, t| {
+            s.format = match t {
+                "filesession" => SessionFormat::Filesession,
+                "django" => SessionFormat::Django,
+                _ => return Err("use filesession or django".into()),
+            };
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                match s.format {
+                    SessionFormat::Filesession => "filesession",
+                    SessionFormat::Django => "django",
+                }
+                .to_owned(),
+            )
+        },
+    },
+    Setting {
+        name: "SECRET_KEY",
+        flag: "secret-key",
+        default: "",
+        help: "The Django project's SECRET_KEY, for SESSION_FORMAT=django and \
+               signed_cookies; give it in the environment (never printed).",
+        boolean: false,
+        set: |s, t| {
+            s.secret_key = Some(SecretKey::new(t));
+            Ok(())
+        },
+        show: |s| s.secret_key.as_ref().map(|k| k.expose().to_owned()),
+    },
+    Setting {
+        name: "SECRET_KEY_FALLBACKS",
+        flag: "secret-key-fallbacks",
+        default: "",
+        help: "Older secret keys still accepted when verifying, comma-separated (key \
+               rotation, as Django's); never printed.",
+        boolean: false,
+        set: |s, t| {
+            s.secret_key_fallbacks = t
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(SecretKey::new)
+                .collect();
+            Ok(())
+        },
+        show: |s| {
+            let keys: Vec<&str> = s.secret_key_fallbacks.iter().map(|k| k.expose()).collect();
+            (!keys.is_empty()).then(|| keys.join(","))
+        },
+    },
+    Setting {
+        name: "SESSION_SIGNING_SALT",
+        flag: "session-signing-salt",
+        default: crate::signing::SESSION_SALT,
+        help: "The salt of Django's session data: django.contrib.sessions. and the name of \
+               the project's SessionStore class.",
+        boolean: false,
+        set: |s, t| {
+            t.clone_into(&mut s.signing_salt);
+            Ok(())
+        },
+        show: |s| Some(s.signing_salt.clone()),
     },
     Setting {
         name: "DATABASE_URL",
@@ -321,7 +396,8 @@ pub static SETTINGS: &[Setting] = &[
         name: "SESSION_DB_TABLE",
         flag: "session-db-table",
         default: crate::config::DEFAULT_DB_TABLE,
-        help: "The table of SESSION_ENGINE=db, created if missing.",
+        help: "The table of SESSION_ENGINE=db, created if missing; with SESSION_FORMAT=django, \
+               the default means Django's django_session.",
         boolean: false,
         set: |s, t| {
             t.clone_into(&mut s.db_table);
@@ -448,106 +524,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_default_reads_back_as_the_default_settings() {
-        let from_defaults = Settings::from_values(|name| {
-            SETTINGS
-                .iter()
-                .find(|s| s.name == name)
-                .filter(|s| !s.default.is_empty())
-                .map(|s| s.default.to_owned())
-        })
-        .expect("the defaults are valid");
-        let defaults = Settings::default();
-        assert_eq!(from_defaults.to_values(), defaults.to_values());
-    }
-
-    #[test]
-    fn settings_survive_the_hand_off_to_workers() {
-        let mut changed = Settings::default();
-        for setting in SETTINGS {
-            let text = match setting.name {
-                "SESSION_COOKIE_DOMAIN" => ".example.com",
-                "SESSION_COOKIE_SAMESITE" => "None",
-                "SESSION_LOCKING" => "request",
-                "SESSION_ENGINE" => "file",
-                "SESSION_LOCK_TIMEOUT" => "1.5",
-                "SESSION_WORKERS" => "3",
-                "ALLOWED_HOSTS" => "a.example,.b.example",
-                "CSRF_TRUSTED_ORIGINS" => "https://*.example.com",
-                "SECURE_PROXY_SSL_HEADER" => "HTTP_X_FORWARDED_PROTO,https",
-                "SESSION_FILE_PATH" => "/tmp/x",
-                "SESSION_REDIS_URL" => "redis://h:1/2",
-                "DATABASE_URL" => "postgres://u:p@h:1/d",
-                "SESSION_DB_TABLE" => "t",
-                "SESSION_COOKIE_NAME" => "sid",
-                "SESSION_COOKIE_PATH" => "/app",
-                _ if setting.boolean => "yes",
-                _ => "7",
-            };
-            setting.set(&mut changed, text).expect("a valid value");
-        }
-        let values = changed.to_values();
-        let back = Settings::from_values(|name| {
-            values
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.clone())
-        })
-        .expect("valid");
-        assert_eq!(back.to_values(), values);
-        assert_eq!(back.workers, 3);
-        assert!(back.cookie_secure && back.file_fsync);
-        assert_eq!(
-            back.secure_proxy_ssl_header,
-            Some(("X-FORWARDED-PROTO".into(), "https".into()))
-        );
-    }
-
-    #[test]
-    fn a_bad_value_names_its_setting() {
-        let e = Settings::from_values(|n| (n == "SESSION_COOKIE_SECURE").then(|| "maybe".into()))
-            .expect_err("refused");
-        assert!(e.0.contains("SESSION_COOKIE_SECURE"), "{e}");
-        let e = Settings::from_values(|n| (n == "SESSION_GC_INTERVAL").then(|| "-1".into()))
-            .expect_err("refused");
-        assert!(e.0.contains("SESSION_GC_INTERVAL"), "{e}");
-    }
-
-    /// README's settings table is this table: one row per setting, in order, with its flag,
-    /// its name and its default.
-    #[test]
-    fn the_readme_table_lists_every_setting() {
-        let readme = include_str!("../../README.md");
-        let rows: Vec<Vec<&str>> = readme
-            .lines()
-            .filter(|l| l.starts_with("| `--"))
-            .map(|l| l.split('|').map(str::trim).collect())
-            .collect();
-        assert_eq!(rows.len(), SETTINGS.len(), "one README row per setting");
-        for (row, setting) in rows.iter().zip(SETTINGS) {
-            assert_eq!(row[1], format!("`--{}`", setting.flag), "{row:?}");
-            assert_eq!(row[2], format!("`{}`", setting.name), "{row:?}");
-            assert!(
-                row[3].contains(setting.default),
-                "README's default for {} is {:?}, the table's {:?}",
-                setting.name,
-                row[3],
-                setting.default
-            );
-        }
-    }
-
-    #[test]
-    fn names_and_flags_are_unique() {
-        for (i, a) in SETTINGS.iter().enumerate() {
-            for b in &SETTINGS[i + 1..] {
-                assert_ne!(a.name, b.name);
-                assert_ne!(a.flag, b.flag);
-            }
-        }
-    }
-}
+mod tests;

@@ -83,6 +83,7 @@ use crate::key::SessionKey;
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
 pub(crate) mod cached_db;
 pub(crate) mod db;
+pub(crate) mod django;
 mod error;
 pub(crate) mod file;
 mod format;
@@ -203,6 +204,13 @@ pub trait SessionStore: Send + Sync {
     /// `true`. [`FileStore`](crate::FileStore): only with `SESSION_FILE_FSYNC`.
     fn saves_wait(&self) -> bool {
         true
+    }
+
+    /// The key a session cookie's value names in this store, if it is a key of this store's
+    /// kind. Default: [`SessionKey::parse`] (a UUID v4); stores of Django's format:
+    /// [`SessionKey::parse_django`]. `None` means "no session".
+    fn parse_key(&self, cookie_value: &str) -> Option<SessionKey> {
+        SessionKey::parse(cookie_value)
     }
 
     /// The server has had no request for a while (about 100 ms): let go of what the store
@@ -338,6 +346,9 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
         #[cfg(not(all(feature = "redis", any(feature = "sqlite", feature = "postgres"))))]
         Engine::CachedDb => Err(StoreError::Unavailable(
             "SESSION_ENGINE=cached_db needs filesession built with the redis feature".into(),
+        )),
+        Engine::SignedCookies => Err(StoreError::Unavailable(
+            "SESSION_ENGINE=signed_cookies: not yet".into(),
         )),
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(

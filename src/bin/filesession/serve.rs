@@ -91,6 +91,7 @@ fn store_text(settings: &Settings) -> String {
             settings.db_table,
             filesession::redacted(&settings.database_url)
         ),
+        Engine::SignedCookies => "signed cookies (nothing on the server)".to_owned(),
         Engine::CachedDb => format!(
             "table {} of {}, cached in Redis at {}",
             settings.db_table,

@@ -4,6 +4,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::signing::SecretKey;
+
+// SESSION_FORMAT, and what Django's format and signed cookies need.
+mod django;
+
+pub use django::SessionFormat;
+
 /// `SESSION_COOKIE_AGE` default: two weeks, in seconds, as Django.
 pub const DEFAULT_COOKIE_AGE: Duration = Duration::from_secs(1_209_600);
 
@@ -188,6 +195,20 @@ pub struct Settings {
     /// `SESSION_WORKERS`: worker processes serving the port (`runserver --workers N`), 1 to
     /// 256. Default: 1, this process serves alone.
     pub workers: u16,
+    /// `SESSION_FORMAT`: how sessions are kept. Default: [`SessionFormat::Filesession`].
+    pub format: SessionFormat,
+    /// `SECRET_KEY`: the Django project's, which signs Django's session data and signed
+    /// cookies; needed by `SESSION_FORMAT=django` and `SESSION_ENGINE=signed_cookies`.
+    /// Default: none. Never printed.
+    pub secret_key: Option<SecretKey>,
+    /// `SECRET_KEY_FALLBACKS`: older secrets still accepted when verifying (comma-separated),
+    /// as Django's. Default: none. Never printed.
+    pub secret_key_fallbacks: Vec<SecretKey>,
+    /// `SESSION_SIGNING_SALT`: the salt of Django's session data, `"django.contrib.sessions."`
+    /// and the session store class's name. Default: `django.contrib.sessions.SessionStore`
+    /// ([`SESSION_SALT`](crate::signing::SESSION_SALT)); a Django project with its own
+    /// `SessionStore` subclass has another.
+    pub signing_salt: String,
 }
 
 /// The largest `DATA_UPLOAD_MAX_MEMORY_SIZE`: 1 GiB (a session file holds at most 1 MiB).
@@ -252,6 +273,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite:///db.sqlite3";
 /// `SESSION_DB_TABLE` default.
 pub const DEFAULT_DB_TABLE: &str = "filesession_session";
 
+/// Django's session table, the `SESSION_DB_TABLE` of `SESSION_FORMAT=django`.
+pub const DJANGO_DB_TABLE: &str = "django_session";
+
 /// `SESSION_REDIS_URL` default.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
@@ -269,6 +293,10 @@ pub enum Engine {
     /// `cached_db`: [`Engine::Db`] with a cache in the Redis at `SESSION_REDIS_URL` in
     /// front (Django's `cached_db`); needs the `redis` feature.
     CachedDb,
+    /// `signed_cookies`: the whole session in the cookie, signed with `SECRET_KEY` as
+    /// Django's `signed_cookies` engine does; nothing kept on the server, so nothing merged,
+    /// locked or revoked (an old cookie replays after a logout, as in Django).
+    SignedCookies,
 }
 
 impl Engine {
@@ -283,8 +311,9 @@ impl Engine {
             "redis" => Ok(Engine::Redis),
             "db" => Ok(Engine::Db),
             "cached_db" => Ok(Engine::CachedDb),
+            "signed_cookies" => Ok(Engine::SignedCookies),
             _ => Err(format!(
-                "SESSION_ENGINE must be file, db, cached_db or redis, not {text:?}"
+                "SESSION_ENGINE must be file, db, cached_db, redis or signed_cookies, not {text:?}"
             )),
         }
     }
@@ -320,6 +349,10 @@ impl Default for Settings {
             csrf_trusted_origins: Vec::new(),
             secure_proxy_ssl_header: None,
             workers: 1,
+            format: SessionFormat::Filesession,
+            secret_key: None,
+            secret_key_fallbacks: Vec::new(),
+            signing_salt: crate::signing::SESSION_SALT.into(),
         }
     }
 }
@@ -417,6 +450,7 @@ impl Settings {
                 self.lock_timeout.as_secs_f64()
             ));
         }
+        self.validate_signing()?;
         if !(1..=256).contains(&self.workers) {
             return bad(format!(
                 "SESSION_WORKERS must be from 1 to 256, not {}",
@@ -540,12 +574,18 @@ mod tests {
         ] {
             assert_eq!(Engine::parse_setting(text), Ok(engine), "{text}");
         }
-        // Django's cache and signed_cookies are not ours (yet): refused, naming the setting.
         for text in [
-            "cache",
+            "signed_cookies",
             "django.contrib.sessions.backends.signed_cookies",
-            "",
         ] {
+            assert_eq!(
+                Engine::parse_setting(text),
+                Ok(Engine::SignedCookies),
+                "{text}"
+            );
+        }
+        // Django's cache engine keeps pickles: refused, naming the setting.
+        for text in ["cache", "django.contrib.sessions.backends.cache", ""] {
             let err = Engine::parse_setting(text).unwrap_err();
             assert!(err.contains("SESSION_ENGINE"), "{err}");
         }

@@ -168,8 +168,8 @@ pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
 pub use store::{
     Acquired, Candidate, ChangeSet, ClearReport, DbStore, ExpiredDeletion, Lease, Loaded,
-    LockConfig, LockIssuer, LockPreflight, Merged, REFRESH_SLACK, Record, SessionLock,
-    SessionStore, StoreError, Sweep, SweepCursor,
+    LockConfig, LockIssuer, LockPreflight, MAX_COOKIE_SIZE, Merged, REFRESH_SLACK, Record,
+    SessionLock, SessionStore, SignedCookieStore, StoreError, Sweep, SweepCursor,
 };
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
 pub use store::{CachedDbStore, DEFAULT_CACHE_TTL};

@@ -13,7 +13,7 @@ use crate::expiry::add_clamped;
 use crate::http::{Request, Response};
 use crate::key::SessionKey;
 use crate::session::Session;
-use crate::store::{Acquired, SessionStore, StoreError};
+use crate::store::{Acquired, Record, SessionStore, StoreError};
 
 /// Loads the session a request names and applies Django's rules to the response.
 ///
@@ -38,12 +38,16 @@ pub struct SessionMiddleware {
 
 /// What the request's session cookie named: Django reads the cookie once, the last of
 /// several with the name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CookieKey {
-    /// The key, if the cookie's value is a canonical key (anything else names no session).
+    /// The key, if the cookie's value is a key of the store's kind (anything else names no
+    /// session). Always `None` with `SESSION_ENGINE=signed_cookies`, whose cookie is the
+    /// session itself.
     pub key: Option<SessionKey>,
     /// Whether the request carried the cookie at all (a malformed one is then deleted).
     pub present: bool,
+    /// `SESSION_ENGINE=signed_cookies`: the session the cookie carries, if it verified.
+    cookie_session: Option<Record>,
 }
 
 /// Django's message for a save that found the session deleted meanwhile.
@@ -74,7 +78,7 @@ impl SessionMiddleware {
     /// in Django. A value that is not a canonical key means no session.
     pub fn session_for(&self, request: &Request) -> (Session, bool) {
         let cookie = self.cookie_key(request);
-        (self.session(cookie.key, None), cookie.present)
+        (self.session_of(&cookie, None), cookie.present)
     }
 
     /// What the request's session cookie names (`SESSION_COOKIE_NAME`).
@@ -95,17 +99,46 @@ impl SessionMiddleware {
             .filter(|c| c.name() == self.settings.cookie_name)
             .map(|c| c.value_trimmed().to_owned())
             .last();
+        let present = value.is_some();
+        if let Some(signed) = self.store.signed_cookies() {
+            return CookieKey {
+                key: None,
+                present,
+                cookie_session: value.and_then(|v| signed.decode(&v, SystemTime::now())),
+            };
+        }
         CookieKey {
             key: value.as_deref().and_then(|v| self.store.parse_key(v)),
-            present: value.is_some(),
+            present,
+            cookie_session: None,
         }
     }
 
     /// The session of `key`, not loaded yet, with what the store's lock preflight handed on
-    /// for it, if anything.
+    /// for it, if anything. With `SESSION_ENGINE=signed_cookies` (no keys): a new session;
+    /// use [`session_of`](SessionMiddleware::session_of).
     pub fn session(&self, key: Option<SessionKey>, acquired: Option<Acquired>) -> Session {
+        if let Some(signed) = self.store.signed_cookies() {
+            let (store, key) = signed.request_store(None);
+            return Session::new(store, key, self.settings.session_config());
+        }
         Session::new(self.store.clone(), key, self.settings.session_config())
             .with_acquired(acquired)
+    }
+
+    /// The session the request's cookie names (see
+    /// [`cookie_key`](SessionMiddleware::cookie_key)), not loaded yet, with what the
+    /// store's lock preflight handed on for it, if anything. With
+    /// `SESSION_ENGINE=signed_cookies`, the session the cookie carries, in a store of this
+    /// request only.
+    pub fn session_of(&self, cookie: &CookieKey, acquired: Option<Acquired>) -> Session {
+        match self.store.signed_cookies() {
+            Some(signed) => {
+                let (store, key) = signed.request_store(cookie.cookie_session.as_ref());
+                Session::new(store, key, self.settings.session_config())
+            }
+            None => self.session(cookie.key, acquired),
+        }
     }
 
     /// Applies Django's `process_response` to the handler's response: save when modified
@@ -159,7 +192,14 @@ impl SessionMiddleware {
                 }
             }
             if let Some(key) = session.session_key() {
-                response.add_header("Set-Cookie", &self.session_cookie(key, &session));
+                match self.session_cookie(key, &session) {
+                    Ok(cookie) => response.add_header("Set-Cookie", &cookie),
+                    Err(error) => {
+                        let mut failed = store_failure(path, &error);
+                        patch_vary(&mut failed);
+                        return failed;
+                    }
+                }
                 vary = true;
             }
         }
@@ -222,10 +262,18 @@ impl SessionMiddleware {
         c
     }
 
-    /// `sessionid=<key>; HttpOnly; SameSite=Lax; Path=/; Max-Age=…; Expires=…`.
-    fn session_cookie(&self, key: &SessionKey, session: &Session) -> String {
+    /// `sessionid=<key>; HttpOnly; SameSite=Lax; Path=/; Max-Age=…; Expires=…`; with
+    /// `SESSION_ENGINE=signed_cookies` the value is the signed session.
+    ///
+    /// # Errors
+    /// [`StoreError::CookieTooLarge`], [`StoreError::TooDeep`] (signed cookies).
+    fn session_cookie(&self, key: &SessionKey, session: &Session) -> Result<String, StoreError> {
         let s = &self.settings;
-        let mut c = self.base_cookie(key.to_string());
+        let value = match self.store.signed_cookies() {
+            Some(signed) => signed.encode(session.data(), session.expiry(), SystemTime::now())?,
+            None => key.to_string(),
+        };
+        let mut c = self.base_cookie(value);
         if s.cookie_httponly {
             c = c.http_only(true);
         }
@@ -245,7 +293,7 @@ impl SessionMiddleware {
                 .max_age(cookie::time::Duration::seconds(age))
                 .expires(to_offset(expires));
         }
-        c.build().to_string()
+        Ok(c.build().to_string())
     }
 
     /// `sessionid=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; SameSite=Lax`.
@@ -302,6 +350,14 @@ pub(crate) fn store_failure(path: &str, error: &StoreError) -> Response {
         StoreError::TooDeep { depth, limit, .. } => (
             400,
             format!("A session value nests {depth} levels deep, over the limit of {limit}."),
+        ),
+        StoreError::CookieTooLarge { size, limit } => (
+            500,
+            format!(
+                "The session would make a cookie of {size} bytes, over the {limit} bytes a \
+                 browser keeps (SESSION_ENGINE=signed_cookies keeps the whole session in its \
+                 cookie). Nothing was saved."
+            ),
         ),
         StoreError::TooLarge { size, limit, .. } => (
             413,

@@ -228,7 +228,7 @@ impl App {
             acquired,
             session,
         } = ticket;
-        let session = session.unwrap_or_else(|| self.middleware.session(cookie.key, acquired));
+        let session = session.unwrap_or_else(|| self.middleware.session_of(&cookie, acquired));
         (session, cookie.present, request, target)
     }
 

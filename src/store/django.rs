@@ -12,6 +12,9 @@
 //!   and stays as written while the rule it says is unchanged, so a session is re-encoded
 //!   as Django would encode it.
 
+// Until the Django-format stores use all of it.
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,7 +123,7 @@ pub(crate) fn expiry_of(data: &Map<String, Value>) -> Expiry {
             (Some(0), _) => Expiry::BrowserClose,
             (Some(seconds), _) => Expiry::Seconds(seconds),
             (None, Some(f)) if f > 0.0 => Expiry::Seconds(f.ceil() as u64),
-            (None, Some(f)) if f == 0.0 => Expiry::BrowserClose,
+            (None, Some(f)) if f >= 0.0 => Expiry::BrowserClose,
             _ => Expiry::At(UNIX_EPOCH),
         },
         Some(Value::String(text)) => parse_iso(text).map_or(Expiry::Default, Expiry::At),

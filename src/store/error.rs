@@ -32,6 +32,16 @@ pub enum StoreError {
         /// How long it waited.
         waited: Duration,
     },
+    /// `SESSION_ENGINE=signed_cookies`: the session would make a cookie (name and value) of
+    /// `size` bytes, over the `limit` a browser keeps
+    /// ([`MAX_COOKIE_SIZE`](crate::store::signed_cookies::MAX_COOKIE_SIZE)). No cookie was
+    /// set; the middleware answers 500 with the reason.
+    CookieTooLarge {
+        /// The cookie's size in bytes, name and value.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The session would exceed the size limit of one session file. Nothing was written.
     TooLarge {
         /// The session, unless it was being created.
@@ -104,6 +114,12 @@ impl fmt::Display for StoreError {
                 "session {} is locked by another request or process; gave up after {} ms",
                 key.short(),
                 waited.as_millis()
+            ),
+            StoreError::CookieTooLarge { size, limit } => write!(
+                f,
+                "the session would make a cookie of {size} bytes, more than the {limit} bytes \
+                 a browser keeps (SESSION_ENGINE=signed_cookies keeps the whole session in \
+                 its cookie); no cookie was set"
             ),
             StoreError::TooLarge { size, limit, .. } => write!(
                 f,

@@ -44,6 +44,11 @@ impl MemoryStore {
         self.map().is_empty()
     }
 
+    /// Stores `record` under a fresh key.
+    pub(crate) fn insert(&self, record: Record) -> SessionKey {
+        Self::insert_new(&mut self.map(), record)
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<SessionKey, Record>> {
         crate::store::locked(&self.sessions)
     }

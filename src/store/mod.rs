@@ -95,6 +95,7 @@ pub(crate) mod memory;
 mod record;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub mod signed_cookies;
 mod sweep;
 
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
@@ -103,6 +104,7 @@ pub use db::DbStore;
 pub use error::StoreError;
 pub use lock::{Acquired, Candidate, Lease, Loaded, LockConfig, LockIssuer, SessionLock};
 pub use record::{ChangeSet, Merged, REFRESH_SLACK, Record};
+pub use signed_cookies::{MAX_COOKIE_SIZE, SignedCookieStore};
 pub use sweep::{ClearReport, Sweep, SweepCursor};
 
 /// Locks one of a store's mutexes, taking the value as it is if a thread panicked while
@@ -211,6 +213,13 @@ pub trait SessionStore: Send + Sync {
     /// [`SessionKey::parse_django`]. `None` means "no session".
     fn parse_key(&self, cookie_value: &str) -> Option<SessionKey> {
         SessionKey::parse(cookie_value)
+    }
+
+    /// The store, if it is Django's `signed_cookies` engine: the session is the cookie, and
+    /// `SessionMiddleware` reads and writes it there. Default:
+    /// `None`.
+    fn signed_cookies(&self) -> Option<&SignedCookieStore> {
+        None
     }
 
     /// The server has had no request for a while (about 100 ms): let go of what the store
@@ -347,9 +356,17 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
         Engine::CachedDb => Err(StoreError::Unavailable(
             "SESSION_ENGINE=cached_db needs filesession built with the redis feature".into(),
         )),
-        Engine::SignedCookies => Err(StoreError::Unavailable(
-            "SESSION_ENGINE=signed_cookies: not yet".into(),
-        )),
+        Engine::SignedCookies => match &settings.secret_key {
+            Some(secret) => Ok(Arc::new(SignedCookieStore::new(
+                secret,
+                &settings.secret_key_fallbacks,
+                &settings.cookie_name,
+                settings.cookie_age,
+            ))),
+            None => Err(StoreError::Unavailable(
+                "SESSION_ENGINE=signed_cookies needs SECRET_KEY".into(),
+            )),
+        },
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(
             redis::RedisStore::open(&settings.redis_url)?.with_lock_config(lock),

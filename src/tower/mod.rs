@@ -49,7 +49,7 @@ use tokio::sync::Semaphore;
 use crate::config::Settings;
 use crate::expiry::later;
 use crate::key::SessionKey;
-use crate::middleware::{AfterSave, RenderAfterSave, SessionMiddleware, store_failure};
+use crate::middleware::{AfterSave, CookieKey, RenderAfterSave, SessionMiddleware, store_failure};
 use crate::session::Session;
 use crate::store::{self, Acquired, SessionStore, StoreError};
 
@@ -147,7 +147,7 @@ where
                     // and a cookie of another name with an accent would hide the session's).
                     .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()),
             );
-            let session = match load(&middleware, &lock_waits, cookie.key, &path).await {
+            let session = match load(&middleware, &lock_waits, &cookie, &path).await {
                 Ok(session) => session,
                 Err(answer) => return Ok(into_http(answer)),
             };
@@ -207,11 +207,12 @@ where
 async fn load(
     middleware: &SessionMiddleware,
     lock_waits: &Arc<Semaphore>,
-    key: Option<SessionKey>,
+    cookie: &CookieKey,
     path: &str,
 ) -> Result<Session, crate::http::Response> {
-    let Some(key) = key else {
-        return Ok(middleware.session(None, None));
+    let Some(key) = cookie.key else {
+        // No key: a new session, or (signed cookies) the one the cookie carries.
+        return Ok(middleware.session_of(cookie, None));
     };
     let start = Instant::now();
     let deadline = later(start, middleware.settings().lock_timeout);

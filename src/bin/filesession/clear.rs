@@ -15,6 +15,15 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
         println!("Redis {NOTHING}");
         return ExitCode::SUCCESS;
     }
+    if settings.engine == Engine::SignedCookies {
+        // Django: "Session engine '...signed_cookies' doesn't support clearing expired
+        // sessions."
+        println!(
+            "SESSION_ENGINE=signed_cookies keeps each session in its cookie, checked for age \
+             when read: nothing on the server to clear."
+        );
+        return ExitCode::SUCCESS;
+    }
     // cached_db: the database's expired rows (the cache's entries expire by themselves),
     // whether or not the cache answers.
     let mut settings = settings.clone();

@@ -483,3 +483,16 @@ mod postgres {
         assert_eq!(djangos.schema(), made_by_django, "not altered");
     }
 }
+
+/// Without `--features postgres` the PostgreSQL half is not compiled: say so where a plain
+/// `cargo test` shows it.
+#[cfg(not(feature = "postgres"))]
+#[test]
+fn the_postgres_half_is_not_compiled_without_its_feature() {
+    common::skip(
+        "Django db on PostgreSQL",
+        "not compiled (cargo test --features postgres --test django_db, with a server at \
+         FILESESSION_POSTGRES_URL)",
+        "FILESESSION_POSTGRES_TEST",
+    );
+}

@@ -19,7 +19,8 @@ impl DbStore {
     /// `postgres://user:password@host:port/dbname` (feature `postgres`); creates `table`
     /// (and its index, lock and schema tables) if missing. Merge locking, the default lock
     /// timeout. A table of that name that filesession did not make (Django's
-    /// `django_session`) is refused, never adopted.
+    /// `django_session`) is refused, never adopted: Django's table is opened by
+    /// [`open_django`](DbStore::open_django). Keys are UUID v4s.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`]: the URL's scheme is not one of these (or its feature is

@@ -77,7 +77,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::{Engine, Settings};
+use crate::config::{Engine, SessionFormat, Settings};
 use crate::key::SessionKey;
 
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
@@ -333,10 +333,22 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
             ))
         }
         Engine::Db => {
-            let store = if create {
-                db::DbStore::open(&settings.database_url, &settings.db_table)?
+            let url = &settings.database_url;
+            let store = if settings.format == SessionFormat::Django {
+                // Settings::validate wants a SECRET_KEY in Django's format.
+                let signer = settings.signer(&settings.signing_salt).ok_or_else(|| {
+                    StoreError::Unavailable("SESSION_FORMAT=django needs SECRET_KEY".into())
+                })?;
+                let table = settings.session_table();
+                if create {
+                    db::DbStore::open_django(url, table, signer)?
+                } else {
+                    db::DbStore::open_existing_django(url, table, signer)?
+                }
+            } else if create {
+                db::DbStore::open(url, &settings.db_table)?
             } else {
-                db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
+                db::DbStore::open_existing(url, &settings.db_table)?
             };
             Ok(Arc::new(store.with_lock_config(lock)))
         }

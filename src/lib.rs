@@ -162,7 +162,7 @@ pub use router::{Handler, Routed, Router};
 pub use server::{LISTEN_BACKLOG, Server, StopHandle, raise_open_files_limit};
 pub use session::{Session, TEST_COOKIE_NAME, TEST_COOKIE_VALUE};
 pub use settings_table::{SETTINGS, Setting};
-pub use store::file::{DEFAULT_LEFTOVER_AGE, DEFAULT_MAX_FILE_SIZE, FileStore};
+pub use store::file::{DEFAULT_LEFTOVER_AGE, DEFAULT_MAX_FILE_SIZE, DjangoFileStore, FileStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;

@@ -113,7 +113,8 @@ pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A place sessions are kept: Django's `SessionBase` backend contract, storage only.
-/// Implemented by [`FileStore`](crate::FileStore), [`MemoryStore`](crate::MemoryStore) and
+/// Implemented by [`FileStore`](crate::FileStore),
+/// [`DjangoFileStore`](crate::DjangoFileStore), [`MemoryStore`](crate::MemoryStore) and
 /// `RedisStore` (feature `redis`).
 ///
 /// Every method may be called from several threads and processes at once; a store makes

@@ -5,81 +5,8 @@
 //! Built from [`FileStore`](super::FileStore)'s parts (the directory by handle, the `flock`
 //! protocol, the atomic renames, cleanup in slices), without what Django's readers cannot
 //! follow: no write in place, no check line, no mtime stamped with the expiry, no document
-//! remembered between requests. `files` holds the reads, the write and cleanup.
-//!
-//! # What is shared with Django
-//!
-//! * **Names.** One file per session, `<SESSION_COOKIE_NAME><key>`
-//!   (`sessionidq2u7ep5ma0s2oa5tq1krtb3z86yg0h5n`), no extension, as Django's
-//!   `_key_to_file`. Keys are Django's: 32 of `[a-z0-9]` made here, 8 to 40 loaded
-//!   ([`SessionKey::parse_django`]); a cookie holding anything else is no session, and no
-//!   other file can be named by one.
-//! * **Content.** Exactly the text Django's `SessionBase.encode` writes: the session
-//!   dictionary signed with `SECRET_KEY` (salt `SESSION_SIGNING_SALT`, compressed when it
-//!   helps), ASCII, no newline. A file that none of `SECRET_KEY` and `SECRET_KEY_FALLBACKS`
-//!   signed, that was tampered with, or that holds no dictionary is no session (logged once
-//!   at `warn`, then at `debug`), never a 5xx, and never adopted: a save or cycle of its key
-//!   fails with [`StoreError::Deleted`] (the request had no such session; Django would read
-//!   `{}` and overwrite the file, which here would let a forged file pick a session's key).
-//!   An empty file is Django's placeholder for a session being created: an empty session,
-//!   as Django reads it.
-//! * **The end of a session**, as Django's `_expiry_date` reads it: the file's mtime is the
-//!   time of its last save, and `_session_expiry` in the dictionary says the rule. Absent,
-//!   or `0` (browser close): mtime + `SESSION_COOKIE_AGE`; an ISO 8601 time: that time; an
-//!   int `n`: mtime + `n`. The last is enforced here, where Django's file backend never
-//!   expires it (a Django quirk: it takes `n` for the age itself, so only the cookie's
-//!   `Max-Age` ends such a session there). A load finds no session after the end; the file
-//!   is left for cleanup.
-//! * **Modes.** Files made here are 0600, as Django's `mkstemp` makes them. The directory is
-//!   created (0700) only if missing; an existing one's mode is left as it is, and only said
-//!   when others can list it (Django's default `SESSION_FILE_PATH` is the system's temp
-//!   directory, where every user can read the session keys in the names). Django's files
-//!   keep their modes: they are replaced, never changed.
-//!
-//! # What each side guarantees
-//!
-//! Django writes blindly: a temp file `<name>_out_<random>` renamed over the name, with no
-//! lock and no fsync; its reads take no lock. Between Django processes the last writer
-//! wins. Writers of this store keep this store's promises among themselves:
-//!
-//! * **Merge under the file's lock.** A save takes the session file's `flock` (bounded by
-//!   the lock timeout), checks that the inode it locked is still the one at the name (else
-//!   it locks the new one), reads the newest copy, applies only its request's
-//!   [`ChangeSet`](crate::ChangeSet) and writes. In `request` mode the lock is held from the
-//!   load to the save, as [`FileStore`](super::FileStore)'s.
-//! * **Whole files.** Every write is a new temp file `.<uuid>.tmp` (0600) in the same
-//!   directory, given the name in one step (`renameat2(RENAME_EXCHANGE)`), so Django and
-//!   this store read the old file or the new one, never a mix; a crash leaves at most a
-//!   temp file, which cleanup removes. The new file's mtime is the time of the write.
-//! * **No resurrection.** The exchange fails when the name is gone: a save of a session
-//!   deleted meanwhile (here or by Django) is [`StoreError::Deleted`], never a new file.
-//!   (Where the file system lacks `renameat2`, a `rename` follows a check that the name is
-//!   there; a deletion between the two is undone.)
-//! * **Fresh reads.** A load opens the name when it is called.
-//! * **A Django rename during one of our writes.** Django replaces the inode a lock of
-//!   ours is on, and another writer of ours may then lock Django's new file while the first
-//!   still holds the old one. The exchange tells: it hands back the copy it replaced, and
-//!   when that is not the one the writer locked, something was renamed in since its check.
-//!   The writer then reads that copy, applies its changes on top, and writes again; each
-//!   copy of ours is locked before it takes the name, so no other writer of ours bases a
-//!   write on it meanwhile. So writers of ours never lose each other's changes, Django or
-//!   not (a reader may see a change missing for that moment).
-//! * **Against Django, the last writer wins** for that key: a Django save that read the
-//!   session before one of ours and renames after it replaces ours (Django's own lost
-//!   update, as between two Django processes); one that renames between our lock and our
-//!   write is merged instead. No interleaving tears or corrupts a file.
-//!
-//! # Cleanup
-//!
-//! `clearsessions` (and the server's sweep) looks only at two kinds of entries: regular
-//! files named `<prefix><key>` with a Django key, and this store's own temp files
-//! (`.<uuid>.tmp`, owned by this user). A session file is removed under its lock when
-//! expired, or, when it holds no session of ours (another key, tampered), once
-//! mtime + `SESSION_COOKIE_AGE` has passed (as Django's `clear_expired` removes such a
-//! file); a temp file once older than the leftover age. Every other entry is left alone:
-//! Django's directory is often the system's temp directory. Django's own temp files
-//! (`<prefix><key>_out_<random>`, left by a crash) are Django's: left, as Django leaves
-//! them.
+//! remembered between requests. `files` holds the reads, the write and cleanup; what is
+//! shared with Django and what each side guarantees is [`DjangoFileStore`]'s documentation.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -102,9 +29,84 @@ use crate::store::{
 };
 
 /// Sessions in Django's file layout, shared with a running Django site:
-/// `<dir>/<cookie_name><key>`, each holding Django's signed session data (see the module
-/// documentation of `store::file::django` for what is shared and what each side
-/// guarantees).
+/// `<dir>/<cookie_name><key>`, each holding Django's signed session data
+/// (`SESSION_FORMAT=django` with `SESSION_ENGINE=file`).
+///
+/// # What is shared with Django
+///
+/// * **Names.** One file per session, `<SESSION_COOKIE_NAME><key>`
+///   (`sessionidq2u7ep5ma0s2oa5tq1krtb3z86yg0h5n`), no extension, as Django's
+///   `_key_to_file`. Keys are Django's: 32 of `[a-z0-9]` made here, 8 to 40 loaded
+///   ([`SessionKey::parse_django`]); a cookie holding anything else is no session, and no
+///   other file can be named by one.
+/// * **Content.** Exactly the text Django's `SessionBase.encode` writes: the session
+///   dictionary signed with `SECRET_KEY` (salt `SESSION_SIGNING_SALT`, compressed when it
+///   helps), ASCII, no newline. A file that none of `SECRET_KEY` and `SECRET_KEY_FALLBACKS`
+///   signed, that was tampered with, or that holds no dictionary is no session (logged once
+///   at `warn`, then at `debug`), never a 5xx, and never adopted: a save or cycle of its key
+///   fails with [`StoreError::Deleted`] (the request had no such session; Django would read
+///   `{}` and overwrite the file, which here would let a forged file pick a session's key).
+///   An empty file is Django's placeholder for a session being created: an empty session,
+///   as Django reads it.
+/// * **The end of a session**, as Django's `_expiry_date` reads it: the file's mtime is the
+///   time of its last save, and `_session_expiry` in the dictionary says the rule. Absent,
+///   or `0` (browser close): mtime + `SESSION_COOKIE_AGE`; an ISO 8601 time: that time; an
+///   int `n`: mtime + `n`. The last is enforced here, where Django's file backend never
+///   expires it (a Django quirk: it takes `n` for the age itself, so only the cookie's
+///   `Max-Age` ends such a session there). A load finds no session after the end; the file
+///   is left for cleanup.
+/// * **Modes.** Files made here are 0600, as Django's `mkstemp` makes them. The directory is
+///   created (0700) only if missing; an existing one's mode is left as it is, and only said
+///   when others can list it (Django's default `SESSION_FILE_PATH` is the system's temp
+///   directory, where every user can read the session keys in the names). Django's files
+///   keep their modes: they are replaced, never changed.
+///
+/// # What each side guarantees
+///
+/// Django writes blindly: a temp file `<name>_out_<random>` renamed over the name, with no
+/// lock and no fsync; its reads take no lock. Between Django processes the last writer
+/// wins. Writers of this store keep this store's promises among themselves:
+///
+/// * **Merge under the file's lock.** A save takes the session file's `flock` (bounded by
+///   the lock timeout), checks that the inode it locked is still the one at the name (else
+///   it locks the new one), reads the newest copy, applies only its request's
+///   [`ChangeSet`](crate::ChangeSet) and writes. In `request` mode the lock is held from the
+///   load to the save, as [`FileStore`](crate::FileStore)'s.
+/// * **Whole files.** Every write is a new temp file `.<uuid>.tmp` (0600) in the same
+///   directory, given the name in one step (`renameat2(RENAME_EXCHANGE)`), so Django and
+///   this store read the old file or the new one, never a mix; a crash leaves at most a
+///   temp file, which cleanup removes. The new file's mtime is the time of the write.
+/// * **No resurrection.** The exchange fails when the name is gone: a save of a session
+///   deleted meanwhile (here or by Django) is [`StoreError::Deleted`], never a new file.
+///   (Where the file system lacks `renameat2`, a `rename` follows a check that the name is
+///   there; a deletion between the two is undone.)
+/// * **Fresh reads.** A load opens the name when it is called.
+/// * **A Django rename during one of our writes.** Django replaces the inode a lock of
+///   ours is on, and another writer of ours may then lock Django's new file while the first
+///   still holds the old one. The exchange tells: it hands back the copy it replaced, and
+///   when that is not the one the writer locked, something was renamed in since its check.
+///   The writer then reads that copy, applies its changes on top, and writes again; each
+///   copy of ours is locked before it takes the name, so no other writer of ours bases a
+///   write on it meanwhile. So writers of ours never lose each other's changes, Django or
+///   not (a reader may see a change missing for that moment).
+/// * **Against Django, the last writer wins** for that key: a Django save that read the
+///   session before one of ours and renames after it replaces ours (Django's own lost
+///   update, as between two Django processes); one that renames between our lock and our
+///   write is merged instead. No interleaving tears or corrupts a file.
+///
+/// # Cleanup
+///
+/// `clearsessions` (and the server's sweep) looks only at two kinds of entries: regular
+/// files named `<prefix><key>` with a Django key, and this store's own temp files
+/// (`.<uuid>.tmp`, owned by this user). A session file is removed under its lock when
+/// expired, or, when it holds no session of ours (another key, tampered), once
+/// mtime + `SESSION_COOKIE_AGE` has passed (as Django's `clear_expired` removes such a
+/// file); a temp file once older than the leftover age. Every other entry is left alone:
+/// Django's directory is often the system's temp directory. Django's own temp files
+/// (`<prefix><key>_out_<random>`, left by a crash) are Django's: left, as Django leaves
+/// them.
+///
+/// # Example
 ///
 /// ```
 /// use std::sync::Arc;

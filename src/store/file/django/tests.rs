@@ -516,3 +516,37 @@ fn a_save_after_django_removed_the_file_is_deleted_not_resurrected() {
         names_in(tmp.path())
     );
 }
+
+/// `store::open` with `SESSION_FORMAT=django` and `SESSION_ENGINE=file`: this store on
+/// `SESSION_FILE_PATH`, prefixed with `SESSION_COOKIE_NAME`; without a `SECRET_KEY`, refused
+/// (never a panic).
+#[test]
+fn the_settings_open_djangos_layout_and_refuse_it_without_a_secret_key() {
+    use crate::config::{Engine, SessionFormat, Settings};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        engine: Engine::File,
+        format: SessionFormat::Django,
+        file_path: tmp.path().join("sessions"),
+        cookie_name: "mysite_session".into(),
+        secret_key: None,
+        ..Settings::default()
+    };
+    let refused = crate::store::open(&settings).err();
+    assert!(
+        matches!(&refused, Some(StoreError::Unavailable(why)) if why.contains("SECRET_KEY")),
+        "{refused:?}"
+    );
+    settings.secret_key = Some(crate::signing::SecretKey::new(SECRET));
+    let store = crate::store::open(&settings).expect("open");
+    let key = store
+        .create(&record(json!({"a": 1}), Expiry::Default))
+        .expect("create");
+    assert_eq!(store.parse_key(&key.to_string()), Some(key));
+    assert_eq!(
+        names_in(&settings.file_path),
+        [format!("mysite_session{key}")]
+    );
+    let again = crate::store::open_existing(&settings).expect("open existing");
+    assert!(again.load(&key).expect("load").is_some());
+}

@@ -3,7 +3,7 @@
 //! and cleanup's verdict on each entry.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::FileType;
@@ -34,15 +34,22 @@ impl std::fmt::Debug for DjangoLock {
     }
 }
 
+/// A copy of a save that took the session's name by an exchange.
+struct Swapped {
+    /// The temp name the copy it replaced has now.
+    temp: String,
+    /// The device and inode of ours, if known.
+    ours: Option<(u64, u64)>,
+}
+
 /// What a session file holds.
 pub(super) enum Found {
     /// A session, live.
     Live(Record),
     /// A session that has ended.
     Expired(Record),
-    /// No session of ours: why, and whether Django's own rule (mtime +
-    /// `SESSION_COOKIE_AGE`) takes it for expired.
-    Refused { why: String, stale: bool },
+    /// No session of ours (tampered, another key's, over the size limit): why.
+    Refused { why: String },
 }
 
 /// Reads all of `file` from offset 0, at most `limit` bytes: `None` when it holds more.
@@ -85,10 +92,8 @@ impl DjangoFileStore {
             .metadata()
             .and_then(|m| m.modified())
             .map_err(io)?;
-        let stale = Expiry::Default.date(mtime, self.cookie_age) <= now;
         let refused = |why: &str| Found::Refused {
             why: why.to_owned(),
-            stale,
         };
         let Some(bytes) = read_all(&entry.file, entry.len, self.max_file_size).map_err(io)? else {
             return Ok(refused("over the size limit"));
@@ -172,50 +177,51 @@ impl DjangoFileStore {
     /// an exchange. When the copy the exchange hands back is not the one `held` locked,
     /// something was renamed in since the lock's check (Django, or a writer of ours that
     /// locked Django's copy): that copy is read, `changes` applied on top, and written
-    /// again, at most [`MAX_MERGES`] times. Returns what was written last.
+    /// again, at most [`MAX_MERGES`] times. Returns what was written last. Once a copy of
+    /// this save has the name the save has happened: a later write that fails (a merge over
+    /// the size limit, the file removed by Django) leaves it, logged.
     ///
     /// # Errors
-    /// [`StoreError::Deleted`] when the name is gone, [`StoreError::TooLarge`], I/O failures.
+    /// Of the first write only: [`StoreError::Deleted`] when the name is gone,
+    /// [`StoreError::TooLarge`], I/O failures.
     pub(super) fn publish(
         &self,
         key: &SessionKey,
         held: &DjangoLock,
         changes: &ChangeSet,
-        mut record: Record,
+        record: Record,
     ) -> Result<Record, StoreError> {
         let name = &held.0.name;
+        // The copy the next exchange should hand back: the one locked, then our last.
         let mut replaced = (held.0.entry.dev, held.0.entry.ino);
         // Our copies, each locked from before it takes the name until this save is done.
         let mut ours: Vec<File> = Vec::new();
-        let mut merges = 0;
-        loop {
-            let text = self
-                .codec
-                .encode(Some(key), &record, (self.clock)(), self.max_file_size)?;
-            let (temp, file) = self
-                .dir
-                .write_temp(text.as_bytes(), None)
-                .map_err(|e| self.dir.error("write session file", name, e))?;
-            // A new inode no one else has opened: the lock is free. (Should the try fail,
-            // the copy is unlocked, as Django's are.)
-            let _ = lock_exclusive_until(&file, Instant::now());
-            let mine = file
-                .metadata()
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    (m.dev(), m.ino())
-                })
-                .ok();
-            ours.push(file);
-            match self.dir.exchange(&temp, name)? {
-                Exchanged::Gone => return Err(StoreError::Deleted(*key)),
-                Exchanged::Replaced => return Ok(record),
-                Exchanged::Swapped => {}
-            }
+        let mut record = record;
+        let mut written: Option<Record> = None;
+        for merges in 0..=MAX_MERGES {
+            let Swapped { temp, ours: mine } = match self.write_copy(key, name, &record, &mut ours)
+            {
+                Ok(Some(swapped)) => swapped,
+                Ok(None) => return Ok(record),
+                Err(e) => {
+                    let Some(written) = written else {
+                        return Err(e);
+                    };
+                    log::warn!(
+                        "{}: a Django write came in during a save; the save stands, but \
+                         merging the two failed ({e}): Django's change is lost",
+                        key.short()
+                    );
+                    return Ok(written);
+                }
+            };
             // The copy replaced is at the temp name now.
-            let theirs = match self.dir.identity(&temp) {
-                Some(found) if found != replaced && merges < MAX_MERGES => {
-                    self.renamed_in(key, &temp)?
+            let theirs = match (self.dir.identity(&temp), mine) {
+                (Some(found), Some(_)) if found != replaced && merges < MAX_MERGES => {
+                    self.renamed_in(key, &temp).unwrap_or_else(|e| {
+                        log::warn!("{}: cannot read a copy renamed in: {e}", key.short());
+                        None
+                    })
                 }
                 _ => None,
             };
@@ -230,9 +236,42 @@ impl DjangoFileStore {
                 key.short()
             );
             changes.apply_to(&mut theirs, SystemTime::now());
-            record = theirs;
+            written = Some(std::mem::replace(&mut record, theirs));
             replaced = mine;
-            merges += 1;
+        }
+        Ok(record)
+    }
+
+    /// One write of `record` to the session file `name`: a temp file locked (and kept in
+    /// `ours`) before it takes the name by an exchange. `Ok(Some(_))`: the copy replaced is
+    /// at the temp name ([`Swapped`]); `Ok(None)`: written by a plain rename (no
+    /// `renameat2`), the copy replaced gone.
+    ///
+    /// # Errors
+    /// [`StoreError::Deleted`] when the name is gone, [`StoreError::TooLarge`], I/O failures.
+    fn write_copy(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        record: &Record,
+        ours: &mut Vec<File>,
+    ) -> Result<Option<Swapped>, StoreError> {
+        let text = self
+            .codec
+            .encode(Some(key), record, (self.clock)(), self.max_file_size)?;
+        let (temp, file) = self
+            .dir
+            .write_temp(text.as_bytes(), None)
+            .map_err(|e| self.dir.error("write session file", name, e))?;
+        // A new inode no one else has opened: the lock is free. (Should the try fail, the
+        // copy is unlocked, as Django's are.)
+        let _ = lock_exclusive_until(&file, Instant::now());
+        let mine = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        ours.push(file);
+        match self.dir.exchange(&temp, name)? {
+            Exchanged::Gone => Err(StoreError::Deleted(*key)),
+            Exchanged::Replaced => Ok(None),
+            Exchanged::Swapped => Ok(Some(Swapped { temp, ours: mine })),
         }
     }
 
@@ -295,7 +334,7 @@ impl DjangoFileStore {
             match self.clear_session(&key, name, now, wait) {
                 Ok(Cleared::Kept) => report.kept += 1,
                 Ok(Cleared::Expired) => report.expired += 1,
-                Ok(Cleared::Corrupt) => report.corrupt += 1,
+                Ok(Cleared::Unreadable) => report.skipped += 1,
                 Ok(Cleared::Gone) => {}
                 Err(e) => {
                     log::warn!(
@@ -323,9 +362,10 @@ impl DjangoFileStore {
             })
     }
 
-    /// Removes one session file if it has ended, or holds no session of ours and Django's
-    /// rule takes it for expired; decided again under its lock, so that a session written
-    /// meanwhile is kept.
+    /// Removes one session file if it has ended, decided again under its lock, so that a
+    /// session written meanwhile is kept. A file that holds no session of ours is left: it
+    /// may be a live session of Django's signed with a key this store was not given (a
+    /// `SECRET_KEY` mistyped, or behind a rotation), whose end only Django can read.
     fn clear_session(
         &self,
         key: &SessionKey,
@@ -337,15 +377,24 @@ impl DjangoFileStore {
             Opened::Missing => return Ok(Cleared::Gone),
             Opened::File(entry) => entry,
         };
-        if verdict_on(self.read_file(&entry, name, now)?) == Cleared::Kept {
-            return Ok(Cleared::Kept);
+        match verdict_on(self.read_file(&entry, name, now)?) {
+            Cleared::Expired => {}
+            Cleared::Unreadable => {
+                log_refused(
+                    "clearsessions left the Django session file",
+                    Some(key),
+                    "unreadable",
+                );
+                return Ok(Cleared::Unreadable);
+            }
+            other => return Ok(other),
         }
         drop(entry);
         let Some(held) = self.dir.lock_current(key, name, wait, None)? else {
             return Ok(Cleared::Gone);
         };
         let verdict = verdict_on(self.read_file(&held.entry, name, SystemTime::now())?);
-        if verdict == Cleared::Kept {
+        if verdict != Cleared::Expired {
             return Ok(verdict);
         }
         match self.dir.unlink(name) {
@@ -361,15 +410,15 @@ impl DjangoFileStore {
 enum Cleared {
     Kept,
     Expired,
-    Corrupt,
+    Unreadable,
     Gone,
 }
 
 /// Cleanup's verdict on what a file holds.
 fn verdict_on(found: Found) -> Cleared {
     match found {
-        Found::Live(_) | Found::Refused { stale: false, .. } => Cleared::Kept,
+        Found::Live(_) => Cleared::Kept,
         Found::Expired(_) => Cleared::Expired,
-        Found::Refused { stale: true, .. } => Cleared::Corrupt,
+        Found::Refused { .. } => Cleared::Unreadable,
     }
 }

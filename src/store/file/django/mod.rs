@@ -71,7 +71,10 @@ use crate::store::{
 ///   the lock timeout), checks that the inode it locked is still the one at the name (else
 ///   it locks the new one), reads the newest copy, applies only its request's
 ///   [`ChangeSet`](crate::ChangeSet) and writes. In `request` mode the lock is held from the
-///   load to the save, as [`FileStore`](crate::FileStore)'s.
+///   load to the save, as [`FileStore`](crate::FileStore)'s, so that a read-modify-write is
+///   exact; but Django takes no lock, and a Django write during the request puts a new,
+///   unlocked file at the name, which another request of ours may then lock: the two merge
+///   their changes onto the newest copy instead of running one at a time.
 /// * **Whole files.** Every write is a new temp file `.<uuid>.tmp` (0600) in the same
 ///   directory, given the name in one step (`renameat2(RENAME_EXCHANGE)`), so Django and
 ///   this store read the old file or the new one, never a mix; a crash leaves at most a
@@ -97,14 +100,15 @@ use crate::store::{
 /// # Cleanup
 ///
 /// `clearsessions` (and the server's sweep) looks only at two kinds of entries: regular
-/// files named `<prefix><key>` with a Django key, and this store's own temp files
-/// (`.<uuid>.tmp`, owned by this user). A session file is removed under its lock when
-/// expired, or, when it holds no session of ours (another key, tampered), once
-/// mtime + `SESSION_COOKIE_AGE` has passed (as Django's `clear_expired` removes such a
-/// file); a temp file once older than the leftover age. Every other entry is left alone:
-/// Django's directory is often the system's temp directory. Django's own temp files
-/// (`<prefix><key>_out_<random>`, left by a crash) are Django's: left, as Django leaves
-/// them.
+/// files named `<prefix><key>` with a Django key, removed under their lock once ended, and
+/// this store's own temp files (`.<uuid>.tmp`, owned by this user), removed once older than
+/// the leftover age. Every other entry is left alone: Django's directory is often the
+/// system's temp directory. So are session files this store cannot read (tampered, signed
+/// with a key it was not given, over its size limit): one may be a live session of Django's
+/// whose end only Django can read (a `SECRET_KEY` mistyped here, or behind a rotation,
+/// must not make cleanup remove a site's 30-day sessions); Django's own `clear_expired`
+/// removes them by its rule. Django's temp files (`<prefix><key>_out_<random>`, left by a
+/// crash) are Django's: left, as Django leaves them.
 ///
 /// # Example
 ///

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::expiry::Expiry;
+
+mod races;
 use crate::signing::SESSION_SALT;
 
 const SECRET: &str = "django-insecure-filesession-vector-key";
@@ -375,7 +377,7 @@ fn cleanup_removes_ended_sessions_and_our_leftovers_and_nothing_else() {
             report.leftovers,
             report.kept
         ),
-        (1, 1, 1, 2),
+        (1, 0, 1, 1),
         "{report:?}"
     );
     let mut left = names_in(dir);
@@ -385,7 +387,9 @@ fn cleanup_removes_ended_sessions_and_our_leftovers_and_nothing_else() {
         subdir,
         link,
         live.django_file_name("sessionid"),
+        // Unreadable: perhaps a live session of Django's under a key we were not given.
         young_garbage.django_file_name("sessionid"),
+        old_garbage.django_file_name("sessionid"),
     ]);
     expected.sort();
     left.sort();
@@ -418,103 +422,6 @@ fn cycle_moves_the_session_to_a_new_django_key() {
     let loaded = locked.load(&new_key).expect("load").expect("live");
     let shown = format!("{:?}", loaded.lock);
     assert!(!shown.contains(&new_key.to_string()), "{shown}");
-}
-
-/// A Django rename between a save's lock and its write: the writer of ours that locked the
-/// old file, and the one that locked Django's, both keep their change (and Django's is
-/// merged too, having renamed in before either write).
-#[test]
-fn a_django_rename_during_our_saves_loses_no_change_of_ours() {
-    let codec = DjangoCodec::new(signer());
-    let djangos = |data: Value| {
-        codec
-            .encode(
-                None,
-                &record(data, Expiry::Default),
-                SystemTime::now(),
-                1 << 20,
-            )
-            .expect("encode")
-    };
-    for w2_first in [true, false] {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let store = store_in(tmp.path());
-        let key = store
-            .create(&record(json!({"base": 0}), Expiry::Default))
-            .expect("create");
-        // W1 locks the file and reads it.
-        let c1 = changes(&[("w1", json!(1))]);
-        let w1 = store.lock_for_write(&key, None).expect("W1's lock");
-        let w1_read = store.stored_under(&key, &w1).expect("W1 reads");
-        // Django renames its copy in: a new inode, unlocked.
-        django_writes(tmp.path(), &key, &djangos(json!({"base": 0, "django": 1})));
-        // W2 locks Django's file (free), reads it.
-        let c2 = changes(&[("w2", json!(2))]);
-        let w2 = store
-            .lock_for_write(&key, None)
-            .expect("W2's lock on Django's copy");
-        let w2_read = store.stored_under(&key, &w2).expect("W2 reads");
-        let merged = |c: &ChangeSet, read: &Record| {
-            c.merge_into(Some(read.clone()), SystemTime::now())
-                .into_record()
-        };
-        if w2_first {
-            store
-                .publish(&key, &w2, &c2, merged(&c2, &w2_read))
-                .expect("W2 writes");
-            store
-                .publish(&key, &w1, &c1, merged(&c1, &w1_read))
-                .expect("W1 writes");
-        } else {
-            store
-                .publish(&key, &w1, &c1, merged(&c1, &w1_read))
-                .expect("W1 writes");
-            store
-                .publish(&key, &w2, &c2, merged(&c2, &w2_read))
-                .expect("W2 writes");
-        }
-        drop((w1, w2));
-        let loaded = store.load(&key).expect("load").expect("live");
-        let data = data_of(&loaded);
-        assert_eq!(data["w1"], json!(1), "{w2_first}: {data}");
-        assert_eq!(data["w2"], json!(2), "{w2_first}: {data}");
-        assert_eq!(data["base"], json!(0), "{w2_first}: {data}");
-        assert_eq!(
-            names_in(tmp.path()),
-            [key.django_file_name("sessionid")],
-            "no copy left behind"
-        );
-    }
-}
-
-/// Django removes the session between our lock and our write: the write fails, creating
-/// nothing.
-#[test]
-fn a_save_after_django_removed_the_file_is_deleted_not_resurrected() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let store = store_in(tmp.path());
-    let key = store
-        .create(&record(json!({"a": 1}), Expiry::Default))
-        .expect("create");
-    let held = store.lock_for_write(&key, None).expect("lock");
-    let read = store.stored_under(&key, &held).expect("read");
-    fs::remove_file(store.path_of(&key)).expect("Django's delete");
-    let c = changes(&[("b", json!(2))]);
-    let written = store.publish(
-        &key,
-        &held,
-        &c,
-        c.merge_into(Some(read), SystemTime::now()).into_record(),
-    );
-    assert!(
-        matches!(written, Err(StoreError::Deleted(k)) if k == key),
-        "{written:?}"
-    );
-    assert!(
-        names_in(tmp.path()).is_empty(),
-        "{:?}",
-        names_in(tmp.path())
-    );
 }
 
 /// `store::open` with `SESSION_FORMAT=django` and `SESSION_ENGINE=file`: this store on

@@ -213,6 +213,34 @@ fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     })
 }
 
+/// Django's file layout (`SESSION_FORMAT=django`, `SESSION_ENGINE=file`): Django's keys,
+/// `sessionid<key>` files of Django's signed data.
+fn django_file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let signer = filesession::signing::Signer::new(
+        "django-insecure-filesession-conformance-key",
+        &[],
+        filesession::signing::SESSION_SALT,
+    );
+    let store = filesession::DjangoFileStore::open(
+        dir.path(),
+        signer,
+        "sessionid",
+        Duration::from_secs(1_209_600),
+    )
+    .expect("open Django file store")
+    .with_locking(locking)
+    .with_lock_timeout(lock_timeout);
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        #[cfg(feature = "redis")]
+        _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
+    })
+}
+
 /// `cached_db`: a SQLite file in a temp dir, with the Redis of the Redis cases as its cache
 /// (sessions have random keys: tests may share it).
 #[cfg(all(feature = "redis", feature = "sqlite"))]
@@ -277,6 +305,22 @@ fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
 
 fn session(store: &Arc<dyn SessionStore>, key: Option<SessionKey>) -> Session {
     Session::new(store.clone(), key, SessionConfig::default())
+}
+
+/// A fresh random key of the kind `store` keeps (a UUID, or Django's key for a store of
+/// Django's format): one that could name a session there, but names none.
+fn unused_key(store: &Arc<dyn SessionStore>) -> SessionKey {
+    let key = SessionKey::generate();
+    if store.parse_key(&key.to_string()).is_some() {
+        return key;
+    }
+    let key = SessionKey::generate_django();
+    assert_eq!(
+        store.parse_key(&key.to_string()),
+        Some(key),
+        "a key of some kind"
+    );
+    key
 }
 
 /// Saves a session holding `pairs` and returns its key.
@@ -460,17 +504,9 @@ fn expiry(store: Arc<dyn SessionStore>) {
     );
 }
 
-/// A key of the store's own kind (as its cookies carry) that names no session.
-fn unknown_key(store: &Arc<dyn SessionStore>) -> SessionKey {
-    store
-        .parse_key(&SessionKey::generate().to_string())
-        .or_else(|| store.parse_key(&SessionKey::generate_django().to_string()))
-        .expect("the store takes UUID v4 or Django keys")
-}
-
 /// An unknown key from a cookie is never adopted: a write creates a fresh key.
 fn fixation(store: Arc<dyn SessionStore>) {
-    let planted = unknown_key(&store);
+    let planted = unused_key(&store);
     let mut s = session(&store, Some(planted));
     assert_eq!(s.get("anything"), None);
     assert_eq!(s.session_key(), None);
@@ -478,6 +514,8 @@ fn fixation(store: Arc<dyn SessionStore>) {
     s.save().expect("save");
     let key = *s.session_key().expect("new key");
     assert_ne!(key, planted);
+    // The cookie the store's key becomes names it again.
+    assert_eq!(store.parse_key(&key.to_string()), Some(key));
     assert!(!store.exists(&planted).expect("exists planted"));
     assert!(store.exists(&key).expect("exists new"));
     // Nor is a key someone else saves into while we hold it.
@@ -703,6 +741,7 @@ macro_rules! conformance {
 
 conformance!(memory);
 conformance!(file);
+conformance!(django_file);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite);
 #[cfg(feature = "sqlite")]

@@ -12,8 +12,6 @@
 //!   and stays as written while the rule it says is unchanged, so a session is re-encoded
 //!   as Django would encode it.
 
-// Until the Django-format stores use all of it.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,7 +106,7 @@ impl DjangoCodec {
     }
 
     /// The signer.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn signer(&self) -> &Signer {
         &self.signer
     }

@@ -32,10 +32,13 @@
 mod common;
 #[path = "django_shared/harness.rs"]
 mod harness;
+#[path = "django_shared/http.rs"]
+mod http;
 #[path = "django_shared/scenarios.rs"]
 mod scenarios;
 
-use harness::{Browser, Engine, OLD_KEY, Site};
+use harness::{Engine, OLD_KEY, Site};
+use http::Browser;
 use scenarios::Ctx;
 
 type Scenario = (&'static str, fn(&Ctx));

@@ -5,9 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::harness::{
-    Browser, Django, Engine, NEW_KEY, OLD_KEY, Ours, Site, empty, without_expiry,
-};
+use crate::harness::{Django, Engine, NEW_KEY, OLD_KEY, Ours, Site};
+use crate::http::{Browser, empty, without_expiry};
 
 /// What both sides share in one scenario: the store, and a Django and a filesession on it
 /// with `SECRET_KEY=OLD_KEY`.

@@ -13,7 +13,9 @@
 //! * (e) key rotation with `SECRET_KEY_FALLBACKS`, both ways; without it, no session;
 //! * (f) a changed byte in the row, file or cookie is no session on both sides, and
 //!   filesession's next write is a new session;
-//! * (g) an expiry set on either side ends the session on the other.
+//! * (g) an expiry set on either side ends the session on the other;
+//! * (h, db and file) writers on both sides at once: ours never lose a key of Django's on
+//!   db; on file, see [`scenarios::concurrent_writers`].
 //!
 //! Python: `FILESESSION_DJANGO_PYTHON`, else `tests/django/.venv/bin/python`, else
 //! `bench/.venv/bin/python`, with Django 5.2 (and psycopg 3 for PostgreSQL). Without one
@@ -63,6 +65,12 @@ fn scenarios_for(engine: Engine) -> Vec<Scenario> {
         ("f: tampering", scenarios::tampering),
         ("g: expiry", scenarios::expiry),
     ];
+    if engine != Engine::SignedCookies {
+        all.push((
+            "h: writers on both sides at once",
+            scenarios::concurrent_writers as fn(&Ctx),
+        ));
+    }
     if engine == Engine::SignedCookies {
         all.push((
             "g: SESSION_COOKIE_AGE",

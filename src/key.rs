@@ -212,6 +212,27 @@ pub(crate) fn shown_name(name: &str) -> String {
     }
 }
 
+/// A directory entry's name in Django's layout as logs show it: `<prefix><key>` with the
+/// key shortened (`sessionidq2u7ep5m…`); any other name that starts with the prefix (Django's
+/// own temp files, `<prefix><key>_out_<random>`, carry a key) cut 8 characters after it;
+/// other names as [`shown_name`] shows them.
+pub(crate) fn shown_django_name(name: &str, prefix: &str) -> String {
+    match name.strip_prefix(prefix) {
+        Some(rest) => match SessionKey::parse_django(rest) {
+            Some(key) => format!("{prefix}{}", key.short()),
+            None if rest.len() > SHOWN_KEY_CHARS => {
+                let cut = rest
+                    .char_indices()
+                    .nth(SHOWN_KEY_CHARS)
+                    .map_or(rest.len(), |(i, _)| i);
+                format!("{prefix}{}…", &rest[..cut])
+            }
+            None => name.to_owned(),
+        },
+        None => shown_name(name),
+    }
+}
+
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text())
@@ -348,5 +369,13 @@ mod tests {
         assert_eq!(key.short(), "q2u7ep5m…");
         assert_eq!(format!("{key:?}"), "SessionKey(q2u7ep5m…)");
         assert_ne!(key.as_bytes(), SessionKey::generate_django().as_bytes());
+        let name = key.django_file_name("sessionid");
+        assert_eq!(shown_django_name(&name, "sessionid"), "sessionidq2u7ep5m…");
+        assert_eq!(
+            shown_django_name(&format!("{name}_out_abcd1234"), "sessionid"),
+            "sessionidq2u7ep5m…"
+        );
+        assert_eq!(shown_django_name("sessionidé", "sessionid"), "sessionidé");
+        assert_eq!(shown_django_name(".tmp-abc", "sessionid"), ".tmp-abc");
     }
 }

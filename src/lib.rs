@@ -60,7 +60,7 @@
 //! | the session (Django's `SessionBase`) | [`Session`], [`SessionKey`], [`Expiry`], [`SessionConfig`] |
 //! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`] |
 //! | the store contract ([`store`]) | [`SessionStore`] (storage), [`LockPreflight`] (waiting for a lock off the one thread), [`ExpiredDeletion`] (cleanup); [`store::open`]; [`Record`], [`ChangeSet`], [`SessionLock`], [`Lease`], [`Acquired`], [`StoreError`] |
-//! | stores | [`FileStore`] (the default), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
+//! | stores | [`FileStore`] (the default), [`DjangoFileStore`] (Django's file layout, shared with a Django site), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
 //! | tower and axum | `tower::SessionLayer`, `tower::SessionHandle` (the axum extractor): features `tower`, `axum` |
@@ -162,7 +162,7 @@ pub use router::{Handler, Routed, Router};
 pub use server::{LISTEN_BACKLOG, Server, StopHandle, raise_open_files_limit};
 pub use session::{Session, TEST_COOKIE_NAME, TEST_COOKIE_VALUE};
 pub use settings_table::{SETTINGS, Setting};
-pub use store::file::{DEFAULT_LEFTOVER_AGE, DEFAULT_MAX_FILE_SIZE, FileStore};
+pub use store::file::{DEFAULT_LEFTOVER_AGE, DEFAULT_MAX_FILE_SIZE, DjangoFileStore, FileStore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;

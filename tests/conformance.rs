@@ -9,7 +9,8 @@
 //! PostgreSQL (feature `postgres`): the server at `FILESESSION_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5439/postgres`), a table of its own per test, dropped
 //! after; unreachable, the cases print `SKIPPED` and pass, unless
-//! `FILESESSION_POSTGRES_TEST=require`.
+//! `FILESESSION_POSTGRES_TEST=require`. Both also in Django's format (`sqlite_django`,
+//! `postgres_django`: Django's table, signed rows, Django's keys).
 
 mod common;
 
@@ -45,9 +46,11 @@ struct TableCleanup {
 impl Drop for TableCleanup {
     fn drop(&mut self) {
         if let Ok(mut client) = common::Pg::connect(&self.url) {
+            // Apart: a Django-format test may run where filesession_schema does not exist.
+            let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table));
             let _ = client.batch_execute(&format!(
-                "DROP TABLE IF EXISTS {t}; DELETE FROM filesession_schema WHERE table_name = '{t}'",
-                t = self.table
+                "DELETE FROM filesession_schema WHERE table_name = '{}'",
+                self.table
             ));
         }
     }
@@ -125,12 +128,57 @@ fn sqlite(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
     })
 }
 
+/// The signer of the Django-format stores: Django's `SECRET_KEY` and session salt.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn django_signer() -> filesession::signing::Signer {
+    filesession::signing::Signer::new(
+        "django-insecure-conformance",
+        &[],
+        filesession::signing::SESSION_SALT,
+    )
+}
+
+/// SQLite in Django's format: Django's `django_session`, made as its migration makes it.
+#[cfg(feature = "sqlite")]
+fn sqlite_django(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
+    let store = filesession::DbStore::open_django(&url, "django_session", django_signer())
+        .expect("open SQLite")
+        .with_locking(locking)
+        .with_lock_timeout(lock_timeout);
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        #[cfg(feature = "redis")]
+        _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
+    })
+}
+
 #[cfg(feature = "postgres")]
 fn postgres(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    postgres_as(locking, lock_timeout, false)
+}
+
+/// PostgreSQL in Django's format: a table of Django's layout per test.
+#[cfg(feature = "postgres")]
+fn postgres_django(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    postgres_as(locking, lock_timeout, true)
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_as(locking: Locking, lock_timeout: Duration, django: bool) -> Option<Fixture> {
     let url = postgres_url();
     // A table of its own per test: tests run in parallel on one database.
     let table = format!("t_{}", SessionKey::generate().to_string().replace('-', ""));
-    match filesession::DbStore::open(&url, &table) {
+    let opened = if django {
+        filesession::DbStore::open_django(&url, &table, django_signer())
+    } else {
+        filesession::DbStore::open(&url, &table)
+    };
+    match opened {
         Ok(store) => Some(Fixture {
             store: Arc::new(store.with_locking(locking).with_lock_timeout(lock_timeout)),
             _dir: None,
@@ -155,6 +203,34 @@ fn file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
         .expect("open file store")
         .with_locking(locking)
         .with_lock_timeout(lock_timeout);
+    Some(Fixture {
+        store: Arc::new(store),
+        _dir: Some(dir),
+        #[cfg(feature = "redis")]
+        _redis: None,
+        #[cfg(feature = "postgres")]
+        _table: None,
+    })
+}
+
+/// Django's file layout (`SESSION_FORMAT=django`, `SESSION_ENGINE=file`): Django's keys,
+/// `sessionid<key>` files of Django's signed data.
+fn django_file(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let signer = filesession::signing::Signer::new(
+        "django-insecure-filesession-conformance-key",
+        &[],
+        filesession::signing::SESSION_SALT,
+    );
+    let store = filesession::DjangoFileStore::open(
+        dir.path(),
+        signer,
+        "sessionid",
+        Duration::from_secs(1_209_600),
+    )
+    .expect("open Django file store")
+    .with_locking(locking)
+    .with_lock_timeout(lock_timeout);
     Some(Fixture {
         store: Arc::new(store),
         _dir: Some(dir),
@@ -229,6 +305,22 @@ fn redis(locking: Locking, lock_timeout: Duration) -> Option<Fixture> {
 
 fn session(store: &Arc<dyn SessionStore>, key: Option<SessionKey>) -> Session {
     Session::new(store.clone(), key, SessionConfig::default())
+}
+
+/// A fresh random key of the kind `store` keeps (a UUID, or Django's key for a store of
+/// Django's format): one that could name a session there, but names none.
+fn unused_key(store: &Arc<dyn SessionStore>) -> SessionKey {
+    let key = SessionKey::generate();
+    if store.parse_key(&key.to_string()).is_some() {
+        return key;
+    }
+    let key = SessionKey::generate_django();
+    assert_eq!(
+        store.parse_key(&key.to_string()),
+        Some(key),
+        "a key of some kind"
+    );
+    key
 }
 
 /// Saves a session holding `pairs` and returns its key.
@@ -414,7 +506,7 @@ fn expiry(store: Arc<dyn SessionStore>) {
 
 /// An unknown key from a cookie is never adopted: a write creates a fresh key.
 fn fixation(store: Arc<dyn SessionStore>) {
-    let planted = SessionKey::generate();
+    let planted = unused_key(&store);
     let mut s = session(&store, Some(planted));
     assert_eq!(s.get("anything"), None);
     assert_eq!(s.session_key(), None);
@@ -422,10 +514,37 @@ fn fixation(store: Arc<dyn SessionStore>) {
     s.save().expect("save");
     let key = *s.session_key().expect("new key");
     assert_ne!(key, planted);
+    // The cookie the store's key becomes names it again.
+    assert_eq!(store.parse_key(&key.to_string()), Some(key));
     assert!(!store.exists(&planted).expect("exists planted"));
     assert!(store.exists(&key).expect("exists new"));
     // Nor is a key someone else saves into while we hold it.
     assert!(store.load(&planted).expect("load").is_none());
+}
+
+/// The keys a store makes are the keys its cookies are read as; a key of the other kind
+/// (a UUID v4 given to a store of Django's format, a Django key to one of filesession's)
+/// names no session of the store, and a write under it makes a fresh key of the store's.
+fn foreign_keys(store: Arc<dyn SessionStore>) {
+    let key = stored(&store, &[("user", json!(1))]);
+    assert_eq!(store.parse_key(&key.to_string()), Some(key));
+    let foreign = if key.is_django() {
+        SessionKey::generate()
+    } else {
+        SessionKey::generate_django()
+    };
+    assert_eq!(store.parse_key(&foreign.to_string()), None);
+    assert!(store.load(&foreign).expect("load").is_none());
+    assert!(!store.exists(&foreign).expect("exists"));
+    let mut s = session(&store, Some(foreign));
+    assert_eq!(s.get("user"), None);
+    s.insert("user", 2);
+    s.save().expect("save");
+    let fresh = *s.session_key().expect("a fresh key");
+    assert_ne!(fresh, foreign);
+    assert_eq!(fresh.is_django(), key.is_django());
+    assert!(!store.exists(&foreign).expect("exists"));
+    assert_eq!(session(&store, Some(key)).get("user"), Some(&json!(1)));
 }
 
 /// create never overwrites: 1000 creates from 4 threads give 1000 distinct live keys.
@@ -593,6 +712,10 @@ macro_rules! conformance {
                 run(Locking::Merge, super::fixation);
             }
             #[test]
+            fn foreign_keys() {
+                run(Locking::Merge, super::foreign_keys);
+            }
+            #[test]
             fn exclusive_create() {
                 run(Locking::Merge, super::exclusive_create);
             }
@@ -618,10 +741,15 @@ macro_rules! conformance {
 
 conformance!(memory);
 conformance!(file);
+conformance!(django_file);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_django);
 #[cfg(feature = "postgres")]
 conformance!(postgres);
+#[cfg(feature = "postgres")]
+conformance!(postgres_django);
 #[cfg(feature = "redis")]
 conformance!(redis);
 #[cfg(all(feature = "redis", feature = "sqlite"))]

@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,34 +32,6 @@ else:
     out = [signer.unsign_object(s, serializer=signing.JSONSerializer) for s in items]
 print(json.dumps(out))
 "#;
-
-fn repo_root() -> &'static Path {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-    server.parent().unwrap_or(server)
-}
-
-/// A Python with Django 5.2, or why there is none.
-fn python() -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("FILESESSION_DJANGO_PYTHON") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            repo_root().join("tests/django/.venv/bin/python"),
-            repo_root().join("bench/.venv/bin/python"),
-        ],
-    };
-    for python in &candidates {
-        let out = Command::new(python)
-            .args(["-c", "import django; print(django.get_version())"])
-            .output();
-        if let Ok(out) = out
-            && out.status.success()
-            && String::from_utf8_lossy(&out.stdout).starts_with("5.2")
-        {
-            return Ok(python.clone());
-        }
-    }
-    Err(format!("no Python with Django 5.2 among {candidates:?}"))
-}
 
 fn django(python: &Path, mode: &str, items: &Value) -> Value {
     let mut child = Command::new(python)
@@ -97,7 +69,7 @@ fn objects() -> Vec<Value> {
 
 #[test]
 fn django_and_filesession_read_each_others_signed_sessions() {
-    let python = match python() {
+    let python = match common::django_python() {
         Ok(python) => python,
         Err(why) => {
             common::skip("Django signing", &why, "FILESESSION_DJANGO_TEST");

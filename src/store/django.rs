@@ -12,8 +12,6 @@
 //!   and stays as written while the rule it says is unchanged, so a session is re-encoded
 //!   as Django would encode it.
 
-// Until the Django-format stores use all of it.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -108,6 +106,7 @@ impl DjangoCodec {
     }
 
     /// The signer.
+    #[cfg(test)]
     pub(crate) fn signer(&self) -> &Signer {
         &self.signer
     }
@@ -165,6 +164,7 @@ pub(crate) fn format_iso(t: SystemTime) -> String {
 
 /// `expire_date` as Django's SQLite backend stores it: naive UTC,
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (microseconds dropped when zero).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn format_expire_date(t: SystemTime) -> String {
     naive(t, ' ')
 }
@@ -179,6 +179,7 @@ fn naive(t: SystemTime, separator: char) -> String {
 }
 
 /// `expire_date`'s text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, naive UTC), or `None`.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn parse_expire_date(text: &str) -> Option<SystemTime> {
     parse_iso(text)
 }

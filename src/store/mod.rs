@@ -77,7 +77,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::{Engine, Settings};
+use crate::config::{Engine, SessionFormat, Settings};
 use crate::key::SessionKey;
 
 #[cfg(all(feature = "redis", any(feature = "sqlite", feature = "postgres")))]
@@ -115,7 +115,8 @@ pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A place sessions are kept: Django's `SessionBase` backend contract, storage only.
-/// Implemented by [`FileStore`](crate::FileStore), [`MemoryStore`](crate::MemoryStore) and
+/// Implemented by [`FileStore`](crate::FileStore),
+/// [`DjangoFileStore`](crate::DjangoFileStore), [`MemoryStore`](crate::MemoryStore) and
 /// `RedisStore` (feature `redis`).
 ///
 /// Every method may be called from several threads and processes at once; a store makes
@@ -295,10 +296,13 @@ pub trait ExpiredDeletion: Send + Sync {
 
 /// Opens the store the settings name (`SESSION_ENGINE`) with their locking mode and lock
 /// timeout, ready to share between threads. A missing sessions directory, SQLite file or
-/// table is created, as `runserver` needs.
+/// table is created, as `runserver` needs. `SESSION_ENGINE=file` with
+/// `SESSION_FORMAT=django` is a [`DjangoFileStore`](crate::DjangoFileStore) on
+/// `SESSION_FILE_PATH`, its files prefixed with `SESSION_COOKIE_NAME`.
 ///
 /// # Errors
-/// [`StoreError::Unavailable`]: the sessions directory cannot be created or written, or
+/// [`StoreError::Unavailable`]: the sessions directory cannot be created or written,
+/// `SESSION_FORMAT=django` without a `SECRET_KEY`, or
 /// `redis` was asked of a build without the `redis` feature, the database's too;
 /// [`StoreError::Backend`]: Redis or the database does not answer.
 pub fn open(settings: &Settings) -> Result<Arc<dyn SessionStore>, StoreError> {
@@ -319,6 +323,27 @@ pub fn open_existing(settings: &Settings) -> Result<Arc<dyn SessionStore>, Store
 fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, StoreError> {
     let lock = LockConfig::from(settings);
     match settings.engine {
+        Engine::File if settings.format == SessionFormat::Django => {
+            let signer = settings.signer(&settings.signing_salt).ok_or_else(|| {
+                StoreError::Unavailable(
+                    "SESSION_FORMAT=django needs SECRET_KEY, which signs Django's session files"
+                        .into(),
+                )
+            })?;
+            let (dir, name, age) = (
+                &settings.file_path,
+                &settings.cookie_name,
+                settings.cookie_age,
+            );
+            let store = if create {
+                file::DjangoFileStore::open(dir, signer, name, age)?
+            } else {
+                file::DjangoFileStore::open_existing(dir, signer, name, age)?
+            };
+            Ok(Arc::new(
+                store.with_lock_config(lock).with_fsync(settings.file_fsync),
+            ))
+        }
         Engine::File => {
             let store = if create {
                 file::FileStore::open(&settings.file_path)?
@@ -333,10 +358,22 @@ fn open_as(settings: &Settings, create: bool) -> Result<Arc<dyn SessionStore>, S
             ))
         }
         Engine::Db => {
-            let store = if create {
-                db::DbStore::open(&settings.database_url, &settings.db_table)?
+            let url = &settings.database_url;
+            let store = if settings.format == SessionFormat::Django {
+                // Settings::validate wants a SECRET_KEY in Django's format.
+                let signer = settings.signer(&settings.signing_salt).ok_or_else(|| {
+                    StoreError::Unavailable("SESSION_FORMAT=django needs SECRET_KEY".into())
+                })?;
+                let table = settings.session_table();
+                if create {
+                    db::DbStore::open_django(url, table, signer)?
+                } else {
+                    db::DbStore::open_existing_django(url, table, signer)?
+                }
+            } else if create {
+                db::DbStore::open(url, &settings.db_table)?
             } else {
-                db::DbStore::open_existing(&settings.database_url, &settings.db_table)?
+                db::DbStore::open_existing(url, &settings.db_table)?
             };
             Ok(Arc::new(store.with_lock_config(lock)))
         }

@@ -27,6 +27,33 @@ pub fn skip(test: &str, missing: &str, switch: &str) {
     );
 }
 
+/// A Python with Django 5.2 for the tests against Django itself, or why there is none:
+/// `FILESESSION_DJANGO_PYTHON`, else `tests/django/.venv` or `bench/.venv` (`.ci/run`
+/// installs one and sets `FILESESSION_DJANGO_TEST=require`).
+pub fn django_python() -> Result<PathBuf, String> {
+    let server = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = server.parent().unwrap_or(server);
+    let candidates: Vec<PathBuf> = match std::env::var_os("FILESESSION_DJANGO_PYTHON") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            root.join("tests/django/.venv/bin/python"),
+            root.join("bench/.venv/bin/python"),
+        ],
+    };
+    for python in &candidates {
+        let out = Command::new(python)
+            .args(["-c", "import django; print(django.get_version())"])
+            .output();
+        if let Ok(out) = out
+            && out.status.success()
+            && String::from_utf8_lossy(&out.stdout).starts_with("5.2")
+        {
+            return Ok(python.clone());
+        }
+    }
+    Err(format!("no Python with Django 5.2 among {candidates:?}"))
+}
+
 /// The binary the end-to-end tests start: this build's, or the one `FILESESSION_BINARY`
 /// names (an older build, to measure a fault's "before" figure with the same test).
 pub fn binary() -> PathBuf {

@@ -88,7 +88,7 @@ fn store_text(settings: &Settings) -> String {
         Engine::Redis => format!("Redis at {}", filesession::redacted(&settings.redis_url)),
         Engine::Db => format!(
             "table {} of {}",
-            settings.db_table,
+            settings.session_table(),
             filesession::redacted(&settings.database_url)
         ),
         Engine::SignedCookies => "signed cookies (nothing on the server)".to_owned(),

@@ -12,10 +12,10 @@
 //! | `session_data` | `TEXT` | `text` | the JSON document a session file holds |
 //! | `expire_date` | `INTEGER`, Unix seconds | `timestamptz` | when it ends; indexed |
 //!
-//! Django's own `django_session` table is never used: its `session_data` is Django's signed
-//! format, and a Django app sharing the database would read our rows as corrupt. The
-//! version of the layout is kept in `filesession_schema` (one row per table); a table
-//! made by a newer layout is refused rather than misread.
+//! A table of this layout never holds Django's data, and Django's own table is never
+//! opened in this layout (refused, not adopted). The version of the layout is kept in
+//! `filesession_schema` (one row per table); a table made by a newer layout is refused
+//! rather than misread.
 //!
 //! # The guarantees, as the file store's
 //!
@@ -40,31 +40,74 @@
 //!   acknowledged.
 //! * **Expiry enforced on load**; `clearsessions` deletes expired rows in batches by the
 //!   `expire_date` index.
+//!
+//! # Django's format
+//!
+//! [`DbStore::open_django`] (`SESSION_FORMAT=django`, `SESSION_ENGINE=db`) shares the
+//! sessions of a running Django 5.2 site: its table (`django_session` by default), its rows,
+//! its keys.
+//!
+//! * **The table is Django's.** Opened as it is, never altered; checked to have
+//!   `session_key`, `session_data` and `expire_date` (else [`StoreError::Unavailable`]
+//!   names it); no `filesession_schema` row is written for it, and a table filesession made
+//!   for its own format is refused. Only if it is missing is it created, exactly as
+//!   Django's migration `sessions 0001` creates it (SQLite: `session_key varchar(40) NOT
+//!   NULL PRIMARY KEY`, `session_data text NOT NULL`, `expire_date datetime NOT NULL` and
+//!   the index `<table>_expire_date_<digest>`; PostgreSQL: `expire_date timestamp with time
+//!   zone`, and a `varchar_pattern_ops` index `<table>_session_key_<digest>_like`, the
+//!   names as Django's schema editor makes them). Django's `migrate` then wants
+//!   `--fake-initial` once, as for any table made before it ran.
+//! * **SQLite:** the database's journal mode is left as it is (Django's is `delete`; it is
+//!   never switched to WAL), and `expire_date` is Django's naive UTC text
+//!   (`2030-01-02 03:04:05.250000`), bound and compared as text as Django compares it: so
+//!   Django's `USE_TZ = True` (its default). The `request` locks live in `<table>_lock`, a
+//!   table of their own beside Django's.
+//! * **Rows:** `session_data` is Django's `SessionBase.encode` of the dictionary (signed
+//!   with `SECRET_KEY` and the salt `SESSION_SIGNING_SALT`; verified with `SECRET_KEY` then
+//!   `SECRET_KEY_FALLBACKS`), the expiry rule in `_session_expiry` as Django keeps it, and
+//!   the session's end in `expire_date`, enforced on load as Django's `expire_date > now`.
+//!   A row no key verifies (tampered, signed with another key) is no session, logged once
+//!   at `warn` (then at `debug`), never an error.
+//! * **Keys** are Django's (32 of `[a-z0-9]`; a cookie may name 8 to 40); a UUID key is no
+//!   session of this store and no statement runs with it.
+//! * **Guarantees:** every one above holds among filesession's own writers (merge saves
+//!   under the row's lock, no resurrection, exclusive create, `request` locking, fresh
+//!   reads). Django's own saves are blind whole-row writes (`UPDATE ... SET session_data`,
+//!   last writer wins) that take none of our locks: a Django request and a filesession
+//!   request changing one session at once may lose one's change, as two Django requests
+//!   may. Neither resurrects a deleted session. `clearsessions` deletes the rows Django's
+//!   `clear_expired` deletes (`expire_date < now`).
 
 // Built without either database, DbStore only says which feature a URL needs.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
 use std::time::{Duration, SystemTime};
 
-use super::format;
 use super::{
     Acquired, ChangeSet, ExpiredDeletion, Lease, Loaded, LockConfig, LockIssuer, LockPreflight,
     Merged, Record, SessionLock, SessionStore, StoreError,
 };
 #[cfg(test)]
 use crate::config::DEFAULT_DB_TABLE;
-use crate::config::{Locking, redacted};
+use crate::config::Locking;
 use crate::key::SessionKey;
 
-// The two databases; the table's name and layout version, which both check; the cleanup
+// The two databases; the table's name and layout version, which both check, and Django's
+// table; opening a store; what rows hold (filesession's or Django's format); the cleanup
 // of expired rows. This file: the Database trait and DbStore over it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod django_table;
 mod expired_deletion;
+mod open;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod row_format;
 mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use row_format::RowFormat;
+#[cfg(test)]
 use schema::check_table_name;
 
 /// The largest `session_data` written or read: 1 MiB, as a session file.
@@ -153,6 +196,7 @@ pub(crate) trait Database: Send + Sync {
 /// ```
 pub struct DbStore {
     db: Box<dyn Database>,
+    format: RowFormat,
     shown: String,
     lock_config: LockConfig,
     issuer: LockIssuer,
@@ -162,59 +206,13 @@ impl std::fmt::Debug for DbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbStore")
             .field("database", &self.shown)
+            .field("format", &self.format.name())
             .field("lock_config", &self.lock_config)
             .finish_non_exhaustive()
     }
 }
 
 impl DbStore {
-    /// Opens the database at `url` (`DATABASE_URL`, as dj-database-url reads it):
-    /// `sqlite:///relative/path`, `sqlite:////absolute/path` (a new file is made 0600), or
-    /// `postgres://user:password@host:port/dbname` (feature `postgres`); creates `table`
-    /// (and its index, lock and schema tables) if missing. Merge locking, the default lock
-    /// timeout. A table of that name that filesession did not make (Django's
-    /// `django_session`) is refused, never adopted.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`]: the URL's scheme is not one of these (or its feature is
-    /// off), `table` is not a plain SQL identifier (`[a-z_][a-z0-9_]*`, at most 50
-    /// characters), exists without being ours, or was made by a newer version; [`StoreError::Backend`]: the
-    /// database cannot be opened or reached (the URL is shown without its password).
-    pub fn open(url: &str, table: &str) -> Result<DbStore, StoreError> {
-        Self::open_as(url, table, true)
-    }
-
-    /// [`open`](DbStore::open) for a database and table that must exist already, as
-    /// `clearsessions` opens them: nothing is created (a mistyped `DATABASE_URL` or
-    /// `SESSION_DB_TABLE` is an error, not a new database).
-    ///
-    /// # Errors
-    /// As [`open`](DbStore::open), and [`StoreError::Io`] (SQLite: the file is missing) or
-    /// [`StoreError::Unavailable`] (the table is missing).
-    pub fn open_existing(url: &str, table: &str) -> Result<DbStore, StoreError> {
-        Self::open_as(url, table, false)
-    }
-
-    fn open_as(url: &str, table: &str, create: bool) -> Result<DbStore, StoreError> {
-        check_table_name(table)?;
-        let shown = redacted(url);
-        let db: Box<dyn Database> = if let Some(path) = url.strip_prefix("sqlite://") {
-            sqlite_open(path, table, &shown, create)?
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            postgres_open(url, table, &shown, create)?
-        } else {
-            return Err(StoreError::Unavailable(format!(
-                "DATABASE_URL must start with sqlite:// or postgres://, not {shown:?}"
-            )));
-        };
-        Ok(DbStore {
-            db,
-            shown,
-            lock_config: LockConfig::default(),
-            issuer: LockIssuer::new(),
-        })
-    }
-
     /// Sets the locking mode and how long a request waits for a session's lock
     /// (`SESSION_LOCKING`, `SESSION_LOCK_TIMEOUT`); on SQLite the timeout is also how long a
     /// statement waits while another process writes. Default: [`LockConfig::default`].
@@ -260,25 +258,11 @@ impl DbStore {
     }
 
     fn decode(&self, key: &SessionKey, row: &Row) -> Option<Record> {
-        if row.document.len() > MAX_DOCUMENT_SIZE {
-            log::warn!("session {}: its row is over 1 MiB; no session", key.short());
-            return None;
-        }
-        match format::decode(row.document.as_bytes()) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                log::warn!("session {}: corrupt row ({e}); no session", key.short());
-                None
-            }
-        }
+        self.format.decode(key, row)
     }
 
     fn row(&self, key: Option<&SessionKey>, record: &Record) -> Result<Row, StoreError> {
-        let bytes = format::encode_within(key, record, MAX_DOCUMENT_SIZE, false)?;
-        Ok(Row {
-            document: String::from_utf8_lossy(&bytes).into_owned(),
-            expires_at: record.expires_at,
-        })
+        self.format.row(key, record)
     }
 
     /// In `request` mode, the lock for a write: the lease given back if it is this
@@ -332,6 +316,9 @@ impl DbStore {
 
 impl SessionStore for DbStore {
     fn load(&self, key: &SessionKey) -> Result<Option<Loaded>, StoreError> {
+        if !self.format.accepts(key) {
+            return Ok(None);
+        }
         let lease = match self.lock_config.locking {
             Locking::Merge => None,
             Locking::Request => Some(self.db.lock(key, self.lock_config.timeout, self.lease())?),
@@ -342,7 +329,7 @@ impl SessionStore for DbStore {
     fn create(&self, record: &Record) -> Result<SessionKey, StoreError> {
         let row = self.row(None, record)?;
         for _ in 0..KEY_ATTEMPTS {
-            let key = SessionKey::generate();
+            let key = self.format.new_key();
             if self.db.insert(&key, &row)? {
                 return Ok(key);
             }
@@ -359,6 +346,9 @@ impl SessionStore for DbStore {
         changes: &ChangeSet,
         lock: Option<SessionLock>,
     ) -> Result<Record, StoreError> {
+        if !self.format.accepts(key) {
+            return Err(StoreError::Deleted(*key));
+        }
         let _lease = self.lock_for_write(key, lock)?;
         if self.db.cheap_reads()
             && let Some(row) = self.db.read(key, _lease.as_ref())?
@@ -392,9 +382,12 @@ impl SessionStore for DbStore {
         changes: &ChangeSet,
         lock: Option<SessionLock>,
     ) -> Result<(SessionKey, Record), StoreError> {
+        if !self.format.accepts(key) {
+            return Err(StoreError::Deleted(*key));
+        }
         let _lease = self.lock_for_write(key, lock)?;
         for _ in 0..KEY_ATTEMPTS {
-            let new_key = SessionKey::generate();
+            let new_key = self.format.new_key();
             let mut moved = None;
             let applied = self.db.update(key, _lease.as_ref(), &mut |row| {
                 let record = self.merged(key, row, changes)?.into_record();
@@ -413,12 +406,22 @@ impl SessionStore for DbStore {
     }
 
     fn delete(&self, key: &SessionKey, lock: Option<SessionLock>) -> Result<(), StoreError> {
+        if !self.format.accepts(key) {
+            return Ok(());
+        }
         let _lease = self.lock_for_write(key, lock)?;
         self.db.delete(key, _lease.as_ref())
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        if !self.format.accepts(key) {
+            return Ok(false);
+        }
         self.db.exists(key, None)
+    }
+
+    fn parse_key(&self, cookie_value: &str) -> Option<SessionKey> {
+        self.format.parse_key(cookie_value)
     }
 
     fn preflight(&self) -> Option<&dyn LockPreflight> {
@@ -433,7 +436,7 @@ impl SessionStore for DbStore {
 
 impl LockPreflight for DbStore {
     fn acquire(&self, key: &SessionKey, wait: Duration) -> Result<Option<Acquired>, StoreError> {
-        if self.lock_config.locking == Locking::Merge {
+        if self.lock_config.locking == Locking::Merge || !self.format.accepts(key) {
             return Ok(None);
         }
         let lease = self.db.lock(key, wait, self.lease())?;
@@ -466,42 +469,6 @@ impl LockPreflight for DbStore {
     }
 }
 
-#[cfg(feature = "sqlite")]
-fn sqlite_open(
-    path: &str,
-    table: &str,
-    shown: &str,
-    create: bool,
-) -> Result<Box<dyn Database>, StoreError> {
-    Ok(Box::new(sqlite::Sqlite::open(path, table, shown, create)?))
-}
-
-#[cfg(not(feature = "sqlite"))]
-fn sqlite_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>, StoreError> {
-    Err(StoreError::Unavailable(
-        "a sqlite:// DATABASE_URL needs filesession built with the sqlite feature".into(),
-    ))
-}
-
-#[cfg(feature = "postgres")]
-fn postgres_open(
-    url: &str,
-    table: &str,
-    shown: &str,
-    create: bool,
-) -> Result<Box<dyn Database>, StoreError> {
-    Ok(Box::new(postgres::Postgres::open(
-        url, table, shown, create,
-    )?))
-}
-
-#[cfg(not(feature = "postgres"))]
-fn postgres_open(_: &str, _: &str, _: &str, _: bool) -> Result<Box<dyn Database>, StoreError> {
-    Err(StoreError::Unavailable(
-        "a postgres:// DATABASE_URL needs filesession built with the postgres feature".into(),
-    ))
-}
-
 /// The lock a request held is no longer its own (its lease ran out while the handler ran
 /// past the lock timeout and its margin, or its connection to PostgreSQL dropped): nothing
 /// is written, as for a lock not had (503).
@@ -514,3 +481,5 @@ pub(crate) fn lost_lock(key: &SessionKey) -> StoreError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, feature = "sqlite"))]
+mod tests_django;

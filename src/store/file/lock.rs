@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::FileStore;
-use super::dir::{Entry, Opened};
+use super::dir::{Entry, Opened, SessionDir};
 use super::flock::{lock_exclusive_until, unlock};
 use crate::config::Locking;
 use crate::expiry::later;
@@ -59,7 +59,9 @@ impl TornLocks {
     const MAX: usize = 1024;
 }
 
-impl FileStore {
+// The lock protocol itself is the directory's, shared by both layouts (`FileStore`'s and
+// Django's, `super::django`).
+impl SessionDir {
     /// Takes `entry`'s lock by `deadline`; else `LockTimeout`, counting the wait from `start`.
     pub(super) fn lock_by(
         &self,
@@ -70,7 +72,7 @@ impl FileStore {
         deadline: Instant,
     ) -> Result<(), StoreError> {
         let locked = lock_exclusive_until(&entry.file, deadline)
-            .map_err(|e| StoreError::io("lock session file", self.dir.shown(name), e))?;
+            .map_err(|e| StoreError::io("lock session file", self.shown(name), e))?;
         if locked {
             Ok(())
         } else {
@@ -79,6 +81,58 @@ impl FileStore {
                 waited: start.elapsed(),
             })
         }
+    }
+
+    /// Opens and locks the file now named `name`, checking that the inode locked is still
+    /// the one with that name (a writer before it may have replaced the file while it
+    /// waited: then the new one is locked). `kept`: a file already open under that name,
+    /// tried first. `Ok(None)`: there is no session file (deleted meanwhile).
+    pub(super) fn lock_current(
+        &self,
+        key: &SessionKey,
+        name: &str,
+        wait: Duration,
+        mut kept: Option<Entry>,
+    ) -> Result<Option<FileLock>, StoreError> {
+        let start = Instant::now();
+        let deadline = later(start, wait);
+        loop {
+            let entry = match kept.take() {
+                Some(entry) => entry,
+                None => match self.open_entry_for_writing(name)? {
+                    Opened::Missing => return Ok(None),
+                    Opened::File(entry) => entry,
+                },
+            };
+            self.lock_by(key, &entry, name, start, deadline)?;
+            let mut held = FileLock {
+                entry,
+                name: name.to_owned(),
+            };
+            match self.current_stat(&held.entry, &held.name)? {
+                // Its length now: it may have been written in place while we waited.
+                Some(Some(now)) => {
+                    held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
+                    return Ok(Some(held));
+                }
+                Some(None) => continue, // replaced while we waited: lock the new one
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+impl FileStore {
+    /// [`SessionDir::lock_by`] on this store's directory.
+    pub(super) fn lock_by(
+        &self,
+        key: &SessionKey,
+        entry: &Entry,
+        name: &str,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
+        self.dir.lock_by(key, entry, name, start, deadline)
     }
 
     /// Lets go of a `merge`-mode save's lock and keeps its file open (unlocked) for the next
@@ -153,41 +207,15 @@ impl FileStore {
         }))
     }
 
-    /// Opens and locks the file now named `name`, checking that the inode locked is still
-    /// the one with that name. `kept`: a file already open under that name, tried first.
-    /// `Ok(None)`: there is no session file (deleted meanwhile).
+    /// [`SessionDir::lock_current`] on this store's directory.
     pub(super) fn lock_current(
         &self,
         key: &SessionKey,
         name: &str,
         wait: Duration,
-        mut kept: Option<Entry>,
+        kept: Option<Entry>,
     ) -> Result<Option<FileLock>, StoreError> {
-        let start = Instant::now();
-        let deadline = later(start, wait);
-        loop {
-            let entry = match kept.take() {
-                Some(entry) => entry,
-                None => match self.dir.open_entry_for_writing(name)? {
-                    Opened::Missing => return Ok(None),
-                    Opened::File(entry) => entry,
-                },
-            };
-            self.lock_by(key, &entry, name, start, deadline)?;
-            let mut held = FileLock {
-                entry,
-                name: name.to_owned(),
-            };
-            match self.dir.current_stat(&held.entry, &held.name)? {
-                // Its length now: it may have been written in place while we waited.
-                Some(Some(now)) => {
-                    held.entry.len = u64::try_from(now.st_size).unwrap_or(u64::MAX);
-                    return Ok(Some(held));
-                }
-                Some(None) => continue, // replaced while we waited: lock the new one
-                None => return Ok(None),
-            }
-        }
+        self.dir.lock_current(key, name, wait, kept)
     }
 
     /// The lock for a write: the one held since `load` (request mode) if it is still on the

@@ -84,6 +84,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 mod dir;
+mod django;
 mod document;
 mod flock;
 mod lock;
@@ -95,6 +96,7 @@ mod tests;
 mod write;
 
 use dir::{Opened, SessionDir};
+pub use django::DjangoFileStore;
 use document::FileFormat;
 use flock::unlock;
 use lock::{FileCandidate, FileLock, TornLocks};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::fs::{Dir, FileType};
 
 use super::FileStore;
-use super::dir::Opened;
+use super::dir::{Opened, SessionDir};
 use super::document::ReadError;
 use crate::expiry::later;
 use crate::key::SessionKey;
@@ -136,61 +136,79 @@ impl FileStore {
         budget: Duration,
         wait: Duration,
     ) -> Result<bool, StoreError> {
-        let deadline = later(Instant::now(), budget);
-        if !sweep.in_progress() {
-            let entries = self.dir.list()?;
-            sweep.begin(SweepCursor::Own(Box::new(DirCursor {
-                issuer: self.issuer,
-                entries,
-            })));
+        sweep_listing(
+            &self.dir,
+            self.issuer,
+            sweep,
+            budget,
+            &mut |name, file_type, now, report| {
+                self.clear_entry(name, file_type, now, wait, report);
+            },
+        )
+    }
+}
+
+/// Goes on with a pass over `dir`'s listing for about `budget`, handing each entry (but `.`
+/// and `..`; a name that is not UTF-8 is skipped) to `each` with its type and the pass's
+/// time; `Ok(true)` when the pass is complete (the next call starts a new one). The pass's
+/// place is kept in `sweep` for the store `issuer` names (another store given it starts a
+/// pass of its own).
+pub(super) fn sweep_listing(
+    dir: &SessionDir,
+    issuer: LockIssuer,
+    sweep: &mut Sweep,
+    budget: Duration,
+    each: &mut dyn FnMut(&str, FileType, SystemTime, &mut ClearReport),
+) -> Result<bool, StoreError> {
+    let mine = issuer;
+    let deadline = later(Instant::now(), budget);
+    if !sweep.in_progress() {
+        let entries = dir.list()?;
+        sweep.begin(SweepCursor::Own(Box::new(DirCursor { issuer, entries })));
+    }
+    let now = sweep.now();
+    loop {
+        let SweepCursor::Own(own) = sweep.cursor_mut() else {
+            sweep.finish();
+            return Ok(true);
+        };
+        let Some(DirCursor { issuer, entries }) = own.downcast_mut::<DirCursor>() else {
+            // Another kind of store's position: this store starts its own pass next time.
+            sweep.finish();
+            return Ok(true);
+        };
+        if *issuer != mine {
+            // Another file store's listing: its names are not this directory's.
+            sweep.finish();
+            return Ok(true);
         }
-        let now = sweep.now();
-        loop {
-            let SweepCursor::Own(own) = sweep.cursor_mut() else {
-                sweep.finish();
-                return Ok(true);
-            };
-            let Some(DirCursor { issuer, entries }) = own.downcast_mut::<DirCursor>() else {
-                // Another kind of store's position: this store starts its own pass next time.
-                sweep.finish();
-                return Ok(true);
-            };
-            if *issuer != self.issuer {
-                // Another file store's listing: its names are not this directory's.
+        match entries.next() {
+            None => {
                 sweep.finish();
                 return Ok(true);
             }
-            match entries.next() {
-                None => {
-                    sweep.finish();
-                    return Ok(true);
-                }
-                Some(Err(e)) => {
-                    sweep.finish();
-                    return Err(StoreError::io(
-                        "list session directory",
-                        self.dir.path(),
-                        e.into(),
-                    ));
-                }
-                Some(Ok(entry)) => {
-                    let name = entry.file_name().to_bytes();
-                    if name == b"." || name == b".." {
-                        continue;
-                    }
-                    match std::str::from_utf8(name) {
-                        Ok(name) => {
-                            let file_type = entry.file_type();
-                            self.clear_entry(name, file_type, now, wait, sweep.report_mut())
-                        }
-                        Err(_) => sweep.report_mut().skipped += 1,
-                    }
-                    sweep.count_scanned(1);
-                }
+            Some(Err(e)) => {
+                sweep.finish();
+                return Err(StoreError::io(
+                    "list session directory",
+                    dir.path(),
+                    e.into(),
+                ));
             }
-            if Instant::now() >= deadline {
-                return Ok(false);
+            Some(Ok(entry)) => {
+                let name = entry.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                match std::str::from_utf8(name) {
+                    Ok(name) => each(name, entry.file_type(), now, sweep.report_mut()),
+                    Err(_) => sweep.report_mut().skipped += 1,
+                }
+                sweep.count_scanned(1);
             }
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
         }
     }
 }

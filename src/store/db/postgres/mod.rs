@@ -30,15 +30,17 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Object;
 
-use super::schema::{check_schema, missing_or_foreign, schema_version};
+use super::row_format::Layout;
 use super::{Change, Database, Row, lost_lock};
 use crate::key::SessionKey;
 use crate::store::{Lease, StoreError};
 
 // The connections (the I/O runtime, the pool, those lent to request locks), and the
-// request locks taken on them; this file: the table and its statements.
+// request locks taken on them; the table, made or checked at open; this file: the
+// statements.
 mod advisory_lock;
 mod pool;
+mod table;
 
 use advisory_lock::{as_oid, class_of, object_of};
 use pool::{Pool, backend, block_on};
@@ -51,93 +53,29 @@ pub(super) struct Postgres {
     table: String,
     /// The advisory-lock class of this table's request locks.
     lock_class: i32,
+    /// Django's table: expired rows deleted as Django's `clear_expired` deletes them
+    /// (`expire_date < now`).
+    django: bool,
 }
 
 impl Postgres {
-    /// Connects and, with `create`, makes the table if it is missing; without it the table
-    /// must exist (`clearsessions`).
-    pub(super) fn open(
+    /// Connects and, with `create`, makes the table if it is missing (in `layout`); without
+    /// it the table must exist (`clearsessions`).
+    pub(in crate::store::db) fn open(
         url: &str,
         table: &str,
         shown: &str,
         create: bool,
+        layout: Layout,
     ) -> Result<Postgres, StoreError> {
         let pool = Pool::open(url, shown)?;
-        let schema_lock = class_of("filesession_schema");
-        let create_table = format!(
-            "CREATE TABLE {table} (
-                 session_key varchar(36) PRIMARY KEY,
-                 session_data text NOT NULL,
-                 expire_date timestamptz NOT NULL);
-             CREATE INDEX {table}_expire_date ON {table} (expire_date);"
-        );
-        // One creator at a time (an advisory lock for the transaction), and a table that
-        // exists without our version row is someone else's: never adopted.
-        let found: Option<i32> = pool.run("create the session table", false, None, |c| {
-            block_on(async {
-                c.batch_execute("BEGIN").await?;
-                let done = async {
-                    c.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&schema_lock])
-                        .await?;
-                    if !create {
-                        let schema = c
-                            .query_one("SELECT to_regclass('filesession_schema') IS NOT NULL", &[])
-                            .await?
-                            .try_get::<_, bool>(0)?;
-                        if !schema {
-                            return Ok(None);
-                        }
-                    }
-                    c.batch_execute(
-                        "SET LOCAL client_min_messages = warning;
-                         CREATE TABLE IF NOT EXISTS filesession_schema (
-                             table_name text PRIMARY KEY,
-                             version integer NOT NULL)",
-                    )
-                    .await?;
-                    let known = c
-                        .query_opt(
-                            "SELECT version FROM filesession_schema WHERE table_name = $1",
-                            &[&table],
-                        )
-                        .await?;
-                    if let Some(row) = known {
-                        return Ok(Some(row.try_get::<_, i32>(0)?));
-                    }
-                    let exists = c
-                        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-                        .await?
-                        .try_get::<_, bool>(0)?;
-                    if exists || !create {
-                        return Ok(None);
-                    }
-                    c.batch_execute(&create_table).await?;
-                    c.execute(
-                        "INSERT INTO filesession_schema (table_name, version) VALUES ($1, $2)",
-                        &[&table, &(schema_version() as i32)],
-                    )
-                    .await?;
-                    Ok(Some(schema_version() as i32))
-                }
-                .await;
-                let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                c.batch_execute(end).await?;
-                done
-            })
-        })?;
-        let Some(found) = found else {
-            return Err(StoreError::Unavailable(missing_or_foreign(
-                &pool.shown,
-                table,
-                create,
-            )));
-        };
-        check_schema(i64::from(found), table, &pool.shown)?;
+        table::open_table(&pool, table, create, layout)?;
         Ok(Postgres {
             pool: Arc::new(pool),
             server_waiters: AtomicUsize::new(0),
             table: table.to_owned(),
             lock_class: class_of(table),
+            django: layout == Layout::Django,
         })
     }
 }
@@ -220,11 +158,12 @@ impl Database for Postgres {
 
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError> {
         let table = &self.table;
+        let ended = if self.django { "<" } else { "<=" };
         // The outer test again: PostgreSQL re-checks it on a row a save refreshed while
         // this waited for its lock, which is then kept.
         let sql = format!(
-            "DELETE FROM {table} WHERE expire_date <= $1 AND session_key IN \
-             (SELECT session_key FROM {table} WHERE expire_date <= $1 LIMIT $2)"
+            "DELETE FROM {table} WHERE expire_date {ended} $1 AND session_key IN \
+             (SELECT session_key FROM {table} WHERE expire_date {ended} $1 LIMIT $2)"
         );
         let batch = i64::from(batch);
         self.pool.run("delete expired sessions", true, None, |c| {

@@ -1,7 +1,9 @@
 //! SQLite through rusqlite's bundled SQLite, in WAL mode: per store one writer connection
 //! (every write, lock and cleanup) and [`READERS`] reader connections (loads and lookups),
 //! so that reads of any session go on while this process writes, as WAL lets readers go on
-//! while another process writes.
+//! while another process writes. Django's database (`SESSION_FORMAT=django`) keeps its own
+//! journal mode (`delete`: there a read waits out another connection's commit, retried as
+//! any busy statement), and its `expire_date` is Django's naive UTC text.
 //!
 //! Nothing waits while holding a connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the
@@ -19,25 +21,33 @@
 //! opened again in the process: closing any descriptor of the file drops SQLite's POSIX
 //! locks.
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+// The connections (one writer, the readers); opening the file and the table; this file:
+// the statements.
 mod connections;
+mod open;
 
-use super::schema::{check_schema, missing_or_foreign, schema_version};
 use super::{Change, Database, Row, lost_lock};
 use crate::key::SessionKey;
+use crate::store::django::{format_expire_date, parse_expire_date};
 use crate::store::{Lease, LockConfig, StoreError, holder};
-use connections::{DEFAULT_BUSY_TIMEOUT, Inner, READERS, error, file_id};
+use connections::Inner;
 
 pub(super) struct Sqlite {
     inner: Arc<Inner>,
     table: String,
     locks: String,
+    /// Django's table: `expire_date` as Django's text, deleted as Django's `clear_expired`
+    /// deletes (`expire_date < now`).
+    django: bool,
+    /// Whether `<table>_lock` exists (Django's database opened by `clearsessions` may have
+    /// none: then there are no stale leases to delete).
+    has_locks: bool,
 }
 
 /// Pause between attempts to take a request lock held by another request.
@@ -77,188 +87,40 @@ fn millis(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// Makes the database file readable by its owner only (0600), before SQLite opens it, if
-/// it does not exist yet; an existing file keeps its mode.
-fn create_private(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
+/// A row: `expire_date` in Unix seconds (filesession's table) or as Django's text (a text
+/// that is no time: ended).
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let expires_at = match r.get_ref(1)? {
+        ValueRef::Integer(seconds) => time_of(seconds),
+        ValueRef::Text(text) => std::str::from_utf8(text)
+            .ok()
+            .and_then(parse_expire_date)
+            .unwrap_or(UNIX_EPOCH),
+        _ => UNIX_EPOCH,
+    };
     Ok(Row {
         document: r.get(0)?,
-        expires_at: time_of(r.get(1)?),
+        expires_at,
     })
 }
 
 impl Sqlite {
-    /// `path` is what follows `sqlite://` in the URL: `/relative` or `//absolute`. With
-    /// `create`, a missing file (made 0600) and table are created; without it (for
-    /// `clearsessions`, where a mistyped path must not make a database) both must exist.
-    pub(super) fn open(
-        path: &str,
-        table: &str,
-        shown: &str,
-        create: bool,
-    ) -> Result<Sqlite, StoreError> {
-        // dj-database-url: sqlite:///db.sqlite3 is the relative path db.sqlite3,
-        // sqlite:////var/db.sqlite3 the absolute /var/db.sqlite3.
-        let path = PathBuf::from(path.strip_prefix('/').unwrap_or(path));
-        if path.as_os_str().is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "{shown}: give a file, as sqlite:///db.sqlite3"
-            )));
+    /// A row's `expire_date` for the end `t`: Django's text, or Unix seconds rounded up.
+    fn expire_date(&self, t: SystemTime) -> Value {
+        if self.django {
+            Value::Text(format_expire_date(t))
+        } else {
+            Value::Integer(seconds_up(t))
         }
-        if path.to_string_lossy().contains(['?', '#']) {
-            // Not a file name: options (dj-database-url's ?timeout=...) are not read here,
-            // and they, or a fragment, may hold a secret (?password=...): shown cut there.
-            let cut = shown.split(['?', '#']).next().unwrap_or_default();
-            return Err(StoreError::Unavailable(format!(
-                "{cut}...: a sqlite:// DATABASE_URL takes a file only, no ?options or \
-                 #fragment (not shown)"
-            )));
+    }
+
+    /// `now` as `expire_date` is compared with: Django's text, or whole Unix seconds.
+    fn now(&self, now: SystemTime) -> Value {
+        if self.django {
+            Value::Text(format_expire_date(now))
+        } else {
+            Value::Integer(seconds(now))
         }
-        // Absolute, so that the check of the path against the file opened does not depend
-        // on the working directory (a library user may change it); not canonical, so that a
-        // symlink swapped under the store is still noticed.
-        let path = std::path::absolute(&path)
-            .map_err(|e| StoreError::io("find the database", &path, e))?;
-        let shown = format!("SQLite at {}", path.display());
-        if create {
-            create_private(&path).map_err(|e| StoreError::io("create the database", &path, e))?;
-        } else if let Err(e) = std::fs::metadata(&path) {
-            return Err(StoreError::io("open the database", &path, e));
-        }
-        let conn = Connection::open(&path).map_err(|e| StoreError::Backend {
-            action: format!("{shown}: cannot open the database"),
-            source: Box::new(e),
-        })?;
-        let file = file_id(&path).map_err(|e| StoreError::io("inspect the database", &path, e))?;
-        let mut inner = Inner {
-            conn: Mutex::new(conn),
-            readers: Vec::new(),
-            next_reader: std::sync::atomic::AtomicUsize::new(0),
-            path,
-            shown,
-            file,
-            busy_timeout_ms: std::sync::atomic::AtomicU64::new(millis_of(DEFAULT_BUSY_TIMEOUT)),
-        };
-        let locks = format!("{table}_lock");
-        inner.run("open the database", |c| {
-            // No busy wait inside SQLite: `Inner::run` retries with the connection let go.
-            c.busy_timeout(Duration::ZERO)?;
-            if create {
-                c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
-            }
-            c.execute_batch("PRAGMA synchronous=NORMAL")
-        })?;
-        if !create {
-            let schema: bool = inner.run("read the table's version", |c| {
-                c.query_row(
-                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'filesession_schema'",
-                    [],
-                    |r| r.get(0),
-                )
-            })?;
-            if !schema {
-                return Err(StoreError::Unavailable(missing_or_foreign(
-                    &inner.shown,
-                    table,
-                    false,
-                )));
-            }
-        }
-        inner.run("create the session table", |c| {
-            if !create {
-                return Ok(());
-            }
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(
-                "CREATE TABLE IF NOT EXISTS filesession_schema (
-                     table_name TEXT PRIMARY KEY NOT NULL,
-                     version INTEGER NOT NULL)",
-            )?;
-            let known: Option<i64> = tx
-                .query_row(
-                    "SELECT version FROM filesession_schema WHERE table_name = ?1",
-                    [table],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if known.is_none() {
-                let exists: bool = tx.query_row(
-                    "SELECT count(*) > 0 FROM sqlite_master WHERE name = ?1",
-                    [table],
-                    |r| r.get(0),
-                )?;
-                if exists {
-                    // Someone else's table (Django's django_session, say): never adopted.
-                    return tx.commit();
-                }
-                tx.execute_batch(&format!(
-                    "CREATE TABLE {table} (
-                         session_key TEXT PRIMARY KEY NOT NULL,
-                         session_data TEXT NOT NULL,
-                         expire_date INTEGER NOT NULL);
-                     CREATE INDEX {table}_expire_date ON {table} (expire_date);
-                     CREATE TABLE IF NOT EXISTS {locks} (
-                         session_key TEXT PRIMARY KEY NOT NULL,
-                         token TEXT NOT NULL,
-                         until_ms INTEGER NOT NULL);"
-                ))?;
-                tx.execute(
-                    "INSERT INTO filesession_schema (table_name, version) VALUES (?1, ?2)",
-                    params![table, schema_version()],
-                )?;
-            }
-            tx.commit()
-        })?;
-        let found: Option<i64> = inner.run("read the table's version", |c| {
-            c.query_row(
-                "SELECT version FROM filesession_schema WHERE table_name = ?1",
-                [table],
-                |r| r.get(0),
-            )
-            .optional()
-        })?;
-        let Some(found) = found else {
-            return Err(StoreError::Unavailable(missing_or_foreign(
-                &inner.shown,
-                table,
-                create,
-            )));
-        };
-        check_schema(found, table, &inner.shown)?;
-        // Opened once the file is in WAL mode (set by the writer above), before any
-        // request: the path is the file just checked.
-        inner.readers = (0..READERS)
-            .map(|_| {
-                // Never created here: a file removed meanwhile is an error, not a new one.
-                let reader = Connection::open_with_flags(
-                    &inner.path,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                reader.busy_timeout(Duration::ZERO)?;
-                reader.execute_batch("PRAGMA query_only=1")?;
-                Ok(Mutex::new(reader))
-            })
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| error(&inner.shown, &inner.path, "open a reader connection", e))?;
-        inner.still_at_its_path()?;
-        Ok(Sqlite {
-            inner: Arc::new(inner),
-            table: table.to_owned(),
-            locks,
-        })
     }
 }
 
@@ -289,7 +151,11 @@ impl Database for Sqlite {
         let inserted = self.inner.run("create a session", |c| {
             c.execute(
                 &sql,
-                params![key.to_string(), row.document, seconds_up(row.expires_at)],
+                params![
+                    key.to_string(),
+                    row.document,
+                    self.expire_date(row.expires_at)
+                ],
             )
         })?;
         Ok(inserted == 1)
@@ -348,7 +214,7 @@ impl Database for Sqlite {
                             "UPDATE {table} SET session_data = ?2, expire_date = ?3 \
                              WHERE session_key = ?1"
                         ),
-                        params![key_text, row.document, seconds_up(row.expires_at)],
+                        params![key_text, row.document, self.expire_date(row.expires_at)],
                     )?;
                 }
                 Change::Move(new_key, row) => {
@@ -360,7 +226,7 @@ impl Database for Sqlite {
                         params![
                             new_key.to_string(),
                             row.document,
-                            seconds_up(row.expires_at)
+                            self.expire_date(row.expires_at)
                         ],
                     )?;
                     if inserted == 0 {
@@ -399,26 +265,30 @@ impl Database for Sqlite {
 
     fn delete_expired(&self, now: SystemTime, batch: u32) -> Result<u64, StoreError> {
         let (table, locks) = (&self.table, &self.locks);
+        // Django's clear_expired deletes `expire_date < now`.
+        let ended = if self.django { "<" } else { "<=" };
         // The outer test again: a row a save refreshed meanwhile is kept.
         let sql = format!(
-            "DELETE FROM {table} WHERE expire_date <= ?1 AND session_key IN \
-             (SELECT session_key FROM {table} WHERE expire_date <= ?1 LIMIT ?2)"
+            "DELETE FROM {table} WHERE expire_date {ended} ?1 AND session_key IN \
+             (SELECT session_key FROM {table} WHERE expire_date {ended} ?1 LIMIT ?2)"
         );
         let deleted = self.inner.run("delete expired sessions", |c| {
-            c.execute(&sql, params![seconds(now), batch])
+            c.execute(&sql, params![self.now(now), batch])
         })?;
         // Leases whose holders died (never released) go too.
-        let stale = format!("DELETE FROM {locks} WHERE until_ms <= ?1");
-        self.inner.run("delete stale session locks", |c| {
-            c.execute(&stale, [millis(now)])
-        })?;
+        if self.has_locks {
+            let stale = format!("DELETE FROM {locks} WHERE until_ms <= ?1");
+            self.inner.run("delete stale session locks", |c| {
+                c.execute(&stale, [millis(now)])
+            })?;
+        }
         Ok(deleted as u64)
     }
 
     fn count_live(&self, now: SystemTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT count(*) FROM {} WHERE expire_date > ?1", self.table);
         let n: i64 = self.inner.read("count sessions", |c| {
-            c.query_row(&sql, [seconds(now)], |r| r.get(0))
+            c.query_row(&sql, [self.now(now)], |r| r.get(0))
         })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -496,84 +366,4 @@ impl Database for Sqlite {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-
-    fn opened(dir: &tempfile::TempDir) -> Sqlite {
-        let path = format!("/{}", dir.path().join("db.sqlite3").display());
-        Sqlite::open(&path, "filesession_session", "SQLite (test)", true).unwrap()
-    }
-
-    #[test]
-    fn reads_go_on_while_the_writer_connection_is_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(opened(&dir));
-        let key = SessionKey::generate();
-        let row = Row {
-            document: r#"{"a": 1}"#.into(),
-            expires_at: SystemTime::now() + Duration::from_secs(60),
-        };
-        assert!(db.insert(&key, &row).unwrap());
-        // The writer held, as by a write of this process waiting on the disk: a load and a
-        // lookup are answered while it is still held.
-        let writer = crate::store::locked(&db.inner.conn);
-        let (tx, rx) = mpsc::channel();
-        let reader = Arc::clone(&db);
-        std::thread::spawn(move || {
-            let read = reader.read(&key, None).map(|r| r.map(|r| r.document));
-            let found = reader.exists(&key, None);
-            let _ = tx.send((read, found));
-        });
-        // A guard against a hang, not a speed goal: before readers this never came.
-        let (read, found) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("read while the writer is held");
-        assert_eq!(read.unwrap().as_deref(), Some(r#"{"a": 1}"#));
-        assert!(found.unwrap());
-        drop(writer);
-    }
-
-    #[test]
-    fn readers_see_every_write_committed_before_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = opened(&dir);
-        let key = SessionKey::generate();
-        assert_eq!(db.inner.readers.len(), READERS);
-        for n in 0..3 {
-            let row = Row {
-                document: format!(r#"{{"n": {n}}}"#),
-                expires_at: SystemTime::now() + Duration::from_secs(60),
-            };
-            if n == 0 {
-                assert!(db.insert(&key, &row).unwrap());
-            } else {
-                let write = Row {
-                    document: row.document.clone(),
-                    expires_at: row.expires_at,
-                };
-                let mut write = Some(write);
-                db.update(&key, None, &mut |_| {
-                    Ok(write.take().map_or(Change::Keep, Change::Write))
-                })
-                .unwrap();
-            }
-            // Every reader sees the write just made on the writer.
-            let sql = "SELECT session_data FROM filesession_session WHERE session_key = ?1";
-            for (i, reader) in db.inner.readers.iter().enumerate() {
-                let read: String = db
-                    .inner
-                    .run_on(
-                        || crate::store::locked(reader),
-                        "read",
-                        |c| c.query_row(sql, [key.to_string()], |r| r.get(0)),
-                    )
-                    .unwrap();
-                assert_eq!(read, row.document, "write {n}, reader {i}");
-            }
-        }
-        db.delete(&key, None).unwrap();
-        assert!(!db.exists(&key, None).unwrap());
-        assert_eq!(db.read(&key, None).unwrap().map(|r| r.document), None);
-    }
-}
+mod tests;

@@ -22,7 +22,7 @@ use crate::store::StoreError;
 mod names;
 
 use names::Changes;
-pub(super) use names::stamp_expiry;
+pub(super) use names::{Exchanged, stamp_expiry};
 
 /// The sessions directory, by the handle opened when the store opened: every file
 /// operation is relative to it (`openat`, `renameat2`, `linkat`, `unlinkat`, `statat`), so
@@ -40,6 +40,9 @@ pub(super) struct SessionDir {
     tmpfile: AtomicBool,
     /// Changes to the names begun and finished here ([`SessionDir::changing`]).
     changes: Changes,
+    /// Django's layout (`<prefix><key>`, [`SessionDir::open_shared`]): the prefix, for the
+    /// names messages show.
+    prefix: Option<String>,
 }
 
 /// An open session file and what its `fstat` said when it was opened. A write in place
@@ -85,6 +88,29 @@ impl SessionDir {
     /// [`StoreError::Unavailable`] naming the directory and the cause when it cannot be
     /// created, opened or written, is a symbolic link, or (without `create`) is missing.
     pub(super) fn open(path: &Path, create: bool) -> Result<SessionDir, StoreError> {
+        Self::open_as(path, create, None)
+    }
+
+    /// [`open`](SessionDir::open) for a directory shared with Django, whose session files
+    /// are `<prefix><key>`: created (mode 0700) if missing, but an existing directory's mode
+    /// is never changed (Django's, often the system's temp directory); one that others can
+    /// list is only said.
+    ///
+    /// # Errors
+    /// As [`open`](SessionDir::open).
+    pub(super) fn open_shared(
+        path: &Path,
+        create: bool,
+        prefix: &str,
+    ) -> Result<SessionDir, StoreError> {
+        Self::open_as(path, create, Some(prefix.to_owned()))
+    }
+
+    fn open_as(
+        path: &Path,
+        create: bool,
+        prefix: Option<String>,
+    ) -> Result<SessionDir, StoreError> {
         let unavailable = |what: &str, e: io::Error| {
             StoreError::Unavailable(format!("session directory {} {what}: {e}", path.display()))
         };
@@ -118,7 +144,17 @@ impl SessionDir {
         let mode = fstat(&fd)
             .map_err(|e| unavailable("cannot be read", e.into()))?
             .st_mode;
-        if mode & 0o077 != 0 && !create {
+        if mode & 0o077 != 0 && prefix.is_some() {
+            // Django's directory: its mode is Django's operator's to choose.
+            log::warn!(
+                "session directory {} is open to others (mode {:o}): session keys are \
+                 credentials and Django's layout puts them in the file names; give Django and \
+                 filesession a private SESSION_FILE_PATH (mode 0700), not a shared temp \
+                 directory",
+                path.display(),
+                mode & 0o7777
+            );
+        } else if mode & 0o077 != 0 && !create {
             // An existing directory, as clearsessions is given it: said, never changed (a
             // mistyped path may name a shared one, /var/tmp, whose mode others rely on).
             log::warn!(
@@ -143,6 +179,7 @@ impl SessionDir {
             renameat2: AtomicBool::new(true),
             tmpfile: AtomicBool::new(true),
             changes: Changes::default(),
+            prefix,
         };
         if create {
             // A server finds out now, not at its first session, that it cannot write here.
@@ -162,7 +199,10 @@ impl SessionDir {
 
     /// The path of an entry of the directory, for messages (a session's key shortened).
     pub(super) fn shown(&self, name: &str) -> PathBuf {
-        self.path.join(crate::key::shown_name(name))
+        match &self.prefix {
+            Some(prefix) => self.path.join(crate::key::shown_django_name(name, prefix)),
+            None => self.path.join(crate::key::shown_name(name)),
+        }
     }
 
     /// `Err(DirectoryGone)` if the directory has been removed. Called on error paths only
@@ -333,6 +373,22 @@ impl SessionDir {
                 e.into(),
             )),
         }
+    }
+
+    /// The device and inode of the entry `name` (not following a symlink), if it can be
+    /// inspected.
+    pub(super) fn identity(&self, name: &str) -> Option<(u64, u64)> {
+        statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    }
+
+    /// The owner (user id) of the entry `name` (not following a symlink), if it can be
+    /// inspected.
+    pub(super) fn owner_of(&self, name: &str) -> Option<u32> {
+        statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .map(|st| st.st_uid)
     }
 
     /// Whether `name` is a regular file now (not following a symlink); an entry that cannot

@@ -26,6 +26,17 @@ pub(super) struct Changes {
     done: AtomicU64,
 }
 
+/// What [`SessionDir::exchange`] did.
+pub(in crate::store::file) enum Exchanged {
+    /// The temp file has the name, and the copy it replaced has the temp name: the caller
+    /// removes it.
+    Swapped,
+    /// The temp file has the name, and the copy it replaced is gone (no `renameat2`).
+    Replaced,
+    /// The name was gone: nothing was replaced nor created, and the temp file is removed.
+    Gone,
+}
+
 /// A change to the directory's names under way; counted done when dropped.
 pub(in crate::store::file) struct Changing<'a>(&'a Changes);
 
@@ -156,6 +167,55 @@ impl SessionDir {
         self.sync()
     }
 
+    /// Gives the temp file the session file's name `name` if the session still has one, in
+    /// one step: `renameat2(RENAME_EXCHANGE)`, which fails rather than create a name that is
+    /// gone (a session deleted meanwhile is not brought back). The copy it replaced is then
+    /// at the temp name, for the caller to look at and remove ([`Exchanged::Swapped`]).
+    /// Where the file system lacks `renameat2`, a `rename` after checking that the name is
+    /// there ([`Exchanged::Replaced`]).
+    ///
+    /// # Errors
+    /// The directory's error (the temp file is removed).
+    pub(in crate::store::file) fn exchange(
+        &self,
+        temp: &str,
+        name: &str,
+    ) -> Result<Exchanged, StoreError> {
+        let _changing = self.changing();
+        let dir = &self.fd;
+        let failed = |e: io::Error| {
+            let _ = self.unlink(temp);
+            self.error("replace session file", name, e)
+        };
+        if self.renameat2.load(Ordering::Relaxed) {
+            match renameat_with(dir, temp, dir, name, RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    self.sync()?;
+                    return Ok(Exchanged::Swapped);
+                }
+                Err(Errno::NOENT) => {
+                    // The temp file is ours: the session's name (or the directory) is gone.
+                    let _ = self.unlink(temp);
+                    self.check()?;
+                    return Ok(Exchanged::Gone);
+                }
+                Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::NOTSUP => {
+                    self.renameat2.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+        }
+        // A removal between this check and the rename would be undone: only where the file
+        // system has no renameat2.
+        if !self.is_file(name)? {
+            let _ = self.unlink(temp);
+            return Ok(Exchanged::Gone);
+        }
+        renameat(dir, temp, dir, name).map_err(|e| failed(e.into()))?;
+        self.sync()?;
+        Ok(Exchanged::Replaced)
+    }
+
     /// A new session file holding `bytes`, under a fresh random key: from an unnamed file
     /// (`O_TMPFILE`) where the file system has them, else from a temp file given its name
     /// without replacing anything.
@@ -168,18 +228,38 @@ impl SessionDir {
         bytes: &[u8],
         expires_at: SystemTime,
     ) -> Result<SessionKey, StoreError> {
+        self.create_with(bytes, Some(expires_at), &|| {
+            let key = SessionKey::generate();
+            (key, key.file_name())
+        })
+    }
+
+    /// [`create`](SessionDir::create) with the new file's mtime stamped with `stamp` (`None`:
+    /// the time of the write, as Django keeps it) under the keys and names `fresh` draws.
+    ///
+    /// # Errors
+    /// As [`create`](SessionDir::create).
+    pub(in crate::store::file) fn create_with(
+        &self,
+        bytes: &[u8],
+        stamp: Option<SystemTime>,
+        fresh: &dyn Fn() -> (SessionKey, String),
+    ) -> Result<SessionKey, StoreError> {
         if self.tmpfile.load(Ordering::Relaxed) {
-            match self.create_from_tmpfile(bytes, expires_at) {
+            match self.create_from_tmpfile(bytes, stamp, fresh) {
                 Ok(Some(key)) => return Ok(key),
                 Ok(None) => self.tmpfile.store(false, Ordering::Relaxed),
                 Err(e) => return Err(e),
             }
         }
-        let temp = self.write_temp_for(".", bytes, expires_at)?;
-        // A collision of 122 random bits does not happen; the loop is for correctness only.
+        let temp = self
+            .write_temp(bytes, stamp)
+            .map(|(temp, _)| temp)
+            .map_err(|e| self.error("write session file", ".", e))?;
+        // A collision of 122 random bits (165 for Django's keys) does not happen; the loop is
+        // for correctness only.
         for _ in 0..16 {
-            let key = SessionKey::generate();
-            let name = key.file_name();
+            let (key, name) = fresh();
             match self.link_new(&temp, &name) {
                 Ok(true) => {
                     self.sync()?;
@@ -204,7 +284,8 @@ impl SessionDir {
     fn create_from_tmpfile(
         &self,
         bytes: &[u8],
-        expires_at: SystemTime,
+        stamp: Option<SystemTime>,
+        fresh: &dyn Fn() -> (SessionKey, String),
     ) -> Result<Option<SessionKey>, StoreError> {
         let unsupported = |e: Errno| {
             e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL || e == Errno::NOSYS
@@ -221,13 +302,12 @@ impl SessionDir {
         };
         let mut file = File::from(fd);
         file.write_all(bytes)
-            .and_then(|()| stamp_expiry(&file, Some(expires_at)))
+            .and_then(|()| stamp_expiry(&file, stamp))
             .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) })
             .map_err(|e| StoreError::io("write session file", &self.path, e))?;
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         for _ in 0..16 {
-            let key = SessionKey::generate();
-            let name = key.file_name();
+            let (key, name) = fresh();
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for everyone.
             let linked = match linkat(&file, "", &self.fd, name.as_str(), AtFlags::EMPTY_PATH) {
                 Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => linkat(

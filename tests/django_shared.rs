@@ -250,20 +250,17 @@ fn signed_cookies_are_shared_with_django() {
 }
 
 #[test]
-#[ignore = "waits for the Django-format DbStore (branch wt-db)"]
 fn db_sessions_on_sqlite_are_shared_with_django() {
     run(Engine::DbSqlite);
 }
 
 #[test]
-#[ignore = "waits for the Django-format FileStore (branch wt-file)"]
 fn file_sessions_are_shared_with_django() {
     run(Engine::File);
 }
 
 #[cfg(feature = "postgres")]
 #[test]
-#[ignore = "waits for the Django-format DbStore (branch wt-db)"]
 fn db_sessions_on_postgres_are_shared_with_django() {
     run(Engine::DbPostgres);
 }

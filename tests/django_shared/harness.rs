@@ -22,54 +22,27 @@ pub fn repo_root() -> &'static Path {
     server.parent().unwrap_or(server)
 }
 
-/// The Python to run Django with (`FILESESSION_DJANGO_PYTHON`, else
-/// `tests/django/.venv/bin/python`, else `bench/.venv/bin/python`): the first that imports
-/// Django 5.2, and psycopg when `postgres`; or why there is none.
+/// The Python to run Django with (`common::django_python`: `FILESESSION_DJANGO_PYTHON`,
+/// `tests/django/.venv`, `bench/.venv`), which must import psycopg too for PostgreSQL; or
+/// why there is none.
 pub fn find_python(postgres: bool) -> Result<PathBuf, String> {
-    let root = repo_root();
-    let candidates: Vec<(String, PathBuf)> = match std::env::var_os("FILESESSION_DJANGO_PYTHON") {
-        Some(p) => vec![("FILESESSION_DJANGO_PYTHON".into(), PathBuf::from(p))],
-        None => vec![
-            (
-                "tests/django/.venv".into(),
-                root.join("tests/django/.venv/bin/python"),
-            ),
-            ("bench/.venv".into(), root.join("bench/.venv/bin/python")),
-        ],
-    };
-    let probe = if postgres {
-        "import django, psycopg; print(django.get_version())"
-    } else {
-        "import django; print(django.get_version())"
-    };
-    let mut tried = Vec::new();
-    for (label, python) in candidates {
-        match Command::new(&python).args(["-c", probe]).output() {
-            Ok(out) if out.status.success() => {
-                let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                if version.starts_with("5.2") {
-                    return Ok(python);
-                }
-                tried.push(format!(
-                    "{} ({label}) has Django {version}, not 5.2",
-                    python.display()
-                ));
-            }
-            Ok(out) => tried.push(format!(
-                "{} ({label}): {}",
+    let install = "python3 -m venv tests/django/.venv && tests/django/.venv/bin/pip install \
+                   \"Django==5.2.*\" \"psycopg[binary]==3.2.*\"";
+    let python = common::django_python().map_err(|e| format!("{e}; {install}"))?;
+    if postgres {
+        let out = Command::new(&python)
+            .args(["-c", "import psycopg"])
+            .output()
+            .map_err(|e| format!("{}: {e}", python.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} cannot import psycopg: {}; {install}",
                 python.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => tried.push(format!("{} ({label}): {e}", python.display())),
+            ));
         }
     }
-    Err(format!(
-        "no Python with Django 5.2{}: {}. Set FILESESSION_DJANGO_PYTHON, or: python3 -m venv \
-         tests/django/.venv && tests/django/.venv/bin/pip install \"Django==5.2.*\" \
-         \"psycopg[binary]==3.2.*\"",
-        if postgres { " and psycopg" } else { "" },
-        tried.join("; ")
-    ))
+    Ok(python)
 }
 
 /// Which of Django's session engines the two sides share.

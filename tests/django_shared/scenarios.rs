@@ -272,6 +272,11 @@ fn sleep_until(from: Instant, d: Duration) {
 /// How long past an expiry of 2 s to look again.
 const PAST: Duration = Duration::from_millis(2_600);
 
+/// A read this soon after an expiry of 2 s was set must still find the session (a signed
+/// cookie's time is whole seconds: it may end up to 1 s early). A read that came back later
+/// (a machine too busy) proves nothing either way, and is not asserted.
+const STILL_LIVE: Duration = Duration::from_millis(900);
+
 /// (g) Expiry set on one side is kept by the other. Django's file backend never expires a
 /// session whose `_session_expiry` is an int (`get_expiry_age` returns the int as is), so
 /// with the file engine an expiry Django must enforce is an absolute time; and Django's
@@ -303,10 +308,10 @@ pub fn expiry(c: &Ctx) {
                 matches!(max_age, Some(1 | 2)),
                 "Django's cookie: {max_age:?}"
             );
-            assert_eq!(
-                without_expiry(&c.ours.data(&mut b.clone())),
-                json!({"g": 1})
-            );
+            let before = without_expiry(&c.ours.data(&mut b.clone()));
+            if set.elapsed() < STILL_LIVE {
+                assert_eq!(before, json!({"g": 1}));
+            }
             sleep_until(set, PAST);
             assert_eq!(
                 c.ours.data(&mut b.clone()),
@@ -329,10 +334,10 @@ pub fn expiry(c: &Ctx) {
                 matches!(max_age, Some(1 | 2)),
                 "filesession's cookie: {max_age:?}"
             );
-            assert_eq!(
-                without_expiry(&c.django.data(&mut b.clone())),
-                json!({"g": 2})
-            );
+            let before = without_expiry(&c.django.data(&mut b.clone()));
+            if set.elapsed() < STILL_LIVE {
+                assert_eq!(before, json!({"g": 2}));
+            }
             sleep_until(set, PAST);
             if engine != Engine::SignedCookies {
                 assert_eq!(c.django.data(&mut b.clone()), empty(), "expired for Django");
@@ -384,19 +389,22 @@ pub fn signed_cookie_age(c: &Ctx) {
     let ours = c.site.ours(OLD_KEY, "", &age);
     let mut by_ours = Browser::default();
     let mut by_django = Browser::default();
+    let first = Instant::now();
     ours.post(
         &mut by_ours,
         "/api/session",
         Some(r#"{"by": "filesession"}"#),
     );
-    let set = Instant::now();
     django.post(&mut by_django, "/set", Some(r#"{"by": "django"}"#));
-    assert_eq!(
-        django.data(&mut by_ours.clone()),
-        json!({"by": "filesession"})
-    );
-    assert_eq!(ours.data(&mut by_django.clone()), json!({"by": "django"}));
-    sleep_until(set, PAST);
+    let last = Instant::now();
+    let read_by_django = django.data(&mut by_ours.clone());
+    let read_by_ours = ours.data(&mut by_django.clone());
+    if first.elapsed() < STILL_LIVE {
+        assert_eq!(read_by_django, json!({"by": "filesession"}));
+        assert_eq!(read_by_ours, json!({"by": "django"}));
+    }
+    // Both signed before `last`, so more than 2 s old by then.
+    sleep_until(last, PAST);
     assert_eq!(django.data(&mut by_ours.clone()), empty());
     assert_eq!(ours.data(&mut by_django.clone()), empty());
 }

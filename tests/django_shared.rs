@@ -102,15 +102,23 @@ fn run(engine: Engine) {
             return;
         }
     };
-    let site = match Site::new(&python, engine) {
-        Ok(site) => site,
-        #[cfg(feature = "postgres")]
-        Err(e) if postgres => {
+    // PostgreSQL unreachable is a skip (FILESESSION_POSTGRES_TEST=require: a failure), as
+    // in tests/conformance.rs; anything after that is a failure.
+    #[cfg(feature = "postgres")]
+    let pg = match postgres.then(harness::PgDatabase::create).transpose() {
+        Ok(pg) => pg,
+        Err(e) => {
             common::skip(&test, &e, "FILESESSION_POSTGRES_TEST");
             return;
         }
-        Err(e) => panic!("{test}: {e}"),
     };
+    let site = Site::new(
+        &python,
+        engine,
+        #[cfg(feature = "postgres")]
+        pg,
+    )
+    .unwrap_or_else(|e| panic!("{test}: {e}"));
     let django = site
         .django(OLD_KEY, "", &[])
         .unwrap_or_else(|e| panic!("{test}: {e}"));

@@ -82,17 +82,19 @@ pub struct Site {
 
 impl Site {
     /// A new store with Django's tables, made by Django's own `migrate` (before filesession
-    /// opens it: filesession never creates Django's auth tables).
-    pub fn new(python: &Path, engine: Engine) -> Result<Site, String> {
+    /// opens it: filesession never creates Django's auth tables). For PostgreSQL, in
+    /// `postgres`, a database of the test's own.
+    pub fn new(
+        python: &Path,
+        engine: Engine,
+        #[cfg(feature = "postgres")] postgres: Option<PgDatabase>,
+    ) -> Result<Site, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let sessions = dir.path().join("sessions");
         std::fs::create_dir(&sessions).map_err(|e| e.to_string())?;
         let sqlite = format!("sqlite:///{}", dir.path().join("db.sqlite3").display());
         #[cfg(feature = "postgres")]
-        let postgres = match engine {
-            Engine::DbPostgres => Some(PgDatabase::create()?),
-            _ => None,
-        };
+        assert_eq!(postgres.is_some(), engine == Engine::DbPostgres);
         #[cfg(feature = "postgres")]
         let database_url = postgres.as_ref().map_or(sqlite, |pg| pg.url.clone());
         #[cfg(not(feature = "postgres"))]
@@ -210,7 +212,9 @@ impl PgDatabase {
         );
         let mut url = url::Url::parse(&admin).map_err(|e| format!("{admin}: {e}"))?;
         url.set_path(&format!("/{name}"));
-        common::Pg::connect(&admin)?.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        common::Pg::connect(&admin)
+            .and_then(|mut pg| pg.batch_execute(&format!("CREATE DATABASE {name}")))
+            .map_err(|e| format!("PostgreSQL at {}: {e}", filesession::redacted(&admin)))?;
         Ok(PgDatabase {
             admin,
             name,

@@ -506,6 +506,18 @@ fn scenarios() -> Vec<Scenario> {
             ],
         ),
         scenario(
+            "expiry_at",
+            &[],
+            steps![
+                set(r#"{"a": 1}"#),
+                post_json("/api/session/expiry", r#"{"at": "2030-01-02T03:04:05Z"}"#),
+                get("/getsession/"),
+                post_json("/api/session/expiry", r#"{"at": "soon"}"#),
+                post_json("/api/session/expiry", r#"{"at": 5}"#),
+                expiry("null"),
+            ],
+        ),
+        scenario(
             "expired_default_age",
             &[("SESSION_COOKIE_AGE", "2")],
             steps![

@@ -12,7 +12,6 @@
 //!   and stays as written while the rule it says is unchanged, so a session is re-encoded
 //!   as Django would encode it.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -158,6 +158,16 @@ def _expiry(request):
     data, err = json_object(request)
     if err is not None:
         return err
+    if "at" in data:
+        # filesession's {"at": "<RFC 3339, UTC>"}: Django's set_expiry(datetime).
+        try:
+            at = datetime.datetime.fromisoformat(data["at"])
+        except (TypeError, ValueError):
+            at = None
+        if at is None or at.utcoffset() != datetime.timedelta(0):
+            return error(400, '"at" must be an RFC 3339 time in UTC (2030-01-02T03:04:05Z).')
+        request.session.set_expiry(at)
+        return answer()
     if "seconds" not in data:
         return error(
             400,

@@ -89,12 +89,26 @@ pub(super) fn cycle(_: &Request, session: &mut Session) -> Response {
     answer()
 }
 
-/// `POST /api/session/expiry` with `{"seconds": N}`.
+/// `POST /api/session/expiry` with `{"seconds": N}`, or `{"at": "<RFC 3339, UTC>"}` (an
+/// absolute end, Django's `set_expiry(datetime)`).
 pub(super) fn expiry(request: &Request, session: &mut Session) -> Response {
     let map = match json_object(request) {
         Ok(map) => map,
         Err(response) => return response,
     };
+    if let Some(at) = map.get("at") {
+        return match at.as_str().and_then(filesession::parse_rfc3339) {
+            Some(t) => {
+                session.set_expiry(Expiry::At(t));
+                answer()
+            }
+            None => bad(
+                request,
+                400,
+                "\"at\" must be an RFC 3339 time in UTC (2030-01-02T03:04:05Z).",
+            ),
+        };
+    }
     let expiry = match map.get("seconds") {
         Some(Value::Null) => Expiry::Default,
         Some(Value::Number(n)) => match n.as_u64() {
@@ -106,7 +120,8 @@ pub(super) fn expiry(request: &Request, session: &mut Session) -> Response {
             return bad(
                 request,
                 400,
-                "Send {\"seconds\": N}: N > 0 seconds, 0 = at browser close, null = the default.",
+                "Send {\"seconds\": N}: N > 0 seconds, 0 = at browser close, null = the default; \
+                 or {\"at\": \"<RFC 3339 time>\"}.",
             );
         }
     };

@@ -24,7 +24,7 @@ use filesession::{Method, Request, Response, Router, Session};
 /// | `DELETE /api/session/{name}` | removes one key; 404 if absent (`/api/session/`: the empty key) |
 /// | `POST /api/session/flush` | logs out |
 /// | `POST /api/session/cycle` | a new key, the same data |
-/// | `POST /api/session/expiry` | `{"seconds": N}`: N > 0, 0 = browser close, null = default |
+/// | `POST /api/session/expiry` | `{"seconds": N}`: N > 0, 0 = browser close, null = default; `{"at": RFC 3339}` |
 /// | `POST /api/session/incr/{name}` | adds 1 to an integer (missing = 0) |
 pub fn demo_router() -> Router {
     Router::new()

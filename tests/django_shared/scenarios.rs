@@ -474,6 +474,11 @@ pub fn concurrent_writers(c: &Ctx) {
         .map(|i| format!("d{i}"))
         .filter(|k| data.get(k).is_none())
         .collect();
+    eprintln!(
+        "{:?}, writers on both sides at once: {} of Django's {WRITES} keys lost",
+        c.site.engine,
+        lost.len()
+    );
     if c.site.engine == Engine::File {
         let last = format!("d{}", WRITES - 1);
         assert!(

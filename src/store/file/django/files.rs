@@ -199,6 +199,28 @@ impl DjangoFileStore {
         let mut record = record;
         let mut written: Option<Record> = None;
         for merges in 0..=MAX_MERGES {
+            // A copy renamed in (by Django) since the one this save builds on: merged onto
+            // before any copy of ours takes the name, so that a copy without its change is
+            // never shown (a Django request reading one would save it back without the
+            // change, for good). What is left is the moment between this look and the
+            // exchange, which the exchange's own check below covers for our writers.
+            if merges < MAX_MERGES
+                && let Some(now) = self.dir.identity(name)
+                && now != replaced
+                && let Some(mut theirs) = self.renamed_in(key, name).unwrap_or_else(|e| {
+                    log::warn!("{}: cannot read a copy renamed in: {e}", key.short());
+                    None
+                })
+            {
+                log::debug!(
+                    "{}: replaced by another writer (Django?) before this save: merged onto it",
+                    key.short()
+                );
+                changes.apply_to(&mut theirs, SystemTime::now());
+                record = theirs;
+                replaced = now;
+                continue;
+            }
             let Swapped { temp, ours: mine } = match self.write_copy(key, name, &record, &mut ours)
             {
                 Ok(Some(swapped)) => swapped,

@@ -34,6 +34,17 @@ impl std::fmt::Debug for DjangoLock {
     }
 }
 
+/// What one write of a save did.
+enum Wrote {
+    /// The copy took the name by an exchange.
+    Swapped(Swapped),
+    /// The copy took the name by a plain rename (no `renameat2`).
+    Renamed,
+    /// Not written: the name holds another copy (this device and inode) than the one the
+    /// save builds on.
+    Stale((u64, u64)),
+}
+
 /// A copy of a save that took the session's name by an exchange.
 struct Swapped {
     /// The temp name the copy it replaced has now.
@@ -198,45 +209,46 @@ impl DjangoFileStore {
         let mut ours: Vec<File> = Vec::new();
         let mut record = record;
         let mut written: Option<Record> = None;
+        // Copies renamed in that this save built on, open until it is done.
+        let mut kept: Vec<File> = Vec::new();
         for merges in 0..=MAX_MERGES {
-            // A copy renamed in (by Django) since the one this save builds on: merged onto
-            // before any copy of ours takes the name, so that a copy without its change is
-            // never shown (a Django request reading one would save it back without the
-            // change, for good). What is left is the moment between this look and the
-            // exchange, which the exchange's own check below covers for our writers.
-            if merges < MAX_MERGES
-                && let Some(now) = self.dir.identity(name)
-                && now != replaced
-                && let Some(mut theirs) = self.renamed_in(key, name).unwrap_or_else(|e| {
-                    log::warn!("{}: cannot read a copy renamed in: {e}", key.short());
-                    None
-                })
-            {
-                log::debug!(
-                    "{}: replaced by another writer (Django?) before this save: merged onto it",
-                    key.short()
-                );
-                changes.apply_to(&mut theirs, SystemTime::now());
-                record = theirs;
-                replaced = now;
-                continue;
-            }
-            let Swapped { temp, ours: mine } = match self.write_copy(key, name, &record, &mut ours)
-            {
-                Ok(Some(swapped)) => swapped,
-                Ok(None) => return Ok(record),
-                Err(e) => {
-                    let Some(written) = written else {
-                        return Err(e);
-                    };
-                    log::warn!(
-                        "{}: a Django write came in during a save; the save stands, but \
+            let look = (merges < MAX_MERGES).then_some(replaced);
+            let Swapped { temp, ours: mine } =
+                match self.write_copy(key, name, &record, &mut ours, look) {
+                    Ok(Wrote::Swapped(swapped)) => swapped,
+                    Ok(Wrote::Renamed) => return Ok(record),
+                    Ok(Wrote::Stale(now)) => {
+                        // Renamed in (by Django) since the copy this save builds on, and seen
+                        // before ours took the name: merged onto, nothing of ours shown yet.
+                        // Kept open until the save is done: its inode number is then given
+                        // to no other file, so the next look cannot take a newer copy for it.
+                        let Some((mut theirs, file, identity)) = self.open_copy(key, name) else {
+                            replaced = now;
+                            continue;
+                        };
+                        log::debug!(
+                            "{}: replaced by another writer (Django?) during this save: \
+                             merged onto it before writing",
+                            key.short()
+                        );
+                        kept.push(file);
+                        changes.apply_to(&mut theirs, SystemTime::now());
+                        record = theirs;
+                        replaced = identity;
+                        continue;
+                    }
+                    Err(e) => {
+                        let Some(written) = written else {
+                            return Err(e);
+                        };
+                        log::warn!(
+                            "{}: a Django write came in during a save; the save stands, but \
                          merging the two failed ({e}): Django's change is lost",
-                        key.short()
-                    );
-                    return Ok(written);
-                }
-            };
+                            key.short()
+                        );
+                        return Ok(written);
+                    }
+                };
             // The copy replaced is at the temp name now.
             let theirs = match (self.dir.identity(&temp), mine) {
                 (Some(found), Some(_)) if found != replaced && merges < MAX_MERGES => {
@@ -265,9 +277,10 @@ impl DjangoFileStore {
     }
 
     /// One write of `record` to the session file `name`: a temp file locked (and kept in
-    /// `ours`) before it takes the name by an exchange. `Ok(Some(_))`: the copy replaced is
-    /// at the temp name ([`Swapped`]); `Ok(None)`: written by a plain rename (no
-    /// `renameat2`), the copy replaced gone.
+    /// `ours`) before it takes the name by an exchange. [`Wrote::Swapped`]: the copy
+    /// replaced is at the temp name; [`Wrote::Renamed`]: written by a plain rename (no
+    /// `renameat2`), the copy replaced gone; [`Wrote::Stale`]: with `expected`, the name
+    /// held another copy just before the exchange, and nothing was written.
     ///
     /// # Errors
     /// [`StoreError::Deleted`] when the name is gone, [`StoreError::TooLarge`], I/O failures.
@@ -277,7 +290,8 @@ impl DjangoFileStore {
         name: &str,
         record: &Record,
         ours: &mut Vec<File>,
-    ) -> Result<Option<Swapped>, StoreError> {
+        expected: Option<(u64, u64)>,
+    ) -> Result<Wrote, StoreError> {
         let text = self
             .codec
             .encode(Some(key), record, (self.clock)(), self.max_file_size)?;
@@ -289,16 +303,56 @@ impl DjangoFileStore {
         // copy is unlocked, as Django's are.)
         let _ = lock_exclusive_until(&file, Instant::now());
         let mine = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        // The last look before the exchange: a copy renamed in (by Django) since the one
+        // this save builds on must not be replaced by a copy without its change, even for
+        // the moment a merge again takes (a Django request reading that copy would save
+        // it back without the change, for good). What is left is the moment between this
+        // look and the exchange, which the exchange's own check covers for our writers.
+        if let Some(expected) = expected
+            && let Some(now) = self.dir.identity(name)
+            && now != expected
+        {
+            if let Err(e) = self.dir.unlink(&temp) {
+                log::warn!("cannot remove an unused copy of a session ({temp}): {e}");
+            }
+            return Ok(Wrote::Stale(now));
+        }
         ours.push(file);
         match self.dir.exchange(&temp, name)? {
             Exchanged::Gone => Err(StoreError::Deleted(*key)),
-            Exchanged::Replaced => Ok(None),
-            Exchanged::Swapped => Ok(Some(Swapped { temp, ours: mine })),
+            Exchanged::Replaced => Ok(Wrote::Renamed),
+            Exchanged::Swapped => Ok(Wrote::Swapped(Swapped { temp, ours: mine })),
         }
     }
 
     /// The session in a copy renamed in during a save (now at the temp name `temp`), if it
     /// holds one of ours.
+    /// The session file at `name` now, opened: its record, the open file and its device
+    /// and inode; `None` (logged) when it is gone, unreadable or not a session.
+    fn open_copy(&self, key: &SessionKey, name: &str) -> Option<(Record, File, (u64, u64))> {
+        let entry = match self.dir.open_entry(name) {
+            Ok(Opened::File(entry)) => entry,
+            Ok(Opened::Missing) | Err(StoreError::NotARegularFile(_)) => return None,
+            Err(e) => {
+                log::warn!("{}: cannot read a copy renamed in: {e}", key.short());
+                return None;
+            }
+        };
+        let record = match self.read_file(&entry, name, SystemTime::now()) {
+            Ok(Found::Live(record) | Found::Expired(record)) => record,
+            Ok(Found::Refused { why, .. }) => {
+                log_refused("a copy renamed in during a save of", Some(key), &why);
+                return None;
+            }
+            Err(e) => {
+                log::warn!("{}: cannot read a copy renamed in: {e}", key.short());
+                return None;
+            }
+        };
+        let identity = (entry.dev, entry.ino);
+        Some((record, entry.file, identity))
+    }
+
     fn renamed_in(&self, key: &SessionKey, temp: &str) -> Result<Option<Record>, StoreError> {
         let entry = match self.dir.open_entry(temp) {
             Ok(Opened::File(entry)) => entry,

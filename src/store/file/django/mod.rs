@@ -86,16 +86,20 @@ use crate::store::{
 /// * **Fresh reads.** A load opens the name when it is called.
 /// * **A Django rename during one of our writes.** Django replaces the inode a lock of
 ///   ours is on, and another writer of ours may then lock Django's new file while the first
-///   still holds the old one. The exchange tells: it hands back the copy it replaced, and
-///   when that is not the one the writer locked, something was renamed in since its check.
-///   The writer then reads that copy, applies its changes on top, and writes again; each
-///   copy of ours is locked before it takes the name, so no other writer of ours bases a
-///   write on it meanwhile. So writers of ours never lose each other's changes, Django or
-///   not (a reader may see a change missing for that moment).
+///   still holds the old one. Just before its copy takes the name, a writer looks whether
+///   the name still holds the copy it built on; if not, it reads the copy renamed in (kept
+///   open, so that its inode number names no other file meanwhile), applies its changes on
+///   top, and looks again: nothing of ours without Django's change is shown. A rename in
+///   the microseconds between that look and the exchange is seen by the exchange, which
+///   hands back the copy it replaced: the writer reads it and writes again, and only then
+///   is a copy without Django's change shown, for the time of that write (a Django request
+///   reading it then saves the session back without the change: `docs/django.md` gives the
+///   rate measured). Each copy of ours is locked before it takes the name, so no other
+///   writer of ours bases a write on it meanwhile: writers of ours never lose each other's
+///   changes, Django or not.
 /// * **Against Django, the last writer wins** for that key: a Django save that read the
 ///   session before one of ours and renames after it replaces ours (Django's own lost
-///   update, as between two Django processes); one that renames between our lock and our
-///   write is merged instead. No interleaving tears or corrupts a file.
+///   update, as between two Django processes). No interleaving tears or corrupts a file.
 ///
 /// # Cleanup
 ///

@@ -93,7 +93,7 @@ use crate::store::{
 ///   the microseconds between that look and the exchange is seen by the exchange, which
 ///   hands back the copy it replaced: the writer reads it and writes again, and only then
 ///   is a copy without Django's change shown, for the time of that write (a Django request
-///   reading it then saves the session back without the change: `docs/django.md` gives the
+///   reading it then saves the session back without the change: `docs/next-to-django.md` gives the
 ///   rate measured). Each copy of ours is locked before it takes the name, so no other
 ///   writer of ours bases a write on it meanwhile: writers of ours never lose each other's
 ///   changes, Django or not.

@@ -58,13 +58,13 @@
 //! | part | items |
 //! |---|---|
 //! | the session (Django's `SessionBase`) | [`Session`], [`SessionKey`], [`Expiry`], [`SessionConfig`] |
-//! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`] |
+//! | settings (Django's names) | [`Settings`] (from the table [`SETTINGS`]), [`Engine`], [`Locking`], [`SameSite`], [`SessionFormat`] |
 //! | the store contract ([`store`]) | [`SessionStore`] (storage), [`LockPreflight`] (waiting for a lock off the one thread), [`ExpiredDeletion`] (cleanup); [`store::open`]; [`Record`], [`ChangeSet`], [`SessionLock`], [`Lease`], [`Acquired`], [`StoreError`] |
-//! | stores | [`FileStore`] (the default), [`DjangoFileStore`] (Django's file layout, shared with a Django site), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
+//! | stores | [`FileStore`] (the default), [`DjangoFileStore`] (Django's file layout, shared with a Django site), [`DbStore`] (SQLite; PostgreSQL with feature `postgres`; Django's `django_session` with [`DbStore::open_django`]), [`SignedCookieStore`] (Django's `signed_cookies`: the session in the cookie), [`MemoryStore`] (tests), `RedisStore` and `CachedDbStore` (Django's `cached_db`; feature `redis`) |
 //! | around your handlers | [`SessionMiddleware`] (Django's cookie rules), [`Router`], [`App`] (`prepare` then `run`, or `handle`) |
 //! | the server | [`Server`], [`StopHandle`], [`Limits`]; [`http`], the HTTP layer on hyper; `Supervisor` (`--workers`, feature `signals`) |
 //! | tower and axum | `tower::SessionLayer`, `tower::SessionHandle` (the axum extractor): features `tower`, `axum` |
-//! | next to Django | [`signing`]: Django's signed values (`session_data`, session files, signed cookies), its keys and fallback keys |
+//! | next to Django | `SESSION_FORMAT=django` ([`SessionFormat`]): [`DbStore::open_django`], [`DjangoFileStore`], [`SessionKey::generate_django`]; [`SignedCookieStore`]; [`signing`]: Django's signed values (`session_data`, session files, signed cookies), its keys and fallback keys ([`signing::SecretKey`]); `docs/next-to-django.md` |
 //!
 //! The `filesession` binary (`runserver`, `clearsessions`) and its demo app live in
 //! `src/bin/filesession/`, built by the server package (`server/Cargo.toml`): this library,

@@ -1112,6 +1112,64 @@ fn request_locking_across_two_processes_is_linearizable() {
     run("request locking, two processes", &[&a, &b], false);
 }
 
+/// Django's format (`SESSION_FORMAT=django`): Django's keys, signed data and layout.
+const DJANGO_FORMAT: [(&str, &str); 2] = [
+    ("SESSION_FORMAT", "django"),
+    ("SECRET_KEY", "history-test-only-not-secret"),
+];
+
+#[test]
+fn merge_locking_across_two_processes_in_djangos_file_layout_is_linearizable_with_blind_deletes() {
+    let env = [
+        DJANGO_FORMAT[0],
+        DJANGO_FORMAT[1],
+        ("SESSION_LOCKING", "merge"),
+    ];
+    let a = TestServer::start(&env);
+    let b = TestServer::start_sharing(&a.sessions(), &env);
+    run(
+        "merge locking, two processes, Django's file layout",
+        &[&a, &b],
+        true,
+    );
+}
+
+#[test]
+fn request_locking_across_two_processes_in_djangos_file_layout_is_linearizable() {
+    let env = [
+        DJANGO_FORMAT[0],
+        DJANGO_FORMAT[1],
+        ("SESSION_LOCKING", "request"),
+    ];
+    let a = TestServer::start(&env);
+    let b = TestServer::start_sharing(&a.sessions(), &env);
+    run(
+        "request locking, two processes, Django's file layout",
+        &[&a, &b],
+        false,
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn merge_locking_across_two_processes_on_djangos_sqlite_table_is_linearizable_with_blind_deletes() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_url(&db);
+    let env = [
+        DJANGO_FORMAT[0],
+        DJANGO_FORMAT[1],
+        ("SESSION_ENGINE", "db"),
+        ("DATABASE_URL", url.as_str()),
+        ("SESSION_LOCKING", "merge"),
+    ];
+    let (a, b) = (TestServer::start(&env), TestServer::start(&env));
+    run(
+        "merge locking, two processes, Django's table on SQLite",
+        &[&a, &b],
+        true,
+    );
+}
+
 /// Two servers on one database (`SESSION_ENGINE=db`), each in a directory of its own.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn db_pair(mode: &str, database_url: &str, table: &str) -> (TestServer, TestServer) {

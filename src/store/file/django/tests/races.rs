@@ -73,9 +73,10 @@ fn a_django_rename_during_our_saves_loses_no_change_of_ours() {
 }
 
 /// A Django copy renamed in during a save that cannot be merged (the two together are over
-/// the size limit): the save's own write stands, and says so.
+/// the size limit): seen before anything of ours is written, so the save fails and
+/// Django's copy stays, whole.
 #[test]
-fn a_merge_again_that_fails_leaves_the_saves_own_write() {
+fn a_copy_renamed_in_that_cannot_be_merged_fails_the_save_and_stays() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let store = store_in(tmp.path()).with_max_file_size(500);
     // Text zlib cannot shrink much: the sizes stay near their JSON's.
@@ -115,21 +116,19 @@ fn a_merge_again_that_fails_leaves_the_saves_own_write() {
         "the two merged are over the limit"
     );
     let c = changes(&[("ours", json!(ours))]);
-    let written = store
-        .publish(
-            &key,
-            &held,
-            &c,
-            c.merge_into(Some(read), SystemTime::now()).into_record(),
-        )
-        .expect("the save stands");
-    drop(held);
-    assert_eq!(
-        Value::Object((*written.data).clone()),
-        json!({"base": 0, "ours": ours})
+    let failed = store.publish(
+        &key,
+        &held,
+        &c,
+        c.merge_into(Some(read), SystemTime::now()).into_record(),
     );
+    assert!(
+        matches!(failed, Err(StoreError::TooLarge { .. })),
+        "the save fails: {failed:?}"
+    );
+    drop(held);
     let loaded = store.load(&key).expect("load").expect("live");
-    assert_eq!(data_of(&loaded), json!({"base": 0, "ours": ours}));
+    assert_eq!(data_of(&loaded), json!({"django": theirs}));
     assert_eq!(names_in(tmp.path()), [key.django_file_name("sessionid")]);
 }
 

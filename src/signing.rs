@@ -163,7 +163,12 @@ impl Signer {
     /// `object` signed as Django's `TimestampSigner.sign_object(object,
     /// serializer=JSONSerializer, compress=compress)` at `now`.
     pub fn sign_object(&self, object: &Value, compress: bool, now: SystemTime) -> String {
-        let json = python_json(object);
+        self.sign_json(&python_json(object), compress, now)
+    }
+
+    /// [`sign_object`](Signer::sign_object) of an object already written as Python's JSON
+    /// ([`python_json`]).
+    pub fn sign_json(&self, json: &str, compress: bool, now: SystemTime) -> String {
         let mut payload = String::new();
         let compressed = compress.then(|| zlib(json.as_bytes())).flatten();
         match compressed {
@@ -188,6 +193,22 @@ impl Signer {
         max_age: Option<Duration>,
         now: SystemTime,
     ) -> Result<Value, BadSignature> {
+        self.unsign_object_within(signed, max_age, now, MAX_JSON)
+    }
+
+    /// [`unsign_object`](Signer::unsign_object) of an object whose JSON is at most
+    /// `max_json` bytes (a compressed payload is inflated no further): a session's limit, so
+    /// that a small signed value cannot make much work.
+    ///
+    /// # Errors
+    /// As [`unsign_object`](Signer::unsign_object); [`BadSignature::Payload`] over the limit.
+    pub fn unsign_object_within(
+        &self,
+        signed: &str,
+        max_age: Option<Duration>,
+        now: SystemTime,
+        max_json: usize,
+    ) -> Result<Value, BadSignature> {
         let value = self.unsign(signed)?;
         let (payload, timestamp) = value.rsplit_once(':').ok_or(BadSignature::Signature)?;
         if let Some(max_age) = max_age {
@@ -206,7 +227,10 @@ impl Signer {
         let bad = |what: &str| BadSignature::Payload(what.to_owned());
         let mut data = URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad("base64"))?;
         if compressed {
-            data = unzlib(&data).map_err(|_| bad("zlib"))?;
+            data = unzlib(&data, max_json).map_err(|e| bad(&format!("zlib: {e}")))?;
+        }
+        if data.len() > max_json {
+            return Err(bad(&format!("JSON over {max_json} bytes")));
         }
         // Django reads the bytes as latin-1 (its own writers escape all but ASCII).
         let text: String = data.iter().map(|&b| char::from(b)).collect();
@@ -256,15 +280,20 @@ fn zlib(data: &[u8]) -> Option<Vec<u8>> {
     encoder.finish().ok()
 }
 
-/// Inflates at most 16 MiB: a session is at most 1 MiB, and a zlib bomb is refused.
-fn unzlib(data: &[u8]) -> io::Result<Vec<u8>> {
-    const LIMIT: u64 = 16 << 20;
+/// The largest JSON [`Signer::unsign_object`] reads: 16 MiB.
+pub const MAX_JSON: usize = 16 << 20;
+
+/// Inflates at most `limit` bytes: a zlib bomb is refused.
+fn unzlib(data: &[u8], limit: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::ZlibDecoder::new(data)
-        .take(LIMIT + 1)
+        .take(limit as u64 + 1)
         .read_to_end(&mut out)?;
-    if out.len() as u64 > LIMIT {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "over 16 MiB"));
+    if out.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("over {limit} bytes inflated"),
+        ));
     }
     Ok(out)
 }
@@ -450,7 +479,22 @@ mod tests {
         let signed = signer.sign(&format!(".{}:1r31eq", URL_SAFE_NO_PAD.encode(huge)));
         assert_eq!(
             signer.unsign_object(&signed, None, at_vector_time()),
-            Err(BadSignature::Payload("zlib".into()))
+            Err(BadSignature::Payload(
+                "zlib: over 16777216 bytes inflated".into()
+            ))
+        );
+        // A limit of the caller's.
+        let small = zlib(&vec![b' '; 2000]).unwrap();
+        let signed = signer.sign(&format!(".{}:1r31eq", URL_SAFE_NO_PAD.encode(small)));
+        assert!(
+            signer
+                .unsign_object_within(&signed, None, at_vector_time(), 1000)
+                .is_err()
+        );
+        let plain = signer.sign(&format!("{}:1r31eq", URL_SAFE_NO_PAD.encode([b' '; 1001])));
+        assert_eq!(
+            signer.unsign_object_within(&plain, None, at_vector_time(), 1000),
+            Err(BadSignature::Payload("JSON over 1000 bytes".into()))
         );
     }
 

@@ -12,7 +12,7 @@
 //!   and stays as written while the rule it says is unchanged, so a session is re-encoded
 //!   as Django would encode it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
@@ -21,7 +21,7 @@ use super::format::{MAX_VALUE_DEPTH, depth};
 use super::{Record, StoreError};
 use crate::expiry::Expiry;
 use crate::key::SessionKey;
-use crate::signing::Signer;
+use crate::signing::{Signer, python_json};
 
 /// The key Django keeps a session's expiry rule under.
 pub(crate) const SESSION_EXPIRY_KEY: &str = "_session_expiry";
@@ -32,18 +32,44 @@ pub(crate) struct DjangoCodec {
     signer: Signer,
 }
 
-/// Whether a refused value was logged at `warn` already: the first is, the rest at `debug`
-/// (a client sending forged cookies must not fill the log).
-static REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
+/// The largest JSON of a session read in Django's format: 1 MiB, as a session file of
+/// ours ([`DEFAULT_MAX_FILE_SIZE`](crate::FileStore)); a compressed payload is inflated no
+/// further.
+pub(crate) const MAX_SESSION_JSON: usize = 1 << 20;
 
-/// Logs a value that is not a session (tampered, signed with another key, not a dict): once
-/// at `warn`, then at `debug`.
+/// When a refused value was last logged at `warn`, in seconds since the Unix epoch, and how
+/// many were refused since: at most one `warn` a minute, saying how many it stands for (a
+/// client sending forged cookies must not fill the log, and must not hide a mistyped
+/// `SECRET_KEY` either); the others at `debug`.
+static REFUSED_WARNED_AT: AtomicU64 = AtomicU64::new(0);
+static REFUSED_SINCE: AtomicU64 = AtomicU64::new(0);
+
+/// Logs a value that is not a session (tampered, signed with another key, not a dict): at
+/// `warn` at most once a minute, with the count of those since the last; else at `debug`.
 pub(crate) fn log_refused(what: &str, key: Option<&SessionKey>, why: &str) {
     let key = key.map_or(String::new(), |k| format!(" {}", k.short()));
-    if REFUSED_LOGGED.swap(true, Ordering::Relaxed) {
-        log::debug!("{what}{key}: {why}; no session");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = REFUSED_WARNED_AT.load(Ordering::Relaxed);
+    let since = REFUSED_SINCE.fetch_add(1, Ordering::Relaxed);
+    if now >= last.saturating_add(60)
+        && REFUSED_WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        REFUSED_SINCE.store(0, Ordering::Relaxed);
+        let more = if since > 0 {
+            format!("; {since} more refused in the last minute (logged at debug level)")
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "{what}{key}: {why}; no session (a mistyped or rotated SECRET_KEY refuses every \
+             session; at most one such warning a minute){more}"
+        );
     } else {
-        log::warn!("{what}{key}: {why}; no session (further ones are logged at debug level)");
+        log::debug!("{what}{key}: {why}; no session");
     }
 }
 
@@ -74,8 +100,19 @@ impl DjangoCodec {
                 limit: MAX_VALUE_DEPTH,
             });
         }
-        let data = with_expiry(&record.data, record.expiry);
-        let text = self.signer.sign_object(&Value::Object(data), true, now);
+        let data = with_expiry(&record.data, record.expiry, now);
+        // The limit holds for the JSON as for the signed text: a session that compresses
+        // well is still read whole on every request, by both sides.
+        let json = python_json(&Value::Object(data));
+        let json_limit = limit.min(MAX_SESSION_JSON);
+        if json.len() > json_limit {
+            return Err(StoreError::TooLarge {
+                key: key.copied(),
+                size: json.len(),
+                limit: json_limit,
+            });
+        }
+        let text = self.signer.sign_json(&json, true, now);
         if text.len() > limit {
             return Err(StoreError::TooLarge {
                 key: key.copied(),
@@ -94,7 +131,10 @@ impl DjangoCodec {
     /// Why it is not a session: a signature none of the keys made, a payload that is not a
     /// JSON object.
     pub(crate) fn decode(&self, text: &str) -> Result<(Map<String, Value>, Expiry), String> {
-        match self.signer.unsign_object(text, None, SystemTime::now()) {
+        match self
+            .signer
+            .unsign_object_within(text, None, SystemTime::now(), MAX_SESSION_JSON)
+        {
             Ok(Value::Object(data)) => {
                 let expiry = expiry_of(&data);
                 Ok((data, expiry))
@@ -111,12 +151,17 @@ impl DjangoCodec {
     }
 }
 
-/// The expiry rule `data["_session_expiry"]` says, as Django's `get_expiry_age` reads it:
-/// absent or `null` is the default; `0` browser close; a positive number that many seconds
-/// (a negative one: ended); a string an ISO 8601 time (naive means UTC). Anything else is
-/// the default.
+/// The expiry rule `data["_session_expiry"]` says, as Django's `get_expiry_age` and
+/// `get_expire_at_browser_close` read it: absent or `null` is the default; `0` and `false`
+/// browser close; a positive number that many seconds (`true`: 1; a negative one: ended);
+/// a string an ISO 8601 time (naive means UTC). A string that is not a time, or anything
+/// else, is ended (Django fails on it): a session is never kept longer than its writer
+/// meant.
 pub(crate) fn expiry_of(data: &Map<String, Value>) -> Expiry {
     match data.get(SESSION_EXPIRY_KEY) {
+        None | Some(Value::Null) => Expiry::Default,
+        Some(Value::Bool(false)) => Expiry::BrowserClose,
+        Some(Value::Bool(true)) => Expiry::Seconds(1),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(0), _) => Expiry::BrowserClose,
             (Some(seconds), _) => Expiry::Seconds(seconds),
@@ -124,14 +169,24 @@ pub(crate) fn expiry_of(data: &Map<String, Value>) -> Expiry {
             (None, Some(f)) if f >= 0.0 => Expiry::BrowserClose,
             _ => Expiry::At(UNIX_EPOCH),
         },
-        Some(Value::String(text)) => parse_iso(text).map_or(Expiry::Default, Expiry::At),
-        _ => Expiry::Default,
+        Some(Value::String(text)) => parse_iso(text).map_or(Expiry::At(UNIX_EPOCH), Expiry::At),
+        Some(_) => Expiry::At(UNIX_EPOCH),
     }
 }
 
 /// `data` with `_session_expiry` saying `expiry`: removed for the default, else set in
 /// place; kept as written when it already says the same.
-pub(crate) fn with_expiry(data: &Map<String, Value>, expiry: Expiry) -> Map<String, Value> {
+pub(crate) fn with_expiry(
+    data: &Map<String, Value>,
+    expiry: Expiry,
+    now: SystemTime,
+) -> Map<String, Value> {
+    // Django adds the seconds to a datetime: past year 9999 its every request on the
+    // session fails (OverflowError), so the seconds stop a day before.
+    let expiry = match expiry {
+        Expiry::Seconds(n) => Expiry::Seconds(n.min(max_seconds_from(now))),
+        rule => rule,
+    };
     let mut data = data.clone();
     if expiry_of(&data) == expiry
         && (expiry != Expiry::Default || !data.contains_key(SESSION_EXPIRY_KEY))
@@ -153,6 +208,14 @@ pub(crate) fn with_expiry(data: &Map<String, Value>, expiry: Expiry) -> Map<Stri
         }
     }
     data
+}
+
+/// The most seconds from `now` that Django's `datetime` holds: until a day before the end
+/// of year 9999.
+fn max_seconds_from(now: SystemTime) -> u64 {
+    let end = UNIX_EPOCH + Duration::from_millis(crate::expiry::MAX_TIME_MILLIS);
+    end.duration_since(now)
+        .map_or(0, |d| d.as_secs().saturating_sub(86_400))
 }
 
 /// Python's `datetime.isoformat()` of an aware UTC time: `2030-01-02T03:04:05+00:00`, with
@@ -273,7 +336,10 @@ mod tests {
                 Expiry::At(at(1_893_553_445, 0)),
             ),
             (r#"{"_session_expiry":-5}"#, Expiry::At(UNIX_EPOCH)),
-            (r#"{"_session_expiry":"soon"}"#, Expiry::Default),
+            (r#"{"_session_expiry":"soon"}"#, Expiry::At(UNIX_EPOCH)),
+            (r#"{"_session_expiry":false}"#, Expiry::BrowserClose),
+            (r#"{"_session_expiry":true}"#, Expiry::Seconds(1)),
+            (r#"{"_session_expiry":[1]}"#, Expiry::At(UNIX_EPOCH)),
         ];
         for (json, expiry) in cases {
             let data: Map<String, Value> = serde_json::from_str(json).expect("json");
@@ -288,23 +354,27 @@ mod tests {
         )
         .expect("json");
         // The same rule: the text as written.
-        let same = with_expiry(&data, Expiry::At(at(1_893_553_445, 0)));
+        let same = with_expiry(&data, Expiry::At(at(1_893_553_445, 0)), SystemTime::now());
         assert_eq!(same, data);
         // Another: in place.
-        let seconds = with_expiry(&data, Expiry::Seconds(60));
+        let seconds = with_expiry(&data, Expiry::Seconds(60), SystemTime::now());
         assert_eq!(
             serde_json::to_string(&seconds).expect("json"),
             r#"{"a":1,"_session_expiry":60,"b":2}"#
         );
-        let browser = with_expiry(&seconds, Expiry::BrowserClose);
+        let browser = with_expiry(&seconds, Expiry::BrowserClose, SystemTime::now());
         assert_eq!(browser.get(SESSION_EXPIRY_KEY), Some(&Value::from(0)));
-        let default = with_expiry(&seconds, Expiry::Default);
+        let default = with_expiry(&seconds, Expiry::Default, SystemTime::now());
         assert_eq!(
             serde_json::to_string(&default).expect("json"),
             r#"{"a":1,"b":2}"#
         );
         // Kept to the millisecond, as every expiry.
-        let appended = with_expiry(&default, Expiry::At(at(1_893_553_445, 123_000)));
+        let appended = with_expiry(
+            &default,
+            Expiry::At(at(1_893_553_445, 123_000)),
+            SystemTime::now(),
+        );
         assert_eq!(
             serde_json::to_string(&appended).expect("json"),
             r#"{"a":1,"b":2,"_session_expiry":"2030-01-02T03:04:05.123000+00:00"}"#

@@ -29,11 +29,17 @@ use super::memory::MemoryStore;
 use super::{ChangeSet, Loaded, Record, SessionLock, SessionStore, StoreError};
 use crate::expiry::Expiry;
 use crate::key::SessionKey;
-use crate::signing::{SIGNED_COOKIES_SALT, SecretKey, Signer, unbase62};
+use crate::signing::{SIGNED_COOKIES_SALT, SecretKey, Signer, python_json, unbase62};
 
 /// The most a cookie can hold, name and value together: 4096 bytes, what RFC 6265 (section
 /// 6.1) asks every browser to keep at least and what browsers keep at most.
 pub const MAX_COOKIE_SIZE: usize = 4096;
+
+/// The largest JSON a signed cookie carries, written or read: 64 KiB. A cookie holds 4 KiB,
+/// so only a payload that compresses 16 to 1 comes near it; a larger one (a "zip bomb"
+/// built through a handler that stores what a client sends) would make each request that
+/// carries it inflate and parse megabytes on the server's one thread.
+pub const MAX_COOKIE_JSON: usize = 64 << 10;
 
 /// Django's `signed_cookies` session engine: the signer and the cookie's name and age.
 #[derive(Debug, Clone)]
@@ -68,10 +74,12 @@ impl SignedCookieStore {
     /// The record's expiry rule is its `_session_expiry`; it ends at the earlier of
     /// `max_age` after the signing and the end that rule gives.
     pub fn decode(&self, cookie_value: &str, now: SystemTime) -> Option<Record> {
-        let data = match self
-            .signer
-            .unsign_object(cookie_value, Some(self.max_age), now)
-        {
+        let data = match self.signer.unsign_object_within(
+            cookie_value,
+            Some(self.max_age),
+            now,
+            MAX_COOKIE_JSON,
+        ) {
             Ok(Value::Object(data)) => data,
             Ok(_) => {
                 log_refused("signed cookie", None, "signed, but not a dictionary");
@@ -86,7 +94,9 @@ impl SignedCookieStore {
             .rsplit(':')
             .nth(1)
             .and_then(unbase62)
-            .map_or(now, |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            .map_or(now, |s| {
+                crate::expiry::add_clamped(SystemTime::UNIX_EPOCH, Duration::from_secs(s))
+            });
         let expiry = expiry_of(&data);
         let by_age = crate::expiry::add_clamped(signed_at, self.max_age);
         let expires_at = match expiry {
@@ -106,7 +116,7 @@ impl SignedCookieStore {
     /// # Errors
     /// [`StoreError::CookieTooLarge`]: the cookie, name and value, would be over
     /// [`MAX_COOKIE_SIZE`] bytes (a browser would drop it; nothing is truncated);
-    /// [`StoreError::TooDeep`].
+    /// [`StoreError::TooLarge`]: its JSON over [`MAX_COOKIE_JSON`]; [`StoreError::TooDeep`].
     pub fn encode(
         &self,
         data: &Map<String, Value>,
@@ -121,9 +131,15 @@ impl SignedCookieStore {
                 limit: MAX_VALUE_DEPTH,
             });
         }
-        let value = self
-            .signer
-            .sign_object(&Value::Object(with_expiry(data, expiry)), true, now);
+        let json = python_json(&Value::Object(with_expiry(data, expiry, now)));
+        if json.len() > MAX_COOKIE_JSON {
+            return Err(StoreError::TooLarge {
+                key: None,
+                size: json.len(),
+                limit: MAX_COOKIE_JSON,
+            });
+        }
+        let value = self.signer.sign_json(&json, true, now);
         let size = self.cookie_name.len() + 1 + value.len();
         if size > MAX_COOKIE_SIZE {
             return Err(StoreError::CookieTooLarge {
@@ -300,6 +316,41 @@ mod tests {
             matches!(e, StoreError::CookieTooLarge { limit: MAX_COOKIE_SIZE, size } if size > MAX_COOKIE_SIZE),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_cookie_that_inflates_past_the_limit_is_no_session_and_none_is_written() {
+        // 1 MiB of zeros compresses to about 1 KiB: a cookie, signed with the key.
+        let zeros = format!("{{\"z\":\"{}\"}}", "0".repeat(1 << 20));
+        let now = SystemTime::now();
+        let bomb = store(&[]).signer.sign_json(&zeros, true, now);
+        assert!(bomb.len() < MAX_COOKIE_SIZE, "{}", bomb.len());
+        assert!(store(&[]).decode(&bomb, now).is_none());
+        let mut data = Map::new();
+        data.insert("z".into(), "0".repeat(MAX_COOKIE_JSON).into());
+        let e = store(&[])
+            .encode(&data, Expiry::Default, now)
+            .expect_err("over the limit");
+        assert!(
+            matches!(
+                e,
+                StoreError::TooLarge {
+                    limit: MAX_COOKIE_JSON,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_signing_time_past_the_end_of_time_is_read_without_a_panic() {
+        // Signed with the key: base62 of u64::MAX as the timestamp.
+        let signer = &store(&[]).signer;
+        let payload = "eyJhIjoxfQ";
+        let signed = signer.sign(&format!("{payload}:{}", crate::signing::base62(u64::MAX)));
+        // In the future: not too old (Django accepts it too).
+        assert!(store(&[]).decode(&signed, SystemTime::now()).is_some());
     }
 
     #[test]

@@ -166,7 +166,10 @@ impl SessionMiddleware {
             let _ = session.len();
         }
         let empty = session.is_empty();
-        if had_cookie && empty {
+        // A cookie naming data that does not verify is left alone unless the handler wrote
+        // (Django keeps it: it may be Django's live session under another SECRET_KEY).
+        let kept = session.unverified() && !session.modified();
+        if had_cookie && empty && !kept {
             if let Err(error) = session.save() {
                 // a flush whose delete failed: the session is still there
                 return store_failure(path, &error);

@@ -31,6 +31,8 @@ struct State {
     found: bool,
     lock: Option<SessionLock>,
     error: Option<StoreError>,
+    /// Whether the key named stored data that does not verify ([`StoreError::Unverified`]).
+    unverified: bool,
 }
 
 impl State {
@@ -42,6 +44,7 @@ impl State {
             found: false,
             lock: None,
             error: None,
+            unverified: false,
         }
     }
 }
@@ -174,9 +177,14 @@ impl Session {
                 expires_at: Some(loaded.record.expires_at),
                 found: true,
                 lock: loaded.lock,
-                error: None,
+                ..State::empty()
             },
             Ok(None) => State::empty(),
+            // No session, as Django's decode of a bad signature; not an error.
+            Err(StoreError::Unverified(_)) => State {
+                unverified: true,
+                ..State::empty()
+            },
             Err(e) => State {
                 error: Some(e),
                 ..State::empty()
@@ -227,6 +235,13 @@ impl Session {
     /// (Django's `request.session.modified = True`).
     pub fn mark_modified(&mut self) {
         self.modified = true;
+    }
+
+    /// Whether the key named data that does not verify ([`StoreError::Unverified`]): the
+    /// session is empty and a write makes a new one, but the middleware leaves the cookie
+    /// alone, as Django does. Does not load.
+    pub fn unverified(&self) -> bool {
+        self.state.get().is_some_and(|s| s.unverified)
     }
 
     /// The error met while loading, if any: in `request` locking mode a lock timeout. A
@@ -526,8 +541,7 @@ impl Session {
             expiry: record.expiry,
             expires_at: Some(record.expires_at),
             found: true,
-            lock: None,
-            error: None,
+            ..State::empty()
         });
         Ok(())
     }

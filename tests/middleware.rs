@@ -363,3 +363,69 @@ fn a_load_that_fails_in_the_renderer_is_the_store_failure_not_an_empty_session()
     assert_eq!(r.header("set-cookie"), None, "the cookie is kept as it is");
     assert_eq!(r.header("retry-after"), Some("1"));
 }
+
+/// `SESSION_FORMAT=django`: a cookie whose key names data that does not verify (signed with
+/// another `SECRET_KEY`: Django's live session, seen through a mistyped or rotated key) is
+/// no session, but the cookie is left alone, as Django leaves it; a write makes a new
+/// session under a new key, never written into the data it cannot read. A key that names
+/// nothing still gets its cookie deleted.
+#[test]
+fn a_django_cookie_naming_data_that_does_not_verify_is_kept() {
+    use filesession::signing::{SESSION_SALT, Signer};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |secret: &str| {
+        filesession::DjangoFileStore::open(
+            dir.path(),
+            Signer::new(secret, &[], SESSION_SALT),
+            "sessionid",
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap()
+    };
+    // Django's session, signed with the site's real key.
+    let djangos = open("the-real-key");
+    let record = filesession::Record {
+        data: serde_json::json!({"_auth_user_id": "1"})
+            .as_object()
+            .cloned()
+            .unwrap()
+            .into(),
+        expiry: filesession::Expiry::Default,
+        expires_at: std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    };
+    let key = djangos.create(&record).unwrap();
+    let file = dir.path().join(key.django_file_name("sessionid"));
+    let before = std::fs::read(&file).unwrap();
+    // filesession with a mistyped key.
+    let store = Arc::new(open("a-mistyped-key"));
+    let router = Router::new()
+        .route(Method::Get, "/untouched", untouched)
+        .route(Method::Get, "/star", read_with_vary_star)
+        .route(Method::Get, "/write", write);
+    let app = App::new(router, SessionMiddleware::new(store, Settings::default()));
+    for path in ["/untouched", "/star"] {
+        let r = app.handle(request(path, Some(&key)));
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.header("set-cookie"),
+            None,
+            "{path}: the cookie is left alone"
+        );
+    }
+    let r = app.handle(request("/write", Some(&key)));
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(
+        cookie.starts_with("sessionid=") && !cookie.contains(&key.to_string()),
+        "{cookie}"
+    );
+    assert!(!cookie.starts_with("sessionid=;"), "{cookie}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "Django's session left as it was"
+    );
+    // A Django key that names no file: deleted, as always.
+    let missing = SessionKey::generate_django();
+    let r = app.handle(request("/star", Some(&missing)));
+    assert!(r.header("set-cookie").unwrap().starts_with("sessionid=;"));
+}

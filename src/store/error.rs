@@ -32,6 +32,13 @@ pub enum StoreError {
         /// How long it waited.
         waited: Duration,
     },
+    /// `SESSION_FORMAT=django`: the key names stored data that does not verify (tampered,
+    /// signed with a key that is neither `SECRET_KEY` nor one of its fallbacks) or that
+    /// cannot be read (Python's `NaN`, a lone surrogate, nesting deeper than serde's 128).
+    /// A load's answer, not a failure: [`Session`](crate::Session) takes it as "no
+    /// session", and the middleware leaves the cookie alone (Django keeps it: the data may
+    /// be a live session of Django's, under a `SECRET_KEY` mistyped or rotated here).
+    Unverified(SessionKey),
     /// `SESSION_ENGINE=signed_cookies`: the session would make a cookie (name and value) of
     /// `size` bytes, over the `limit` a browser keeps
     /// ([`MAX_COOKIE_SIZE`](crate::store::signed_cookies::MAX_COOKIE_SIZE)). No cookie was
@@ -114,6 +121,12 @@ impl fmt::Display for StoreError {
                 "session {} is locked by another request or process; gave up after {} ms",
                 key.short(),
                 waited.as_millis()
+            ),
+            StoreError::Unverified(key) => write!(
+                f,
+                "session {}: its stored data does not verify with SECRET_KEY or a fallback, \
+                 or cannot be read; no session",
+                key.short()
             ),
             StoreError::CookieTooLarge { size, limit } => write!(
                 f,

@@ -251,13 +251,14 @@ impl DbStore {
         self.lock_config.timeout + LOCK_LEASE_EXTRA
     }
 
-    /// The live record of a row; `None` if it ended or its document is corrupt (logged).
-    fn live(&self, key: &SessionKey, row: Row) -> Option<Record> {
+    /// The live record of a row; `None` if it ended or its document is corrupt (logged);
+    /// in Django's format [`StoreError::Unverified`] if it does not verify.
+    fn live(&self, key: &SessionKey, row: Row) -> Result<Option<Record>, StoreError> {
         let record = self.decode(key, &row)?;
-        (!record.is_expired(SystemTime::now())).then_some(record)
+        Ok(record.filter(|record| !record.is_expired(SystemTime::now())))
     }
 
-    fn decode(&self, key: &SessionKey, row: &Row) -> Option<Record> {
+    fn decode(&self, key: &SessionKey, row: &Row) -> Result<Option<Record>, StoreError> {
         self.format.decode(key, row)
     }
 
@@ -293,7 +294,7 @@ impl DbStore {
         let Some(row) = self.db.read(key, lease.as_ref())? else {
             return Ok(None);
         };
-        Ok(self.live(key, row).map(|record| Loaded {
+        Ok(self.live(key, row)?.map(|record| Loaded {
             record,
             lock: lease.map(|lease| SessionLock::new(self.issuer, *key, lease)),
         }))
@@ -309,7 +310,11 @@ impl DbStore {
         let Some(row) = row else {
             return Err(StoreError::Deleted(*key));
         };
-        let stored = self.decode(key, &row);
+        // Data that does not verify is never written into (nor adopted): as if deleted.
+        let stored = match self.decode(key, &row) {
+            Err(StoreError::Unverified(_)) => return Err(StoreError::Deleted(*key)),
+            other => other?,
+        };
         Ok(changes.merge_into(stored, SystemTime::now()))
     }
 }
@@ -352,7 +357,7 @@ impl SessionStore for DbStore {
         let _lease = self.lock_for_write(key, lock)?;
         if self.db.cheap_reads()
             && let Some(row) = self.db.read(key, _lease.as_ref())?
-            && let Some(stored) = self.decode(key, &row)
+            && let Ok(Some(stored)) = self.decode(key, &row)
             && let Merged::Unchanged(record) = changes.merge_into(Some(stored), SystemTime::now())
         {
             // Nothing would change: the save takes effect at this read (a write of the same

@@ -55,31 +55,36 @@ impl RowFormat {
         }
     }
 
-    /// The record a row holds; `None` (logged) if it is over 1 MiB, corrupt, or, in Django's
-    /// format, not signed by one of the keys.
-    pub(super) fn decode(&self, key: &SessionKey, row: &Row) -> Option<Record> {
+    /// The record a row holds; `Ok(None)` (logged) if it is over 1 MiB or corrupt;
+    /// in Django's format [`StoreError::Unverified`] (logged) if it is over 1 MiB or not
+    /// signed by one of the keys.
+    pub(super) fn decode(&self, key: &SessionKey, row: &Row) -> Result<Option<Record>, StoreError> {
         if row.document.len() > MAX_DOCUMENT_SIZE {
+            if let RowFormat::Django(_) = self {
+                log_refused("session row", Some(key), "over 1 MiB");
+                return Err(StoreError::Unverified(*key));
+            }
             log::warn!("session {}: its row is over 1 MiB; no session", key.short());
-            return None;
+            return Ok(None);
         }
         match self {
             RowFormat::Filesession => match format::decode(row.document.as_bytes()) {
-                Ok(record) => Some(record),
+                Ok(record) => Ok(Some(record)),
                 Err(e) => {
                     log::warn!("session {}: corrupt row ({e}); no session", key.short());
-                    None
+                    Ok(None)
                 }
             },
             // The end is the row's `expire_date`, as Django reads it.
             RowFormat::Django(codec) => match codec.decode(&row.document) {
-                Ok((data, expiry)) => Some(Record {
+                Ok((data, expiry)) => Ok(Some(Record {
                     data: data.into(),
                     expiry,
                     expires_at: row.expires_at,
-                }),
+                })),
                 Err(why) => {
                     log_refused("session row", Some(key), &why);
-                    None
+                    Err(StoreError::Unverified(*key))
                 }
             },
         }

@@ -178,7 +178,8 @@ impl DjangoFileStore {
         match self.read_file(&held.0.entry, &held.0.name, SystemTime::now())? {
             Found::Live(record) | Found::Expired(record) => Ok(record),
             found => {
-                self.refused(key, &found);
+                // Logged; never written into.
+                let _ = self.not_live(key, &found);
                 Err(StoreError::Deleted(*key))
             }
         }

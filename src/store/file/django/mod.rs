@@ -310,18 +310,18 @@ impl DjangoFileStore {
                 record,
                 lock: Some(SessionLock::new(self.issuer, *key, held)),
             })),
-            found => {
-                self.refused(key, &found);
-                Ok(None)
-            }
+            found => self.not_live(key, &found),
         }
     }
 
-    /// Logs a file that holds no session of ours (an expired one is not logged).
-    fn refused(&self, key: &SessionKey, found: &Found) {
+    /// A load's answer for a file that holds no live session: `Ok(None)` for an ended one,
+    /// [`StoreError::Unverified`] (logged) for one this store cannot read.
+    fn not_live(&self, key: &SessionKey, found: &Found) -> Result<Option<Loaded>, StoreError> {
         if let Found::Refused { why, .. } = found {
             log_refused("Django session file", Some(key), why);
+            return Err(StoreError::Unverified(*key));
         }
+        Ok(None)
     }
 }
 
@@ -378,10 +378,7 @@ impl SessionStore for DjangoFileStore {
                 Ok(Opened::File(entry)) => {
                     return match self.read_file(&entry, &name, SystemTime::now())? {
                         Found::Live(record) => Ok(Some(Loaded { record, lock: None })),
-                        found => {
-                            self.refused(key, &found);
-                            Ok(None)
-                        }
+                        found => self.not_live(key, &found),
                     };
                 }
                 Ok(Opened::Missing) => return Ok(None),

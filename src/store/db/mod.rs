@@ -66,8 +66,9 @@
 //!   with `SECRET_KEY` and the salt `SESSION_SIGNING_SALT`; verified with `SECRET_KEY` then
 //!   `SECRET_KEY_FALLBACKS`), the expiry rule in `_session_expiry` as Django keeps it, and
 //!   the session's end in `expire_date`, enforced on load as Django's `expire_date > now`.
-//!   A row no key verifies (tampered, signed with another key) is no session, logged once
-//!   at `warn` (then at `debug`), never an error.
+//!   A row no key verifies (tampered, signed with another key) is no session
+//!   ([`StoreError::Unverified`]: the middleware leaves its cookie alone, as Django; logged
+//!   at `warn` at most once a minute), never a 5xx, and never written into.
 //! * **Keys** are Django's (32 of `[a-z0-9]`; a cookie may name 8 to 40); a UUID key is no
 //!   session of this store and no statement runs with it.
 //! * **Guarantees:** every one above holds among filesession's own writers (merge saves

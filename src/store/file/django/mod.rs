@@ -42,8 +42,9 @@ use crate::store::{
 /// * **Content.** Exactly the text Django's `SessionBase.encode` writes: the session
 ///   dictionary signed with `SECRET_KEY` (salt `SESSION_SIGNING_SALT`, compressed when it
 ///   helps), ASCII, no newline. A file that none of `SECRET_KEY` and `SECRET_KEY_FALLBACKS`
-///   signed, that was tampered with, or that holds no dictionary is no session (logged once
-///   at `warn`, then at `debug`), never a 5xx, and never adopted: a save or cycle of its key
+///   signed, that was tampered with, or that holds no dictionary is no session
+///   ([`StoreError::Unverified`]: the middleware leaves its cookie alone, as Django; logged
+///   at `warn` at most once a minute), never a 5xx, and never adopted: a save or cycle of its key
 ///   fails with [`StoreError::Deleted`] (the request had no such session; Django would read
 ///   `{}` and overwrite the file, which here would let a forged file pick a session's key).
 ///   An empty file is Django's placeholder for a session being created: an empty session,

@@ -706,6 +706,53 @@ fn bad_settings_are_refused_at_startup_naming_the_setting() {
     }
 }
 
+/// Django's format and signed cookies need `SECRET_KEY`, from the environment only: never
+/// from a flag (`ps` shows it), and never printed, not even in the refusal.
+#[test]
+fn a_secret_key_is_needed_from_the_environment_and_never_printed() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"));
+        command.args(args).current_dir(dir.path());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success(), "{args:?} {env:?} was accepted");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: a panic");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for env in [
+        [("SESSION_FORMAT", "django"), ("SESSION_ENGINE", "file")],
+        [
+            ("SESSION_FORMAT", "filesession"),
+            ("SESSION_ENGINE", "signed_cookies"),
+        ],
+    ] {
+        let err = run(&["runserver", "127.0.0.1:0"], &env);
+        assert!(err.contains("needs SECRET_KEY"), "{env:?}: {err}");
+    }
+    for flag in ["--secret-key", "--SECRET_KEY", "--secret-key-fallbacks"] {
+        let err = run(
+            &["runserver", flag, "s3cret-do-not-print", "127.0.0.1:0"],
+            &[],
+        );
+        assert!(err.contains("command line"), "{flag}: {err}");
+        assert!(!err.contains("s3cret-do-not-print"), "{flag}: {err}");
+    }
+    // A bad setting next to the secret: the refusal names the setting, never the secret.
+    let err = run(
+        &["runserver", "127.0.0.1:0"],
+        &[
+            ("SECRET_KEY", "s3cret-do-not-print"),
+            ("SESSION_FORMAT", "django"),
+            ("SESSION_COOKIE_AGE", "soon"),
+        ],
+    );
+    assert!(err.contains("SESSION_COOKIE_AGE"), "{err}");
+    assert!(!err.contains("s3cret-do-not-print"), "{err}");
+}
+
 #[test]
 fn an_unwritable_sessions_path_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();

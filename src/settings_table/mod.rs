@@ -337,7 +337,7 @@ pub static SETTINGS: &[Setting] = &[
         flag: "secret-key",
         default: "",
         help: "The Django project's SECRET_KEY, for SESSION_FORMAT=django and \
-               signed_cookies; give it in the environment (never printed).",
+               signed_cookies; in the environment only (never printed).",
         boolean: false,
         set: |s, t| {
             s.secret_key = Some(SecretKey::new(t));
@@ -350,7 +350,7 @@ pub static SETTINGS: &[Setting] = &[
         flag: "secret-key-fallbacks",
         default: "",
         help: "Older secret keys still accepted when verifying, comma-separated (key \
-               rotation, as Django's); never printed.",
+               rotation, as Django's); in the environment only (never printed).",
         boolean: false,
         set: |s, t| {
             s.secret_key_fallbacks = t

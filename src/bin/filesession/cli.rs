@@ -62,6 +62,21 @@ pub(crate) fn given(matches: &ArgMatches, name: &str) -> Option<String> {
         .cloned()
 }
 
+/// The settings that hold secrets: never taken from the command line, where every user of
+/// the machine reads them (`ps`, `/proc/<pid>/cmdline`).
+const SECRETS: [&str; 2] = ["SECRET_KEY", "SECRET_KEY_FALLBACKS"];
+
+/// The secret setting given as a flag, if any.
+pub(crate) fn secret_on_command_line(matches: &ArgMatches) -> Option<&'static str> {
+    let sub = matches.subcommand().map(|(_, m)| m);
+    SECRETS.into_iter().find(|name| {
+        [Some(matches), sub]
+            .into_iter()
+            .flatten()
+            .any(|m| m.value_source(name) == Some(clap::parser::ValueSource::CommandLine))
+    })
+}
+
 /// `8000`, `0.0.0.0:8000`, `[::1]:8000`, `localhost:8000`.
 pub(crate) fn parse_addrport(text: &str) -> Result<SocketAddr, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {

@@ -26,6 +26,12 @@ fn main() -> ExitCode {
     let _ = log::set_logger(&stderr_log::StderrLog)
         .map(|()| log::set_max_level(log::LevelFilter::Info));
     let matches = cli::cli().get_matches();
+    if let Some(name) = cli::secret_on_command_line(&matches) {
+        return fail(format!(
+            "{name} was given on the command line, where every user of this machine can read \
+             it (ps); give it in the environment: {name}=... filesession runserver"
+        ));
+    }
     let settings = match Settings::from_values(|name| cli::given(&matches, name)) {
         Ok(settings) => settings,
         Err(e) => return fail(e),

@@ -31,9 +31,11 @@ fn demo_app(addrport: &str, settings: Settings) -> Result<(std::net::SocketAddr,
 
 pub(crate) fn runserver(addrport: &str, settings: Settings) -> ExitCode {
     let sessions = store_text(&settings);
-    let locking = match settings.locking {
-        Locking::Merge => "merge",
-        Locking::Request => "request",
+    let locking = match (settings.engine, settings.locking) {
+        // Nothing on the server to lock or merge.
+        (Engine::SignedCookies, _) => "no",
+        (_, Locking::Merge) => "merge",
+        (_, Locking::Request) => "request",
     };
     let (addr, app) = match demo_app(addrport, settings) {
         Ok(pair) => pair,
@@ -60,7 +62,8 @@ pub(crate) fn runserver(addrport: &str, settings: Settings) -> ExitCode {
     drop(out);
     match server.run() {
         Ok(()) => {
-            println!("Server stopped.");
+            // stdout may be gone (a closed pipe): nothing to tell then, and no panic.
+            let _ = writeln!(std::io::stdout(), "Server stopped.");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -128,7 +131,8 @@ pub(crate) fn supervise(addrport: &str, settings: Settings) -> ExitCode {
         Ok(supervisor) => supervisor,
         Err(e) => return fail(format!("cannot start the workers on {addr}: {e}")),
     };
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "filesession {}: sessions in {} ({} workers: {:?}); {}\n\
          Starting development server at http://{}/\n\
          Quit the server with CONTROL-C.",
@@ -142,7 +146,8 @@ pub(crate) fn supervise(addrport: &str, settings: Settings) -> ExitCode {
     let _ = std::io::stdout().flush();
     match supervisor.run() {
         Ok(()) => {
-            println!("Server stopped.");
+            // stdout may be gone (a closed pipe): nothing to tell then, and no panic.
+            let _ = writeln!(std::io::stdout(), "Server stopped.");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

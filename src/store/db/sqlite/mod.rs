@@ -3,7 +3,8 @@
 //! so that reads of any session go on while this process writes, as WAL lets readers go on
 //! while another process writes. Django's database (`SESSION_FORMAT=django`) keeps its own
 //! journal mode (`delete`: there a read waits out another connection's commit, retried as
-//! any busy statement), and its `expire_date` is Django's naive UTC text.
+//! any busy statement), and its `expire_date` is Django's naive UTC text; there saves,
+//! creates and deletes of concurrent requests share transactions and COMMITs ([`group`]).
 //!
 //! Nothing waits while holding a connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the

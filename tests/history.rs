@@ -1203,6 +1203,28 @@ fn request_locking_across_two_processes_on_sqlite_is_linearizable() {
     run("request locking, two processes, SQLite", &[&a, &b], false);
 }
 
+/// Django's format on SQLite (`SESSION_FORMAT=django`): Django's table in a database in
+/// Django's rollback-journal mode, where concurrent saves of a process share group commits.
+#[cfg(feature = "sqlite")]
+#[test]
+fn merge_locking_across_two_processes_on_djangos_sqlite_is_linearizable_with_blind_deletes() {
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = sqlite_url(&db);
+    let env = [
+        ("SESSION_ENGINE", "db"),
+        ("DATABASE_URL", url.as_str()),
+        ("SESSION_FORMAT", "django"),
+        ("SECRET_KEY", "history-test-not-secret"),
+        ("SESSION_LOCKING", "merge"),
+    ];
+    let (a, b) = (TestServer::start(&env), TestServer::start(&env));
+    run(
+        "merge locking, two processes, Django's SQLite",
+        &[&a, &b],
+        true,
+    );
+}
+
 /// Without `--features postgres` the PostgreSQL histories are not compiled: say so where a
 /// plain `cargo test` shows it.
 #[cfg(not(feature = "postgres"))]

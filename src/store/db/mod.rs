@@ -61,7 +61,13 @@
 //!   never switched to WAL), and `expire_date` is Django's naive UTC text
 //!   (`2030-01-02 03:04:05.250000`), bound and compared as text as Django compares it: so
 //!   Django's `USE_TZ = True` (its default). The `request` locks live in `<table>_lock`, a
-//!   table of their own beside Django's.
+//!   table of their own beside Django's. Django's durability is kept too (its
+//!   `synchronous=FULL`: a COMMIT makes, syncs and removes a journal, about four `fsync`s):
+//!   saves of this process that arrive together share one transaction and one COMMIT
+//!   (group commit, `sqlite/group.rs`: each in its own savepoint, in turn, so merges are
+//!   as if one after another; each answered only once the COMMIT is on disk; a failed COMMIT
+//!   fails them all; reads never see a group's uncommitted writes). Saves of one session
+//!   still take turns in a server (`App::turn`), so one session's writes get one COMMIT each.
 //! * **Rows:** `session_data` is Django's `SessionBase.encode` of the dictionary (signed
 //!   with `SECRET_KEY` and the salt `SESSION_SIGNING_SALT`; verified with `SECRET_KEY` then
 //!   `SECRET_KEY_FALLBACKS`), the expiry rule in `_session_expiry` as Django keeps it, and

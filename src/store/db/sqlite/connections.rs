@@ -37,22 +37,48 @@ pub(super) struct Inner {
     pub(super) file: (u64, u64),
     /// How long a busy statement is retried, in milliseconds (the lock timeout).
     pub(super) busy_timeout_ms: std::sync::atomic::AtomicU64,
+    /// The group commits of saves (Django's rollback-journal database).
+    pub(super) group: super::group::Group,
 }
 
 impl Inner {
     /// Runs `f` on the connection; while the database is busy (another process writes),
     /// tries again with the connection let go, until the busy timeout (the lock timeout).
+    /// Never inside a group's open transaction (the writer is taken only between groups).
     pub(super) fn run<T>(
         &self,
         what: &'static str,
         f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        self.run_on(|| crate::store::locked(&self.conn), what, f)
+        let writer = || loop {
+            let conn = crate::store::locked(&self.conn);
+            if conn.is_autocommit() {
+                return conn;
+            }
+            // Checked with the writer held: no member is between statements of its own.
+            if !self.group.in_a_group() {
+                // Left open by no one's group (a failed ROLLBACK): ended here.
+                let _ = conn.execute_batch("ROLLBACK");
+                return conn;
+            }
+            drop(conn);
+            self.group.wait_a_little(BUSY_PAUSE);
+        };
+        self.run_on(writer, what, f)
+    }
+
+    /// How long a busy statement is retried (the lock timeout).
+    pub(super) fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.busy_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// [`run`](Inner::run) for a statement that only reads: on the writer if it is free
     /// (its page cache is the one the last write left current), else on a free reader, else
-    /// on the next reader in turn. So a read never waits for a write of this process.
+    /// on the next reader in turn. So a read never waits for a write of this process. Never
+    /// on the writer inside a transaction (a group's): a read sees committed data only.
     pub(super) fn read<T>(
         &self,
         what: &'static str,
@@ -63,7 +89,9 @@ impl Inner {
             return self.run(what, f);
         }
         let connection = || {
-            if let Ok(writer) = self.conn.try_lock() {
+            if let Ok(writer) = self.conn.try_lock()
+                && writer.is_autocommit()
+            {
                 return writer;
             }
             let first = self
@@ -85,10 +113,7 @@ impl Inner {
         mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let busy_timeout = Duration::from_millis(
-            self.busy_timeout_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let busy_timeout = self.busy_timeout();
         loop {
             let result = {
                 let mut conn = lock();
@@ -127,7 +152,7 @@ pub(super) fn file_id(path: &Path) -> io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)

@@ -3,7 +3,8 @@
 //! so that reads of any session go on while this process writes, as WAL lets readers go on
 //! while another process writes. Django's database (`SESSION_FORMAT=django`) keeps its own
 //! journal mode (`delete`: there a read waits out another connection's commit, retried as
-//! any busy statement), and its `expire_date` is Django's naive UTC text.
+//! any busy statement), and its `expire_date` is Django's naive UTC text; there saves,
+//! creates and deletes of concurrent requests share transactions and COMMITs ([`group`]).
 //!
 //! Nothing waits while holding a connection: SQLite's own busy wait is off, and a
 //! statement that finds the database busy (another process writing) is retried after the
@@ -30,6 +31,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 // The connections (one writer, the readers); opening the file and the table; this file:
 // the statements.
 mod connections;
+mod group;
 mod open;
 
 use super::{Change, Database, Row, lost_lock};
@@ -48,6 +50,8 @@ pub(super) struct Sqlite {
     /// Whether `<table>_lock` exists (Django's database opened by `clearsessions` may have
     /// none: then there are no stale leases to delete).
     has_locks: bool,
+    /// Saves share transactions and COMMITs ([`group`]): Django's rollback-journal database.
+    grouped: bool,
 }
 
 /// Pause between attempts to take a request lock held by another request.
@@ -124,6 +128,46 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// Runs `f`, a write, in a group's transaction ([`group`]) when the store groups its
+    /// saves, else on the writer in a transaction of its own.
+    fn write<T>(
+        &self,
+        what: &'static str,
+        mut f: impl FnMut(&rusqlite::Connection) -> rusqlite::Result<Option<T>>,
+    ) -> Result<Option<T>, StoreError> {
+        if self.grouped {
+            return self.inner.group.save(&self.inner, what, f);
+        }
+        self.inner.run(what, |c| {
+            // IMMEDIATE: the write lock is taken before the read, so the row read is the
+            // one written over (no other writer between).
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = f(&tx)?;
+            // None: nothing to keep (rolled back).
+            if done.is_some() {
+                tx.commit()?;
+            }
+            Ok(done)
+        })
+    }
+}
+
+impl Sqlite {
+    /// Runs `f`, one statement that writes, in a group's transaction when the store groups
+    /// its saves, else on the writer alone.
+    fn statement<T>(
+        &self,
+        what: &'static str,
+        f: impl Fn(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        if self.grouped {
+            return self.inner.group.save(&self.inner, what, f);
+        }
+        self.inner.run(what, |c| f(c))
+    }
+}
+
 impl Database for Sqlite {
     fn set_wait(&self, timeout: Duration) {
         self.inner
@@ -148,7 +192,7 @@ impl Database for Sqlite {
              ON CONFLICT DO NOTHING",
             self.table
         );
-        let inserted = self.inner.run("create a session", |c| {
+        let inserted = self.statement("create a session", |c| {
             c.execute(
                 &sql,
                 params![
@@ -172,11 +216,8 @@ impl Database for Sqlite {
         // `decide`'s own errors (Deleted, TooLarge) come out through here, the database's
         // through `run`.
         let mut decided: Result<(), StoreError> = Ok(());
-        let applied = self.inner.run("save a session", |c| {
+        let applied = self.write("save a session", |tx| {
             decided = Ok(());
-            // IMMEDIATE: the write lock is taken before the read, so the row read is the
-            // one written over (no other writer between).
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(lease) = lease {
                 let holder: Option<String> = tx
                     .query_row(
@@ -187,7 +228,7 @@ impl Database for Sqlite {
                     .optional()?;
                 if holder.as_deref() != Some(lease.token()) {
                     decided = Err(lost_lock(key));
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             let row = tx
@@ -203,11 +244,11 @@ impl Database for Sqlite {
                 Ok(change) => change,
                 Err(e) => {
                     decided = Err(e);
-                    return Ok(false);
+                    return Ok(None);
                 }
             };
             match change {
-                Change::Keep => return Ok(true),
+                Change::Keep => return Ok(Some(true)),
                 Change::Write(row) => {
                     tx.execute(
                         &format!(
@@ -230,7 +271,7 @@ impl Database for Sqlite {
                         ],
                     )?;
                     if inserted == 0 {
-                        return Ok(false); // dropped: rolled back
+                        return Ok(Some(false)); // nothing written
                     }
                     tx.execute(
                         &format!("DELETE FROM {table} WHERE session_key = ?1"),
@@ -238,17 +279,15 @@ impl Database for Sqlite {
                     )?;
                 }
             }
-            tx.commit()?;
-            Ok(true)
+            Ok(Some(true))
         })?;
-        decided.map(|()| applied)
+        decided.map(|()| applied.unwrap_or(false))
     }
 
     fn delete(&self, key: &SessionKey, _: Option<&Lease>) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE session_key = ?1", self.table);
         let key = key.to_string();
-        self.inner
-            .run("delete a session", |c| c.execute(&sql, [&key]))?;
+        self.statement("delete a session", |c| c.execute(&sql, [&key]))?;
         Ok(())
     }
 

@@ -104,6 +104,7 @@ impl Sqlite {
             shown,
             file,
             busy_timeout_ms: std::sync::atomic::AtomicU64::new(millis_of(DEFAULT_BUSY_TIMEOUT)),
+            group: super::group::Group::default(),
         };
         let locks = format!("{table}_lock");
         inner.run("open the database", |c| {
@@ -150,6 +151,7 @@ impl Sqlite {
             table: table.to_owned(),
             locks,
             django: layout == Layout::Django,
+            grouped: layout == Layout::Django,
             has_locks,
         })
     }

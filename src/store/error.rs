@@ -35,7 +35,7 @@ pub enum StoreError {
     /// `SESSION_FORMAT=django`: the key names stored data that does not verify (tampered,
     /// signed with a key that is neither `SECRET_KEY` nor one of its fallbacks) or that
     /// cannot be read (Python's `NaN`, a lone surrogate, nesting deeper than serde's 128).
-    /// A load's answer, not a failure: [`Session`](crate::Session) takes it as "no
+    /// A load's answer, not a failure: `Session` takes it as "no
     /// session", and the middleware leaves the cookie alone (Django keeps it: the data may
     /// be a live session of Django's, under a `SECRET_KEY` mistyped or rotated here).
     Unverified(SessionKey),

@@ -1106,3 +1106,19 @@ fn a_client_that_never_reads_its_answers_is_dropped_at_the_write_deadline() {
     let r = get(&agent(), &server.url("/setsession/"));
     assert_eq!(r.status(), 200, "the server goes on");
 }
+
+/// A closed stdout (`filesession clearsessions | head -0`) is no reason to panic.
+#[test]
+fn clearsessions_with_its_output_closed_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sessions")).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_filesession"))
+        .arg("clearsessions")
+        .current_dir(dir.path())
+        .stdout(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+}

@@ -12,16 +12,16 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
     const NOTHING: &str = "expires sessions by itself (each session's TTL): nothing to clear.";
     if settings.engine == Engine::Redis {
         // Said without connecting: there is nothing to ask Redis.
-        println!("Redis {NOTHING}");
+        say(format_args!("Redis {NOTHING}"));
         return ExitCode::SUCCESS;
     }
     if settings.engine == Engine::SignedCookies {
         // Django: "Session engine '...signed_cookies' doesn't support clearing expired
         // sessions."
-        println!(
+        say(format_args!(
             "SESSION_ENGINE=signed_cookies keeps each session in its cookie, checked for age \
              when read: nothing on the server to clear."
-        );
+        ));
         return ExitCode::SUCCESS;
     }
     // cached_db: the database's expired rows (the cache's entries expire by themselves),
@@ -37,7 +37,7 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
         Err(e) => return fail(e),
     };
     let Some(deletion) = store.expired_deletion() else {
-        println!("This store {NOTHING}");
+        say(format_args!("This store {NOTHING}"));
         return ExitCode::SUCCESS;
     };
     let started = Instant::now();
@@ -47,7 +47,8 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
         // A progress line only where someone watches, and only for a large directory.
         if terminal && sweep.in_progress() && sweep.scanned() >= 10_000 {
             let r = sweep.report();
-            print!(
+            let _ = write!(
+                std::io::stdout(),
                 "\r{} entries scanned: {} expired, {} corrupt, {} leftovers removed, {} kept ",
                 sweep.scanned(),
                 r.expired,
@@ -61,11 +62,11 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
     };
     let result = deletion.clear_expired_with_progress(Duration::from_millis(250), &mut progress);
     if shown {
-        println!();
+        say(format_args!(""));
     }
     match result {
         Ok(report) => {
-            println!(
+            say(format_args!(
                 "Removed {} expired sessions, {} corrupt session files and {} leftovers of crashed writes; \
                  kept {} sessions; skipped {} other entries; in {} ms.",
                 report.expired,
@@ -74,9 +75,14 @@ pub(crate) fn clearsessions(settings: &Settings) -> ExitCode {
                 report.kept,
                 report.skipped,
                 started.elapsed().as_millis()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     }
+}
+
+/// Prints a line: a closed stdout (`clearsessions | head -0`) is no reason to panic.
+fn say(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout(), "{args}");
 }

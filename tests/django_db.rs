@@ -16,9 +16,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -81,63 +79,13 @@ for op in cmd["ops"]:
 print(json.dumps(out))
 "#;
 
-fn repo_root() -> &'static Path {
-    let server = Path::new(env!("CARGO_MANIFEST_DIR"));
-    server.parent().unwrap_or(server)
-}
-
-/// A Python with Django 5.2 that imports `modules`, or why there is none.
-fn python(modules: &[&str]) -> Result<PathBuf, String> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("FILESESSION_DJANGO_PYTHON") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![
-            repo_root().join("tests/django/.venv/bin/python"),
-            repo_root().join("bench/.venv/bin/python"),
-        ],
-    };
-    let imports: String = modules.iter().map(|m| format!("import {m}; ")).collect();
-    for python in &candidates {
-        let out = Command::new(python)
-            .args([
-                "-c",
-                &format!("{imports}import django; print(django.get_version())"),
-            ])
-            .output();
-        if let Ok(out) = out
-            && out.status.success()
-            && String::from_utf8_lossy(&out.stdout).starts_with("5.2")
-        {
-            return Ok(python.clone());
-        }
-    }
-    Err(format!(
-        "no Python with Django 5.2 and {modules:?} among {candidates:?}"
-    ))
-}
-
 /// Runs `ops` in Django against the database `db` (Django's `DATABASES["default"]`).
 fn django(python: &Path, db: &Value, ops: Value) -> Vec<Value> {
     let cmd = json!({"secret": SECRET_KEY, "db": db, "ops": ops});
-    let mut child = Command::new(python)
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(cmd.to_string().as_bytes())
-        .expect("write to python");
-    let out = child.wait_with_output().expect("python's answer");
-    assert!(
-        out.status.success(),
-        "Django failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("Django's JSON")
+    match common::run_python_json(python, SCRIPT, &[], &cmd) {
+        Value::Array(answers) => answers,
+        other => panic!("not a list: {other}"),
+    }
 }
 
 fn signer() -> Signer {
@@ -323,7 +271,7 @@ fn sqlite_pragma(path: &Path, sql: &str) -> String {
 
 #[test]
 fn django_and_filesession_share_sessions_on_sqlite() {
-    let python = match python(&[]) {
+    let python = match common::django_python_with(&[]) {
         Ok(python) => python,
         Err(why) => return common::skip("Django db on SQLite", &why, "FILESESSION_DJANGO_TEST"),
     };
@@ -439,7 +387,7 @@ mod postgres {
 
     #[test]
     fn django_and_filesession_share_sessions_on_postgres() {
-        let python = match python(&["psycopg"]) {
+        let python = match common::django_python_with(&["psycopg"]) {
             Ok(python) => python,
             Err(why) => {
                 return common::skip("Django db on PostgreSQL", &why, "FILESESSION_DJANGO_TEST");

@@ -10,9 +10,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -70,27 +68,8 @@ print(json.dumps(out))
 
 /// Runs `ops` through Django's file backend on `dir`.
 fn django(python: &Path, dir: &Path, ops: &Value) -> Vec<Value> {
-    let mut child = Command::new(python)
-        .args(["-c", SCRIPT, KEY])
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ops.to_string().as_bytes())
-        .expect("write to python");
-    let out = child.wait_with_output().expect("python's answer");
-    assert!(
-        out.status.success(),
-        "Django failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match serde_json::from_slice(&out.stdout).expect("Django's JSON") {
+    let args = [std::ffi::OsStr::new(KEY), dir.as_os_str()];
+    match common::run_python_json(python, SCRIPT, &args, ops) {
         Value::Array(answers) => answers,
         other => panic!("not a list: {other}"),
     }

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use filesession::signing::{SESSION_SALT, Signer};
@@ -34,26 +32,8 @@ print(json.dumps(out))
 "#;
 
 fn django(python: &Path, mode: &str, items: &Value) -> Value {
-    let mut child = Command::new(python)
-        .args(["-c", SCRIPT, SESSION_SALT, KEY, mode])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(items.to_string().as_bytes())
-        .expect("write to python");
-    let out = child.wait_with_output().expect("python's answer");
-    assert!(
-        out.status.success(),
-        "Django failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("Django's JSON")
+    let args = [SESSION_SALT, KEY, mode].map(std::ffi::OsStr::new);
+    common::run_python_json(python, SCRIPT, &args, items)
 }
 
 fn objects() -> Vec<Value> {

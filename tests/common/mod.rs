@@ -31,6 +31,11 @@ pub fn skip(test: &str, missing: &str, switch: &str) {
 /// `FILESESSION_DJANGO_PYTHON`, else `tests/django/.venv` or `bench/.venv` (`.ci/run`
 /// installs one and sets `FILESESSION_DJANGO_TEST=require`).
 pub fn django_python() -> Result<PathBuf, String> {
+    django_python_with(&[])
+}
+
+/// [`django_python`] that also imports `modules` (`psycopg` for PostgreSQL).
+pub fn django_python_with(modules: &[&str]) -> Result<PathBuf, String> {
     let server = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = server.parent().unwrap_or(server);
     let candidates: Vec<PathBuf> = match std::env::var_os("FILESESSION_DJANGO_PYTHON") {
@@ -40,9 +45,13 @@ pub fn django_python() -> Result<PathBuf, String> {
             root.join("bench/.venv/bin/python"),
         ],
     };
+    let imports: String = modules.iter().map(|m| format!("import {m}; ")).collect();
     for python in &candidates {
         let out = Command::new(python)
-            .args(["-c", "import django; print(django.get_version())"])
+            .args([
+                "-c",
+                &format!("{imports}import django; print(django.get_version())"),
+            ])
             .output();
         if let Ok(out) = out
             && out.status.success()
@@ -51,7 +60,45 @@ pub fn django_python() -> Result<PathBuf, String> {
             return Ok(python.clone());
         }
     }
-    Err(format!("no Python with Django 5.2 among {candidates:?}"))
+    if modules.is_empty() {
+        Err(format!("no Python with Django 5.2 among {candidates:?}"))
+    } else {
+        Err(format!(
+            "no Python with Django 5.2 and {modules:?} among {candidates:?}"
+        ))
+    }
+}
+
+/// Runs `python -c <script> <args>...` with `input` as JSON on its stdin, and returns the
+/// JSON it prints; panics with Django's stderr if it fails.
+pub fn run_python_json(
+    python: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    input: &serde_json::Value,
+) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.to_string().as_bytes())
+        .expect("write to python");
+    let out = child.wait_with_output().expect("python's answer");
+    assert!(
+        out.status.success(),
+        "Django failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("Django's JSON")
 }
 
 /// The binary the end-to-end tests start: this build's, or the one `FILESESSION_BINARY`

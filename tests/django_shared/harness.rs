@@ -28,21 +28,8 @@ pub fn repo_root() -> &'static Path {
 pub fn find_python(postgres: bool) -> Result<PathBuf, String> {
     let install = "python3 -m venv tests/django/.venv && tests/django/.venv/bin/pip install \
                    \"Django==5.2.*\" \"psycopg[binary]==3.2.*\"";
-    let python = common::django_python().map_err(|e| format!("{e}; {install}"))?;
-    if postgres {
-        let out = Command::new(&python)
-            .args(["-c", "import psycopg"])
-            .output()
-            .map_err(|e| format!("{}: {e}", python.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} cannot import psycopg: {}; {install}",
-                python.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    Ok(python)
+    let modules: &[&str] = if postgres { &["psycopg"] } else { &[] };
+    common::django_python_with(modules).map_err(|e| format!("{e}; {install}"))
 }
 
 /// Which of Django's session engines the two sides share.

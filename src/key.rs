@@ -157,7 +157,7 @@ impl SessionKey {
         match &self.0 {
             Repr::Uuid(uuid) => *uuid.as_bytes(),
             Repr::Django { .. } => {
-                let digest = Sha256::digest(self.text().as_bytes());
+                let digest = Sha256::digest(self.text(&mut [0; SESSION_KEY_LEN]).as_bytes());
                 let mut out = [0u8; 16];
                 out.copy_from_slice(&digest[..16]);
                 out
@@ -165,27 +165,27 @@ impl SessionKey {
         }
     }
 
-    /// The key's text.
-    fn text(&self) -> std::borrow::Cow<'_, str> {
+    /// The key's text, without allocating: a UUID written into `buf`, a Django key as kept.
+    fn text<'a>(&'a self, buf: &'a mut [u8; SESSION_KEY_LEN]) -> &'a str {
         match &self.0 {
-            Repr::Uuid(uuid) => uuid.hyphenated().to_string().into(),
+            Repr::Uuid(uuid) => uuid.hyphenated().encode_lower(buf),
+            // Only [a-z0-9] is ever stored: ASCII.
             Repr::Django { len, text } => {
-                // Only [a-z0-9] is ever stored: ASCII.
-                String::from_utf8_lossy(&text[..usize::from(*len)])
+                std::str::from_utf8(&text[..usize::from(*len)]).unwrap_or_default()
             }
         }
     }
 
     /// The name of this session's file in filesession's format: `<key>.json`.
     pub fn file_name(&self) -> String {
-        format!("{}.json", self.text())
+        format!("{self}.json")
     }
 
     /// The name of this session's file in Django's layout: `<prefix><key>`, the prefix
     /// being `SESSION_COOKIE_NAME` (Django's `SessionStore._get_storage_path` and
     /// `_key_to_file`).
     pub fn django_file_name(&self, prefix: &str) -> String {
-        format!("{prefix}{}", self.text())
+        format!("{prefix}{self}")
     }
 }
 
@@ -198,7 +198,8 @@ impl SessionKey {
     /// The key as logs and error messages show it: its first [`SHOWN_KEY_CHARS`] characters
     /// and `…` (`67e55044…`).
     pub fn short(&self) -> String {
-        let text = self.text();
+        let mut buf = [0; SESSION_KEY_LEN];
+        let text = self.text(&mut buf);
         format!("{}…", &text[..SHOWN_KEY_CHARS])
     }
 }
@@ -235,7 +236,7 @@ pub(crate) fn shown_django_name(name: &str, prefix: &str) -> String {
 
 impl fmt::Display for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text())
+        f.write_str(self.text(&mut [0; SESSION_KEY_LEN]))
     }
 }
 

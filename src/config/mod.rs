@@ -163,7 +163,8 @@ pub struct Settings {
     /// (Django's `./db.sqlite3`).
     pub database_url: String,
     /// `SESSION_DB_TABLE`: the table of [`Engine::Db`], created if missing. Default:
-    /// `filesession_session` (never Django's `django_session`, whose rows are signed).
+    /// `filesession_session`; with `SESSION_FORMAT=django` the default stands for Django's
+    /// `django_session` ([`Settings::session_table`]).
     pub db_table: String,
     /// `SESSION_REDIS_URL`: the Redis of [`Engine::Redis`], and the cache of
     /// [`Engine::CachedDb`]. Default: `redis://127.0.0.1:6379/0`.

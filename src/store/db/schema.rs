@@ -30,8 +30,9 @@ pub(super) fn check_table_name(table: &str) -> Result<(), StoreError> {
 pub(crate) fn missing_or_foreign(shown: &str, table: &str, create: bool) -> String {
     if create {
         format!(
-            "{shown}: table {table} exists and was not made by filesession (Django's \
-             django_session holds signed data); choose another SESSION_DB_TABLE"
+            "{shown}: table {table} exists and was not made by filesession; choose another \
+             SESSION_DB_TABLE (Django's django_session is read and written with \
+             SESSION_FORMAT=django)"
         )
     } else {
         format!(
